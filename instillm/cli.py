@@ -1,0 +1,160 @@
+"""The `instillm` command: parses arguments, calls the library, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from instillm.errors import InstillmError
+
+app = typer.Typer(help="Instruction fine-tuning of language models, end to end.", no_args_is_help=True)
+data_app = typer.Typer(help="Import, inspect and curate instruction data.", no_args_is_help=True)
+model_app = typer.Typer(help="Create and manage models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+console = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def progress_bar(description: str, total: Optional[int] = None) -> Iterator:
+    """A rich progress bar on stderr; yields an `advance(n=1)` callable."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=1)
+
+
+@data_app.command("import")
+def data_import(
+    sources: List[str] = typer.Argument(..., help="Files (.jsonl/.json/.parquet/.csv[.gz]), dataset dirs or hub ids."),
+    output: Path = typer.Option(..., "-o", "--output", help="Canonical JSONL to write."),
+    format: str = typer.Option("auto", "--format", "-f", help="Input format, or auto to detect per file."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first rejected row."),
+    all_paths: bool = typer.Option(False, "--all-paths", help="OpenAssistant: every path, not only the best."),
+) -> None:
+    """Import instruction data into the canonical schema; bad rows go to OUT.rejects.jsonl."""
+    from instillm.data.importer import import_files
+
+    try:
+        with progress_bar("importing rows") as advance:
+            summary = import_files(sources, output, format=format, strict=strict,
+                                   all_paths=all_paths, progress=advance)
+    except InstillmError as e:
+        _fail(e)
+    table = Table(title=f"import → {summary.output}")
+    table.add_column("file")
+    table.add_column("format")
+    for key in ("rows", "imported", "rejected", "examples"):
+        table.add_column(key, justify="right")
+    for f, c in summary.per_file.items():
+        table.add_row(f, summary.formats.get(f, "?"), *(str(c.get(k, 0)) for k in ("rows", "imported", "rejected", "examples")))
+    out.print(table)
+    if summary.rejects_by_reason:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary.rejects_by_reason.items()))
+        out.print(f"rejected {summary.rows_rejected} row(s) → {summary.rejects_path} ({reasons})")
+    out.print(f"wrote {summary.examples_written} example(s) from {summary.rows_imported} row(s)")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data: Path = typer.Argument(..., help="Canonical JSONL (from `instillm data import`)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model path or hub id (its tokenizer is used)."),
+    template: str = typer.Option("auto", "--template", help="auto | tokenizer | chatml | alpaca | plain | FILE.jinja"),
+    max_length: int = typer.Option(2048, "--max-length"),
+    truncation: str = typer.Option("drop", "--truncation", help="drop | truncate-prompt | error"),
+    show: int = typer.Option(3, "--show", help="How many examples to print with trained tokens highlighted."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stats as one JSON object only."),
+) -> None:
+    """Show what the model sees: trained tokens highlighted, lengths, truncation, packing."""
+    from instillm.data.importer import read_examples
+    from instillm.data.inspect import highlight, inspect_examples
+    from instillm.data.render import RenderConfig, Renderer
+    from instillm.models.loading import load_tokenizer
+
+    try:
+        tok = load_tokenizer(model)
+        renderer = Renderer(tok, RenderConfig(template=template, max_length=max_length, truncation=truncation))
+        examples = list(read_examples(data))
+        with progress_bar("rendering", total=len(examples)) as advance:
+            stats, rendered = inspect_examples(examples, renderer, progress=advance)
+    except InstillmError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(stats.to_json()))
+        return
+    for r in rendered[:show]:
+        out.rule(f"{r.example_id}  ({len(r)} tokens, {r.n_trained} trained)")
+        out.print(highlight(r, tok))
+    _print_stats(stats, renderer.template_name)
+
+
+def _print_stats(stats, template_name: str) -> None:
+    table = Table(title=f"data stats (template {template_name}, max_length {stats.max_length})")
+    table.add_column("stat")
+    table.add_column("value", justify="right")
+    for k, v in stats.to_json().items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    out.print(table)
+    if stats.dropped_by_reason:
+        out.print("dropped: " + ", ".join(f"{k}: {v}" for k, v in stats.dropped_by_reason.items()))
+    counts, edges = stats.histogram.get("counts", []), stats.histogram.get("edges", [])
+    peak = max(counts, default=0) or 1
+    for c, lo, hi in zip(counts, edges, edges[1:]):
+        out.print(f"{lo:>6}-{hi:<6} {'█' * round(30 * c / peak)} {c}")
+
+
+@model_app.command("init")
+def model_init(
+    output: Path = typer.Option(..., "-o", "--output", help="Directory to write the model to."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (~2M params) | small (~28M)"),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help="Canonical JSONL or .txt to train the tokenizer on."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Create a tokenizer and a randomly initialised Llama model, saved as safetensors."""
+    from instillm.models.factory import init_model
+
+    try:
+        texts = _corpus_texts(corpus) if corpus else None
+        with progress_bar(f"building {preset} model"):
+            path = init_model(preset=preset, output_dir=output, corpus=texts, seed=seed)
+    except InstillmError as e:
+        _fail(e)
+    info = json.loads((path / "instillm_model.json").read_text())
+    out.print(f"model ({info['n_params']:,} parameters, vocab {info['vocab_size']}) → {path}")
+
+
+def _corpus_texts(paths: List[Path]) -> List[str]:
+    """Texts for tokenizer training: message contents of canonical JSONL, or lines of .txt."""
+    from instillm.data.importer import read_examples
+
+    texts: List[str] = []
+    for p in paths:
+        if p.suffix == ".txt":
+            texts += p.read_text(encoding="utf-8").splitlines()
+        else:
+            texts += [m.content for ex in read_examples(p) for m in ex.messages]
+    return texts
+
+
+def main() -> None:  # pragma: no cover - entry point
+    """Console entry point."""
+    app(prog_name="instillm")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

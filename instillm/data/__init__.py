@@ -1,0 +1,1 @@
+"""Data layer: canonical schema, importers, rendering with loss masks, inspection."""

@@ -1,0 +1,106 @@
+"""Load models and tokenizers: thin wrappers over `AutoModelForCausalLM` / `AutoTokenizer`.
+
+What they add: safetensors only and never remote code, a clear ModelError (with the command that
+makes a model) for a path that does not exist, a fast tokenizer guaranteed (instillm's label
+masks need character offsets), and a pad token always set.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from instillm.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+# A Hugging Face hub id "org/name" (letters, digits, - _ .); anything else is a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _resolve(path_or_id: str | Path) -> str:
+    """The local directory as a string, or a hub id; ModelError for a missing local path."""
+    s = str(path_or_id)
+    if not s:
+        raise ModelError("model path is empty; create one with `instillm model init --preset tiny -o DIR`")
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"model path {s} is not a directory (expected a saved model directory)")
+        return str(p)
+    # "org/name" is a hub id unless `org` is a local directory (then it is a mistyped path).
+    if isinstance(path_or_id, Path) or not _HUB_ID.match(s) or p.parent.is_dir():
+        raise ModelError(
+            f"model path {s} does not exist; create one with `instillm model init --preset tiny -o {s}`"
+        )
+    return s  # a hub id: transformers fetches it (or fails with its own message offline)
+
+
+def _hint(src: str) -> str:
+    if Path(src).is_dir():
+        return ""
+    return (f" ({src} is not a local directory, so it was looked up on the Hugging Face hub; to use a "
+            f"local model create one with `instillm model init --preset tiny -o {src}`)")
+
+
+def load_tokenizer(path_or_id: str | Path):
+    """A fast tokenizer from a directory or hub id, with a pad token (EOS if it had none)."""
+    from transformers import AutoTokenizer
+
+    src = _resolve(path_or_id)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {src}: {e}{_hint(src)}") from e
+    if not getattr(tok, "is_fast", False):
+        raise ModelError(
+            f"the tokenizer of {src} is not a fast (Rust) tokenizer ({type(tok).__name__}); instillm needs "
+            "one for character offsets; save it with a tokenizer.json"
+        )
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"the tokenizer of {src} has neither a pad nor an EOS token; set pad_token")
+        tok.pad_token = tok.eos_token
+        logger.info("tokenizer of %s has no pad token; using its EOS token %r as pad", src, tok.eos_token)
+    return tok
+
+
+def load_model(
+    path_or_id: str | Path,
+    dtype: torch.dtype | None = None,
+    device: str | None = None,
+    attn_implementation: str | None = None,
+):
+    """A causal LM from a directory or hub id (safetensors only, no remote code), in eval mode.
+
+    `dtype` None keeps the checkpoint's saved dtype; `device` None leaves it on the CPU.
+    """
+    from transformers import AutoModelForCausalLM
+
+    src = _resolve(path_or_id)
+    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, "dtype": dtype if dtype is not None else "auto"}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelError(f"cannot load a model from {src}: {e}{_hint(src)}") from e
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared tensor (tied embeddings) counted once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():  # parameters() already de-duplicates shared tensors
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
