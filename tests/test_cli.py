@@ -1,0 +1,60 @@
+"""The CLI wires library calls: exit codes, outputs and messages as a user sees them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from instillm.cli import app
+
+runner = CliRunner()
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_model_init_then_inspect_json(tmp_path: Path):
+    model = tmp_path / "m"
+    res = run("model", "init", "--preset", "tiny", "-o", str(model))
+    assert res.exit_code == 0, res.output
+    assert (model / "model.safetensors").exists()
+    data = tmp_path / "d.jsonl"
+    res = run("data", "import", str(FIXTURES / "alpaca.jsonl"), "-o", str(data))
+    assert res.exit_code == 0, res.output
+    res = run("data", "inspect", str(data), "--model", str(model), "--json", "--max-length", "256")
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)
+    assert set(stats) == {"n_examples", "n_tokens", "trained_token_fraction", "truncated", "dropped",
+                          "length_p50", "length_p95", "length_max", "packing_efficiency"}
+    n_rows = sum(1 for _ in open(data))
+    assert stats["n_examples"] == n_rows and 0 < stats["trained_token_fraction"] < 1
+    res = run("data", "inspect", str(data), "--model", str(model), "--show", "1")
+    assert res.exit_code == 0 and "trained_token_fraction" in res.stdout
+
+
+def test_import_reports_rejects_and_exit_codes(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "input": "", "output": "b"}\n{not json\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    res = run("data", "import", str(bad), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert "rejected 1 row" in res.stdout and "malformed_json" in res.stdout
+    rejects = [json.loads(x) for x in open(tmp_path / "o.rejects.jsonl")]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "malformed_json")]
+    assert run("data", "import", str(bad), "-o", str(out), "--strict").exit_code != 0
+    res = run("data", "import", str(tmp_path / "missing.jsonl"), "-o", str(out))
+    assert res.exit_code != 0 and "missing.jsonl" in res.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run("data", "import", str(empty), "-o", str(out)).exit_code != 0
+
+
+def test_inspect_missing_model_is_a_clear_error(tmp_path: Path):
+    data = tmp_path / "d.jsonl"
+    assert run("data", "import", str(FIXTURES / "alpaca.jsonl"), "-o", str(data)).exit_code == 0
+    res = run("data", "inspect", str(data), "--model", str(tmp_path / "nope"))
+    assert res.exit_code == 1 and "model init" in res.output
