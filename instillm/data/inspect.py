@@ -11,6 +11,7 @@ from rich.text import Text
 from instillm.data.pack import packing_efficiency
 from instillm.data.render import IGNORE_INDEX, Rendered, Renderer
 from instillm.data.schema import Example
+from instillm.errors import DataError
 
 JSON_KEYS = (
     "n_examples", "n_tokens", "trained_token_fraction", "truncated", "dropped",
@@ -70,6 +71,8 @@ def inspect_examples(examples: Iterable[Example], renderer: Renderer,
                      progress: Callable[[], None] | None = None) -> tuple[InspectStats, list[Rendered]]:
     """Render every example with the training renderer and compute InspectStats."""
     rendered, rs = renderer.render_many(examples, progress=progress)
+    if rs.n_examples == 0:
+        raise DataError("no examples to inspect: the data file holds no rows")
     stats = compute_stats(rendered, rs.n_examples, rs.dropped, rs.truncated, renderer.config.max_length)
     return stats, rendered
 

@@ -179,7 +179,8 @@ class Renderer:
         is tokenized on its own, which is what inference does: the prompt is tokenized alone
         and the model generates from its last token.
         """
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: max_length is enforced below, with counts, not by a tokenizer warning.
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = enc["offset_mapping"]
         cuts = {c for span in spans for c in span}
         if not any(a < c < b for a, b in offsets for c in cuts):
@@ -189,7 +190,7 @@ class Renderer:
         starts: dict[int, int] = {}
         for a, b in zip(bounds, bounds[1:]):
             starts[a] = len(ids)
-            ids += self.tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+            ids += self.tokenizer(text[a:b], add_special_tokens=False, verbose=False)["input_ids"]
         starts[len(text)] = len(ids)
         return ids, [(starts[a], starts[b]) for a, b in spans]
 

@@ -41,3 +41,10 @@ def test_highlight_marks_trained_text(tiny_tokenizer):
     trained = "".join(text.plain[s.start:s.end] for s in text.spans if s.style == "bold green")
     assert trained == "the answer<|im_end|>"
     assert "question" in text.plain
+
+
+def test_no_examples_is_an_error(tiny_tokenizer):
+    from instillm.errors import DataError
+
+    with pytest.raises(DataError, match="no examples"):
+        inspect_examples([], Renderer(tiny_tokenizer, RenderConfig(template="chatml")))
