@@ -1,0 +1,1 @@
+"""Evaluation: metrics, held-out evaluation on unseen instructions, and suites."""

@@ -1,0 +1,120 @@
+"""Held-out evaluation: generate answers to unseen instructions and score them per task and category.
+
+Every example is scored three ways: SuperNI exact match against the reference, ROUGE-L F
+(stemmed, as SuperNI scores generation tasks), and — for the built-in skills suite — the task
+family's own checker, which accepts equivalent forms (e.g. JSON with other spacing). `correct`
+is the checker's verdict where there is one, else exact match.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from instillm.data.schema import Example
+from instillm.evaluate.metrics import exact_match, max_rouge_l
+
+Checker = Callable[[Example, str], "bool | None"]
+N_SAMPLES = 5  # sample predictions kept per task in results.json
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One example's prediction and scores."""
+
+    id: str
+    task: str
+    category: str
+    prompt: str
+    reference: str
+    prediction: str
+    exact_match: float
+    rouge_l: float
+    correct: float
+
+
+@dataclass
+class Aggregate:
+    """Mean scores over a group of examples."""
+
+    n: int = 0
+    exact_match: float = 0.0
+    rouge_l: float = 0.0
+    correct: float = 0.0
+
+
+@dataclass
+class SplitResult:
+    """Scores of one evaluation split: overall, per task, per category, and samples."""
+
+    overall: Aggregate
+    per_task: dict[str, Aggregate]
+    per_category: dict[str, Aggregate]
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what results.json stores for a split)."""
+        return {
+            **asdict(self.overall),
+            "per_task": {k: asdict(v) for k, v in sorted(self.per_task.items())},
+            "per_category": {k: asdict(v) for k, v in sorted(self.per_category.items())},
+            "samples": self.samples,
+        }
+
+
+def score_example(example: Example, prediction: str, checker: Checker | None = None) -> Scored:
+    """Score one prediction against the example's final assistant turn."""
+    ref = example.reference
+    em = exact_match(prediction, ref)
+    verdict = checker(example, prediction) if checker is not None else None
+    return Scored(
+        id=example.id,
+        task=example.task or "(none)",
+        category=example.category or "(none)",
+        prompt=example.messages[-2].content,
+        reference=ref,
+        prediction=prediction,
+        exact_match=em,
+        rouge_l=max_rouge_l(prediction, ref),
+        correct=float(verdict) if verdict is not None else em,
+    )
+
+
+def _mean(items: Sequence[Scored]) -> Aggregate:
+    n = len(items)
+    if not n:
+        return Aggregate()
+    return Aggregate(
+        n=n,
+        exact_match=sum(s.exact_match for s in items) / n,
+        rouge_l=sum(s.rouge_l for s in items) / n,
+        correct=sum(s.correct for s in items) / n,
+    )
+
+
+def aggregate(scored: Sequence[Scored], n_samples: int = N_SAMPLES) -> SplitResult:
+    """Group scores per task and category; keep failures first among the sample predictions."""
+    by_task: dict[str, list[Scored]] = defaultdict(list)
+    by_cat: dict[str, list[Scored]] = defaultdict(list)
+    for s in scored:
+        by_task[s.task].append(s)
+        by_cat[s.category].append(s)
+    samples = {
+        task: [asdict(s) for s in sorted(items, key=lambda s: s.correct)[:n_samples]]
+        for task, items in by_task.items()
+    }
+    return SplitResult(
+        overall=_mean(scored),
+        per_task={k: _mean(v) for k, v in by_task.items()},
+        per_category={k: _mean(v) for k, v in by_cat.items()},
+        samples=samples,
+    )
+
+
+def evaluate_predictions(examples: Sequence[Example], predictions: Sequence[str],
+                         checker: Checker | None = None) -> SplitResult:
+    """Score given predictions (one per example, same order)."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
+    return aggregate([score_example(e, p, checker) for e, p in zip(examples, predictions)])
