@@ -151,6 +151,45 @@ def _corpus_texts(paths: List[Path]) -> List[str]:
     return texts
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="Training YAML (keys map 1:1 onto TrainConfig)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set lora.r=16 (repeatable)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Supervised fine-tuning with loss on responses only; resumes from the newest checkpoint."""
+    from instillm.train import load_config, train
+
+    try:
+        result = train(load_config(config, overrides or []), progress=progress)
+    except InstillmError as e:
+        _fail(e)
+    table = Table(title=f"trained → {result.final_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+            "trained_tokens": result.trained_tokens, "tokens_per_s": result.tokens_per_s}
+    for k, v in rows.items():
+        table.add_row(k, "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+    out.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A training output_dir (holds final/ and run.json)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for the exported model."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge a LoRA adapter into the base model."),
+) -> None:
+    """Export a trained run as a standalone Hugging Face model (LoRA merged by default)."""
+    from instillm.train import export
+
+    try:
+        path = export(run_dir, output, merge=merge)
+    except InstillmError as e:
+        _fail(e)
+    out.print(f"exported → {path}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     """Console entry point."""
     app(prog_name="instillm")

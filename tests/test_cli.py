@@ -58,3 +58,22 @@ def test_inspect_missing_model_is_a_clear_error(tmp_path: Path):
     assert run("data", "import", str(FIXTURES / "alpaca.jsonl"), "-o", str(data)).exit_code == 0
     res = run("data", "inspect", str(data), "--model", str(tmp_path / "nope"))
     assert res.exit_code == 1 and "model init" in res.output
+
+
+def test_train_with_overrides_then_export(tmp_path: Path, tiny_model_dir: Path):
+    from tests.train.helpers import base_config, make_examples, write_config, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", make_examples(32))
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_model_dir, data, tmp_path / "run"))
+    res = run("train", str(cfg), "--set", "max_steps=2", "--set", "lora={r: 4, alpha: 8, dropout: 0.0}",
+              "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["max_steps"] == 2
+    res = run("export", str(tmp_path / "run"), "-o", str(tmp_path / "merged"))
+    assert res.exit_code == 0, res.output
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged") is not None
+    res = run("train", str(cfg), "--set", "bogus_key=1", "--set", "lora.r=0")
+    assert res.exit_code == 1 and "bogus_key" in res.output

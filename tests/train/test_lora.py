@@ -1,0 +1,62 @@
+"""LoRA: only adapter weights train, every one of them moves, and merging keeps the logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instillm.train.config import config_from_dict
+from instillm.train.loop import RunLog, export, run_loop, save_final, setup
+from tests.train.helpers import base_config, make_examples, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    data = write_jsonl(tmp / "d.jsonl", make_examples(64, "upper"))
+    cfg = base_config(tiny_model_dir, data, tmp / "out", max_steps=8, learning_rate=1e-2,
+                      lora={"r": 4, "alpha": 8, "dropout": 0.0})  # target_modules: all-linear
+    run = setup(config_from_dict(cfg))
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    run_loop(run, RunLog(tmp / "out", run.plan.total_steps, 0, enabled=False, progress=False))
+    save_final(run)
+    return run, before, tmp
+
+
+def test_only_adapters_train_and_all_of_them_change(lora_run):
+    run, before, _ = lora_run
+    after = dict(run.model.named_parameters())
+    adapters = [n for n in after if "lora_" in n]
+    assert adapters and all(after[n].requires_grad for n in adapters)
+    assert len(adapters) == 2 * 7 * 4  # A and B × 7 linear layers × 4 blocks
+    assert all(not after[n].requires_grad for n in after if "lora_" not in n)
+    for name, p in after.items():
+        if "lora_" in name:
+            assert not torch.equal(p, before[name]), f"adapter weight {name} did not change"
+        else:
+            assert torch.equal(p, before[name]), f"base weight {name} changed"
+
+
+def test_saved_adapter_and_merged_export_give_the_same_logits(lora_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run, _, tmp = lora_run
+    final = tmp / "out" / "final"
+    assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
+    ids = torch.tensor([run.data.train[0].input_ids])
+    run.model.eval()
+    with torch.no_grad():
+        trained = run.model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        reloaded = PeftModel.from_pretrained(base, final).eval()(input_ids=ids).logits
+        merged_dir = export(tmp / "out", tmp / "merged", merge=True)
+        merged_model = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+        merged = merged_model(input_ids=ids).logits
+        untrained = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(input_ids=ids).logits
+    assert not any("lora" in n for n, _ in merged_model.named_parameters())
+    assert torch.allclose(reloaded, trained, atol=1e-5, rtol=0)
+    assert torch.allclose(merged, trained, atol=1e-5, rtol=0)
+    assert not torch.allclose(merged, untrained, atol=1e-3)  # the adapter did something
+    adapter_only = export(tmp / "out", tmp / "adapter", merge=False)
+    assert (adapter_only / "adapter_config.json").is_file()
