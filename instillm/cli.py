@@ -25,6 +25,14 @@ console = Console(stderr=True)
 out = Console()
 
 
+@app.callback()
+def _quiet_libraries() -> None:
+    """instillm draws its own progress bars; transformers' per-file bars would interleave with them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @contextmanager
 def progress_bar(description: str, total: Optional[int] = None) -> Iterator:
     """A rich progress bar on stderr; yields an `advance(n=1)` callable."""
