@@ -126,6 +126,36 @@ def _print_stats(stats, template_name: str) -> None:
         out.print(f"{lo:>6}-{hi:<6} {'█' * round(30 * c / peak)} {c}")
 
 
+@data_app.command("skills")
+def data_skills(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for train.jsonl and the held-out splits."),
+    seed: int = typer.Option(0, "--seed"),
+    n_train: int = typer.Option(400, "--n-train", help="Training examples per family."),
+    n_eval: int = typer.Option(40, "--n-eval", help="Examples per family in each held-out split."),
+    list_only: bool = typer.Option(False, "--list", help="List the task families and exit."),
+) -> None:
+    """Write the built-in procedural skills suite (train + held-out splits) as canonical data."""
+    from instillm.data.skills import SuiteConfig, build_suite, list_families, write_suite
+
+    if list_only:
+        table = Table(title="skills families")
+        for col in ("name", "category", "phrasings", "what it asks"):
+            table.add_column(col)
+        for f in list_families():
+            table.add_row(f["name"], f["category"], str(len(f["phrasings"])), f["doc"])
+        out.print(table)
+        return
+    if output is None:
+        _fail(InstillmError("give -o DIR to write the suite (or --list to see the families)"))
+    try:
+        suite = build_suite(SuiteConfig(seed=seed, n_train_per_family=n_train, n_eval_per_family=n_eval))
+        paths = write_suite(suite, output)
+    except InstillmError as e:
+        _fail(e)
+    for split, path in paths.items():
+        out.print(f"{split:>18}: {len(suite[split]):>6} examples → {path}")
+
+
 @model_app.command("init")
 def model_init(
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write the model to."),

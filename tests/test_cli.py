@@ -77,3 +77,12 @@ def test_train_with_overrides_then_export(tmp_path: Path, tiny_model_dir: Path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged") is not None
     res = run("train", str(cfg), "--set", "bogus_key=1", "--set", "lora.r=0")
     assert res.exit_code == 1 and "bogus_key" in res.output
+
+
+def test_data_skills_writes_splits(tmp_path: Path):
+    res = run("data", "skills", "-o", str(tmp_path), "--n-train", "3", "--n-eval", "2")
+    assert res.exit_code == 0, res.output
+    for split in ("train", "heldout_instances", "heldout_phrasings", "heldout_families"):
+        assert (tmp_path / f"{split}.jsonl").stat().st_size > 0
+    assert run("data", "skills", "--list").exit_code == 0
+    assert run("data", "skills").exit_code == 1
