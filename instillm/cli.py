@@ -228,6 +228,71 @@ def export_cmd(
     out.print(f"exported → {path}")
 
 
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Run YAML (see configs/quickstart.yaml)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides output_dir."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.epochs=2"),
+) -> None:
+    """The whole loop: data → model → evaluate before → train → evaluate after → report."""
+    from instillm.run import load_run_config, run
+
+    try:
+        cfg = load_run_config(config, overrides or [], output_dir)
+        results = run(cfg, say=console.print, progress=progress_bar)
+    except InstillmError as e:
+        _fail(e)
+    table = Table(title=f"{cfg.name}: exact match on held-out data")
+    for col in ("split", "before", "after", "baseline"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split, after in results["after"].items():
+        before = results["before"].get(split)
+        base = results["baseline"].get(split)
+        table.add_row(split, "—" if before is None else f"{before:.1%}", f"{after:.1%}",
+                      "—" if base is None else f"{base:.1%}")
+    out.print(table)
+    out.print(f"report: {Path(cfg.output_dir) / 'report.html'}  (also report.md, results.json)")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="Model directory or hub id."),
+    suite: str = typer.Option("heldout", "--suite", help="heldout: generate and score canonical data with references."),
+    data: List[Path] = typer.Option(..., "--data", help="Canonical JSONL with references; each file is a split."),
+    output: Path = typer.Option(Path("results.json"), "-o", "--output"),
+    template: str = typer.Option("auto", "--template"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples of each file."),
+) -> None:
+    """Evaluate a model on unseen instructions: exact match, ROUGE-L and checkers per task and category."""
+    from instillm.data.render import RenderConfig, Renderer
+    from instillm.evaluate.heldout import evaluate_model
+    from instillm.models.loading import load_model, load_tokenizer
+    from instillm.run import load_eval_splits
+
+    if suite != "heldout":
+        _fail(InstillmError(f"--suite {suite!r} is not available; choose heldout"))
+    try:
+        splits = load_eval_splits({p.stem: p for p in data}, limit)
+        tok = load_tokenizer(model)
+        renderer = Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
+        lm = load_model(model)
+        with progress_bar("generating", sum(map(len, splits.values()))) as advance:
+            res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)
+    except InstillmError as e:
+        _fail(e)
+    output.write_text(json.dumps({"model": model, "suite": suite, "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1))
+    table = Table(title=f"{model} on held-out data")
+    for col in ("split", "n", "exact_match", "rouge_l", "correct"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for name, r in res.items():
+        o = r.overall
+        table.add_row(name, str(o.n), f"{o.exact_match:.3f}", f"{o.rouge_l:.3f}", f"{o.correct:.3f}")
+    out.print(table)
+    out.print(f"results → {output}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     """Console entry point."""
     app(prog_name="instillm")

@@ -118,3 +118,43 @@ def evaluate_predictions(examples: Sequence[Example], predictions: Sequence[str]
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
     return aggregate([score_example(e, p, checker) for e, p in zip(examples, predictions)])
+
+
+def suite_checker(example: Example, prediction: str) -> bool | None:
+    """The skills-suite family checker for suite examples; None for any other data."""
+    from instillm.data.skills import FAMILIES, check
+
+    if example.meta.get("family") not in FAMILIES:
+        return None
+    return check(example, prediction)
+
+
+def predict(model: Any, tokenizer: Any, examples: Sequence[Example], renderer: Any,
+            max_new_tokens: int = 64, batch_size: int = 64,
+            progress: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers to each example's prompt (everything before its last turn), in order."""
+    from instillm.generation import GenerateOptions, Generator
+
+    gen = Generator(model, tokenizer, renderer)
+    opts = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts = [renderer.example_prompt_text(e) for e in examples]
+    preds: list[str] = []
+    chunk = max(batch_size * 4, 1)  # progress granularity; the generator buckets inside a chunk
+    for i in range(0, len(prompts), chunk):
+        preds += [o.text.strip() for o in gen.generate_texts(prompts[i:i + chunk], opts)]
+        if progress:
+            progress(len(prompts[i:i + chunk]))
+    return preds
+
+
+def evaluate_model(model: Any, tokenizer: Any, splits: dict[str, Sequence[Example]], renderer: Any,
+                   max_new_tokens: int = 64, batch_size: int = 64,
+                   progress: Callable[[int], None] | None = None) -> dict[str, SplitResult]:
+    """Generate and score every split; skills-suite examples are also judged by their family checker."""
+    return {
+        name: evaluate_predictions(
+            examples, predict(model, tokenizer, examples, renderer, max_new_tokens, batch_size, progress),
+            checker=suite_checker,
+        )
+        for name, examples in splits.items()
+    }

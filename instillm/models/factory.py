@@ -118,7 +118,12 @@ def train_tokenizer(
         corpus = builtin_corpus()
 
     tok = Tokenizer(models.BPE())  # no unk_token: byte-level never needs one
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits are split one per token (as Llama 3 and DeepSeek do): a model trained from scratch
+    # then learns arithmetic, comparison and parity on digits instead of memorising number tokens.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
     # No post-processor of our own: transformers installs a TemplateProcessing that adds nothing
     # (add_bos_token/add_eos_token False) and leaves offsets untrimmed, leading spaces included.
