@@ -256,33 +256,51 @@ def run_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="Model directory or hub id."),
-    suite: str = typer.Option("heldout", "--suite", help="heldout: generate and score canonical data with references."),
-    data: List[Path] = typer.Option(..., "--data", help="Canonical JSONL with references; each file is a split."),
-    output: Path = typer.Option(Path("results.json"), "-o", "--output"),
+    model: Optional[str] = typer.Argument(None, help="Model directory or hub id (not needed with --responses)."),
+    suite: str = typer.Option("heldout", "--suite", help="heldout | ifeval"),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="heldout: canonical JSONL with references; each file is a split."),
+    responses: Optional[Path] = typer.Option(None, "--responses", help="ifeval: score these {prompt, response} rows, no model."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="ifeval: input_data.jsonl (default: the google/IFEval hub dataset)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="heldout: results.json; ifeval: a directory."),
     template: str = typer.Option("auto", "--template"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples of each file."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples of each file / prompts."),
 ) -> None:
-    """Evaluate a model on unseen instructions: exact match, ROUGE-L and checkers per task and category."""
-    from instillm.data.render import RenderConfig, Renderer
-    from instillm.evaluate.heldout import evaluate_model
-    from instillm.models.loading import load_model, load_tokenizer
-    from instillm.run import load_eval_splits
-
-    if suite != "heldout":
-        _fail(InstillmError(f"--suite {suite!r} is not available; choose heldout"))
+    """Evaluate on unseen instructions (heldout) or verifiable instruction following (ifeval)."""
     try:
-        splits = load_eval_splits({p.stem: p for p in data}, limit)
-        tok = load_tokenizer(model)
-        renderer = Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
-        lm = load_model(model)
-        with progress_bar("generating", sum(map(len, splits.values()))) as advance:
-            res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)
+        if suite == "heldout":
+            _eval_heldout(model, data, output or Path("results.json"), template, max_new_tokens, batch_size, limit)
+        elif suite == "ifeval":
+            _eval_ifeval(model, responses, inputs, output or Path("ifeval"), template, max_new_tokens, batch_size, limit)
+        else:
+            raise InstillmError(f"--suite {suite!r} is not available; choose heldout or ifeval")
     except InstillmError as e:
         _fail(e)
-    output.write_text(json.dumps({"model": model, "suite": suite, "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1))
+
+
+def _load_lm(model: Optional[str], template: str):
+    from instillm.data.render import RenderConfig, Renderer
+    from instillm.models.loading import load_model, load_tokenizer
+
+    if not model:
+        raise InstillmError("give a MODEL to generate with")
+    tok = load_tokenizer(model)
+    return load_model(model), tok, Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
+
+
+def _eval_heldout(model, data, output: Path, template, max_new_tokens, batch_size, limit) -> None:
+    from instillm.evaluate.heldout import evaluate_model
+    from instillm.run import load_eval_splits
+
+    if not data:
+        raise InstillmError("--suite heldout needs --data FILE (canonical JSONL with reference answers)")
+    splits = load_eval_splits({p.stem: p for p in data}, limit)
+    lm, tok, renderer = _load_lm(model, template)
+    with progress_bar("generating", sum(map(len, splits.values()))) as advance:
+        res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)
+    output.write_text(json.dumps({"model": model, "suite": "heldout",
+                                  "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1))
     table = Table(title=f"{model} on held-out data")
     for col in ("split", "n", "exact_match", "rouge_l", "correct"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -291,6 +309,47 @@ def eval_cmd(
         table.add_row(name, str(o.n), f"{o.exact_match:.3f}", f"{o.rouge_l:.3f}", f"{o.correct:.3f}")
     out.print(table)
     out.print(f"results → {output}")
+
+
+def _eval_ifeval(model, responses, inputs, out_dir: Path, template, max_new_tokens, batch_size, limit) -> None:
+    from instillm.evaluate.ifeval import evaluate as ifeval
+
+    inputs_path = Path(inputs) if inputs else _ifeval_from_hub(out_dir)
+    if responses is None:
+        responses = out_dir / "responses.jsonl"
+        rows = ifeval.load_inputs(inputs_path)[:limit]
+        lm, tok, renderer = _load_lm(model, template)
+        from instillm.generation import GenerateOptions, Generator
+
+        gen = Generator(lm, tok, renderer)
+        with progress_bar("generating IFEval responses"):
+            outs = gen.generate_chat([[{"role": "user", "content": r["prompt"]}] for r in rows],
+                                     GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        responses.write_text("".join(json.dumps({"prompt": r["prompt"], "response": o.text}) + "\n"
+                                     for r, o in zip(rows, outs)), encoding="utf-8")
+    summary = ifeval.score_file(responses, inputs_path, out_dir)
+    table = Table(title="IFEval")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"):
+        table.add_row(k, f"{summary[k]:.4f}")
+    out.print(table)
+    out.print(f"per-prompt verdicts and summary → {out_dir}")
+
+
+def _ifeval_from_hub(out_dir: Path) -> Path:
+    """google/IFEval from the hub (online only), saved as input_data.jsonl in out_dir."""
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset("google/IFEval", split="train")
+    except Exception as e:  # offline or hub errors: say what to pass instead
+        raise InstillmError(f"cannot load google/IFEval from the hub ({type(e).__name__}); pass --inputs input_data.jsonl") from e
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "input_data.jsonl"
+    path.write_text("".join(json.dumps(dict(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def main() -> None:  # pragma: no cover - entry point

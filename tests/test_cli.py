@@ -86,3 +86,30 @@ def test_data_skills_writes_splits(tmp_path: Path):
         assert (tmp_path / f"{split}.jsonl").stat().st_size > 0
     assert run("data", "skills", "--list").exit_code == 0
     assert run("data", "skills").exit_code == 1
+
+
+def test_eval_ifeval_scores_responses_and_a_model(tmp_path: Path, shared_data: Path, tiny_model_dir: Path):
+    inputs = shared_data / "ifeval" / "input_data.jsonl"
+    res = run("eval", "--suite", "ifeval", "--responses", str(shared_data / "ifeval" / "gpt4_responses.jsonl"),
+              "--inputs", str(inputs), "-o", str(tmp_path / "gpt4"))
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "gpt4" / "ifeval_summary.json").read_text())
+    assert 0.7 < summary["prompt_level_strict"] < summary["prompt_level_loose"] < 0.9
+    res = run("eval", str(tiny_model_dir), "--suite", "ifeval", "--inputs", str(inputs), "--limit", "4",
+              "--max-new-tokens", "8", "-o", str(tmp_path / "tiny"))
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in open(tmp_path / "tiny" / "ifeval_strict.jsonl")]
+    assert len(rows) == 4
+    assert run("eval", "--suite", "ifeval", "--inputs", str(inputs), "-o", str(tmp_path / "x")).exit_code == 1
+
+
+def test_eval_heldout_writes_results(tmp_path: Path, tiny_model_dir: Path):
+    res = run("data", "skills", "-o", str(tmp_path / "s"), "--n-train", "2", "--n-eval", "1")
+    assert res.exit_code == 0
+    res = run("eval", str(tiny_model_dir), "--data", str(tmp_path / "s" / "heldout_families.jsonl"),
+              "--max-new-tokens", "4", "-o", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r.json").read_text())
+    split = saved["splits"]["heldout_families"]
+    assert split["n"] == 5 and set(split["per_task"]) and "samples" in split
+    assert run("eval", str(tiny_model_dir), "-o", str(tmp_path / "r.json")).exit_code == 1  # no --data
