@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q
 
+# The whole loop offline on CPU: skills suite → tiny model → evaluate → train → evaluate → report.
+quickstart: install
+	$(BIN)/instillm run configs/quickstart.yaml
+
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 

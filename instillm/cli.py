@@ -156,6 +156,75 @@ def data_skills(
         out.print(f"{split:>18}: {len(suite[split]):>6} examples → {path}")
 
 
+def _print_curation(summary) -> None:
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.rejected_by_reason.items())) or "none"
+    out.print(f"kept {summary.n_kept} of {summary.n_in} row(s) → {summary.output}")
+    out.print(f"rejected {summary.n_rejected} → {summary.rejects_path} ({reasons})")
+    if summary.matched_eval_sets:
+        out.print("matched eval sets: " + ", ".join(f"{k}: {v}" for k, v in summary.matched_eval_sets.items()))
+
+
+@data_app.command("dedup")
+def data_dedup(
+    data: Path = typer.Argument(..., help="Canonical JSONL."),
+    output: Path = typer.Option(..., "-o", "--output"),
+    exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="Normalized-hash dedup (default: on unless --rouge-l alone)."),
+    minhash: Optional[float] = typer.Option(None, "--minhash", help="MinHash-LSH near-dup removal at this Jaccard threshold."),
+    rouge_l: Optional[float] = typer.Option(None, "--rouge-l", help="Greedy Self-Instruct ROUGE-L filter at this F threshold."),
+    on: str = typer.Option("conversation", "--on", help="conversation | instruction (text compared by exact/minhash)."),
+) -> None:
+    """Remove exact and near duplicates; first occurrences stay, the rest go to rejects with the kept line."""
+    from instillm.synth.dedup import dedup_file
+
+    try:
+        with progress_bar("dedup") as advance:
+            summary = dedup_file(data, output, exact=exact, minhash=minhash, rouge_l=rouge_l, on=on, progress=advance)
+    except InstillmError as e:
+        _fail(e)
+    _print_curation(summary)
+
+
+@data_app.command("decontaminate")
+def data_decontaminate(
+    data: Path = typer.Argument(..., help="Canonical JSONL."),
+    eval_sets: List[Path] = typer.Option(..., "--eval", help="Eval files whose n-grams must not appear in training."),
+    output: Path = typer.Option(..., "-o", "--output"),
+    n: int = typer.Option(13, "--n", help="n-gram length in words."),
+) -> None:
+    """Drop training rows sharing an n-gram with any eval set; each reject names the eval set and n-gram."""
+    from instillm.synth.decontaminate import decontaminate_file
+
+    try:
+        with progress_bar("decontaminating") as advance:
+            summary = decontaminate_file(data, output, eval_sets, n=n, progress=advance)
+    except InstillmError as e:
+        _fail(e)
+    _print_curation(summary)
+
+
+@data_app.command("filter")
+def data_filter(
+    data: Path = typer.Argument(..., help="Canonical JSONL."),
+    output: Path = typer.Option(..., "-o", "--output"),
+    min_words: Optional[int] = typer.Option(4, "--min-words", help="Instruction words, at least."),
+    max_words: Optional[int] = typer.Option(150, "--max-words", help="Instruction words, at most."),
+    language: Optional[str] = typer.Option("en", "--language", help="en, or 'any' to keep every language."),
+    blacklist: Optional[List[str]] = typer.Option(None, "--blacklist", help="Words that reject an instruction (default: Self-Instruct's)."),
+    self_instruct_rules: bool = typer.Option(False, "--self-instruct-rules", help="Also Self-Instruct's punctuation/ASCII/'Write a program' rules."),
+) -> None:
+    """Length, language, keyword-blacklist and response-quality filters, with reasons."""
+    from instillm.synth.filters import SELF_INSTRUCT_BLACKLIST, filter_file
+
+    try:
+        with progress_bar("filtering") as advance:
+            summary = filter_file(data, output, min_words, max_words, None if language == "any" else language,
+                                  blacklist if blacklist is not None else SELF_INSTRUCT_BLACKLIST,
+                                  self_instruct_rules=self_instruct_rules, progress=advance)
+    except InstillmError as e:
+        _fail(e)
+    _print_curation(summary)
+
+
 @model_app.command("init")
 def model_init(
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write the model to."),

@@ -113,3 +113,22 @@ def test_eval_heldout_writes_results(tmp_path: Path, tiny_model_dir: Path):
     split = saved["splits"]["heldout_families"]
     assert split["n"] == 5 and set(split["per_task"]) and "samples" in split
     assert run("eval", str(tiny_model_dir), "-o", str(tmp_path / "r.json")).exit_code == 1  # no --data
+
+
+def test_curation_commands(tmp_path: Path):
+    rows = ["Name a prime number above ten.", "Name a prime number above ten.", "Name a prime number above ten!",
+            "Draw a picture of a cat for me.", "Explain why the sky looks blue."]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                            for i, q in enumerate(rows)))
+    res = run("data", "dedup", str(data), "--rouge-l", "0.7", "--on", "instruction", "-o", str(tmp_path / "dd.jsonl"))
+    assert res.exit_code == 0, res.output
+    assert "kept 3 of 5" in res.stdout and "rouge_l_duplicate: 2" in res.stdout
+    res = run("data", "filter", str(data), "-o", str(tmp_path / "f.jsonl"))
+    assert res.exit_code == 0 and "blacklist" in res.stdout, res.output
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text(json.dumps({"prompt": "Explain why the sky looks blue."}) + "\n")
+    res = run("data", "decontaminate", str(data), "--eval", str(ev), "--n", "4", "-o", str(tmp_path / "c.jsonl"))
+    assert res.exit_code == 0 and "kept 4 of 5" in res.stdout and "eval.jsonl" in res.stdout, res.output
+    assert run("data", "dedup", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.jsonl")).exit_code == 1
