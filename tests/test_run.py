@@ -1,0 +1,70 @@
+"""`instillm run`: the whole loop on the tiny preset, stage caching, config validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from instillm.errors import ConfigError
+from instillm.run import load_run_config, run, run_config_from_dict
+
+# A few skills a tiny model picks up within seconds of CPU training.
+MINI = {
+    "name": "mini",
+    "skills": {"families": ["even_odd", "sign", "first_n"], "heldout_families": ["first_n"],
+               "n_train_per_family": 800, "n_eval_per_family": 12},
+    "model": {"init": "tiny", "seed": 0, "vocab_size": 300},
+    "train": {"max_length": 96, "packing": True, "batch_size": 8, "learning_rate": 1e-3,
+              "lr_scheduler": "cosine", "warmup_ratio": 0.05, "max_steps": 500, "logging_interval": 50},
+    "eval": {"max_new_tokens": 24, "batch_size": 32},
+}
+
+
+def write_cfg(tmp_path: Path, **over) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**MINI, "output_dir": str(tmp_path / "out"), **over}))
+    return path
+
+
+def test_mini_run_learns_and_reports(tmp_path: Path):
+    cfg = load_run_config(write_cfg(tmp_path))
+    messages: list[str] = []
+    results = run(cfg, say=messages.append)
+    out = Path(cfg.output_dir)
+    for name in ("results.json", "report.html", "report.md", "before_after.png", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["after"]) == {"heldout_instances", "heldout_phrasings", "heldout_families"}
+    assert saved["after"]["heldout_instances"] > saved["before"]["heldout_instances"]
+    assert saved["after"]["heldout_instances"] >= 0.5, saved["after"]
+    assert all(v < 0.2 for v in saved["baseline_per_family"]["heldout_instances"].values())
+    # A second run with the same config skips every stage.
+    messages.clear()
+    again = run(cfg, say=messages.append)
+    assert sum("skipped" in m for m in messages) == 5
+    assert again["after"] == results["after"]
+
+
+def test_changing_eval_settings_reruns_only_evaluations(tmp_path: Path):
+    base = {**MINI, "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
+            "train": {**MINI["train"], "max_steps": 2}}
+    cfg = run_config_from_dict({**base, "output_dir": str(tmp_path / "o")})
+    run(cfg, say=lambda m: None)
+    messages: list[str] = []
+    cfg2 = run_config_from_dict({**base, "output_dir": str(tmp_path / "o"), "eval": {"max_new_tokens": 8}})
+    run(cfg2, say=messages.append)
+    skipped = {m.removeprefix("[dim]").split(":")[0] for m in messages if "skipped" in m}
+    assert skipped == {"data", "model", "train"}
+
+
+def test_config_errors_are_reported_together(tmp_path: Path):
+    with pytest.raises(ConfigError) as e:
+        run_config_from_dict({"bogus": 1, "eval": {"max_new_tokens": 0}, "train": {"lr": 1, "model": "x"}})
+    msg = str(e.value)
+    for part in ("bogus: unknown key", "eval.max_new_tokens", "train.lr: unknown key", "train.model: set by instillm run"):
+        assert part in msg, msg
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.yaml")
