@@ -144,17 +144,9 @@ def _train_problems(train: Mapping[str, Any]) -> list[str]:
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = (), output_dir: str | None = None) -> RunConfig:
     """Read a run YAML, apply KEY=VALUE overrides (dotted) and an optional output_dir."""
-    from instillm.train.config import apply_overrides
+    from instillm.train.config import apply_overrides, read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p}: expected a mapping of settings")
+    data = read_yaml_mapping(path)
     data = apply_overrides(data, list(overrides) + ([f"output_dir={output_dir}"] if output_dir else []))
     return run_config_from_dict(data)
 

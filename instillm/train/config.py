@@ -395,19 +395,23 @@ def _set_path(node: Any, keys: list[str], value: Any, item: str) -> None:
             node = node[key]
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; ConfigError naming the file when missing, invalid or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML training config (or start from {} when path is None) and apply KEY=VALUE overrides."""
-    data: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: expected a mapping of settings, got {type(data).__name__}")
+    data = read_yaml_mapping(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides))
 
 
@@ -474,6 +478,6 @@ def resolve(config: TrainConfig, n_train_sequences: int, world_size: int = 1) ->
 
 __all__ = [
     "DatasetSpec", "LoraSettings", "MixingSettings", "TrainConfig", "Plan",
-    "config_from_dict", "apply_overrides", "load_config", "resolve",
+    "config_from_dict", "apply_overrides", "load_config", "read_yaml_mapping", "resolve",
 ]
 
