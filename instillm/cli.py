@@ -325,7 +325,7 @@ def run_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: Optional[str] = typer.Argument(None, help="Model directory or hub id (not needed with --responses)."),
+    targets: Optional[List[str]] = typer.Argument(None, help="MODEL (directory or hub id), or: winrate ANNOTATIONS.json..."),
     suite: str = typer.Option("heldout", "--suite", help="heldout | ifeval"),
     data: Optional[List[Path]] = typer.Option(None, "--data", help="heldout: canonical JSONL with references; each file is a split."),
     responses: Optional[Path] = typer.Option(None, "--responses", help="ifeval: score these {prompt, response} rows, no model."),
@@ -335,10 +335,18 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(32, "--batch-size"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N examples of each file / prompts."),
+    as_json: bool = typer.Option(False, "--json", help="winrate: print JSON only."),
+    leaderboard: Optional[Path] = typer.Option(None, "--leaderboard", help="winrate: AlpacaEval leaderboard CSV to compare with."),
 ) -> None:
-    """Evaluate on unseen instructions (heldout) or verifiable instruction following (ifeval)."""
+    """Evaluate: heldout (unseen instructions), ifeval, or `eval winrate FILES` (AlpacaEval annotations)."""
+    targets = targets or []
+    model = targets[0] if targets else None
     try:
-        if suite == "heldout":
+        if model == "winrate":
+            _eval_winrate(targets[1:], as_json, leaderboard)
+        elif len(targets) > 1:
+            raise InstillmError(f"one MODEL at a time, got {targets}")
+        elif suite == "heldout":
             _eval_heldout(model, data, output or Path("results.json"), template, max_new_tokens, batch_size, limit)
         elif suite == "ifeval":
             _eval_ifeval(model, responses, inputs, output or Path("ifeval"), template, max_new_tokens, batch_size, limit)
@@ -405,6 +413,36 @@ def _eval_ifeval(model, responses, inputs, out_dir: Path, template, max_new_toke
         table.add_row(k, f"{summary[k]:.4f}")
     out.print(table)
     out.print(f"per-prompt verdicts and summary → {out_dir}")
+
+
+def _eval_winrate(files: List[str], as_json: bool, leaderboard: Optional[Path]) -> None:
+    from instillm.evaluate.winrate import win_rates
+
+    if not files:
+        raise InstillmError("eval winrate needs AlpacaEval annotation files (JSON lists)")
+    results = win_rates(files)
+    board = _read_leaderboard(leaderboard) if leaderboard else {}
+    if as_json:
+        rows = [{"model": r.model, "win_rate": r.win_rate, "lc_win_rate": r.lc_win_rate, "n": r.n,
+                 "discrete_win_rate": r.discrete_win_rate, "standard_error": r.standard_error} for r in results]
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+    table = Table(title="AlpacaEval win rates (%)")
+    for col in ("model", "n", "win_rate", "± se", "discrete", "LC (ours)", "leaderboard win / LC"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in results:
+        ref = board.get(r.model)
+        table.add_row(r.model, str(r.n), f"{r.win_rate:.2f}", f"{r.standard_error:.2f}", f"{r.discrete_win_rate:.2f}",
+                      f"{r.lc_win_rate:.2f}", f"{ref[0]:.2f} / {ref[1]:.2f}" if ref else "—")
+    out.print(table)
+
+
+def _read_leaderboard(path: Path) -> dict:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row[""]: (float(row["win_rate"]), float(row["length_controlled_winrate"] or "nan"))
+                for row in csv.DictReader(f)}
 
 
 def _ifeval_from_hub(out_dir: Path) -> Path:

@@ -132,3 +132,12 @@ def test_curation_commands(tmp_path: Path):
     res = run("data", "decontaminate", str(data), "--eval", str(ev), "--n", "4", "-o", str(tmp_path / "c.jsonl"))
     assert res.exit_code == 0 and "kept 4 of 5" in res.stdout and "eval.jsonl" in res.stdout, res.output
     assert run("data", "dedup", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.jsonl")).exit_code == 1
+
+
+def test_eval_winrate_json(shared_data: Path):
+    path = shared_data / "alpaca_eval" / "alpaca-7b_annotations_weighted_gpt4_turbo.json"
+    res = run("eval", "winrate", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["n"] == 805 and abs(got["win_rate"] - 2.591450540223603) < 1e-9 and "lc_win_rate" in got
+    assert run("eval", "winrate").exit_code == 1
