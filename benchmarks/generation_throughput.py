@@ -1,0 +1,369 @@
+"""Generation throughput: naive per-prompt `model.generate` vs batched `generate` vs instillm.
+
+    .venv/bin/python benchmarks/generation_throughput.py --quick
+    .venv/bin/python benchmarks/generation_throughput.py [--model DIR] [--n-prompts 32]
+        [--max-new-tokens 64] [--batch-size 32] [--repeats 5] [--ablations]
+
+Builds the `small` preset (about 28M parameters, random weights) in a temporary directory unless
+`--model` is given, renders the same instruction-like chat prompts for every method (lengths
+spread like AlpacaEval's: mostly 20-80 tokens, a few long ones with an input passage) and
+decodes greedily with the same stop tokens (EOS / end-of-turn) for:
+
+  naive       `model.generate(do_sample=False)` one prompt at a time, no padding
+  hf_batched  transformers' `model.generate` on left-padded batches of `--batch-size`
+  instillm    `instillm.generation.Generator.generate_texts` at the same batch size
+
+Tokens/s counts generated tokens (up to and including a stop token; padding and anything after a
+stop are not counted) divided by wall time. Every method runs once untimed (warm-up: the naive
+loop on 2 prompts), then `--repeats` timed runs interleaved (naive, batched, instillm, naive, ...)
+so that a load spike hits all of them; the median is reported. `identical_outputs` is true when
+instillm's greedy tokens equal the naive ones for every prompt. Results go to
+benchmarks/results/generation_throughput.json (with machine info and the load average, since a
+busy machine changes the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from instillm.generation import GenerateOptions, Generator  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "generation_throughput.json"
+
+SYSTEM = "You are a helpful assistant. Answer accurately and concisely."
+
+INSTRUCTIONS = [
+    "Give three tips for staying healthy.",
+    "What is the capital of France?",
+    "Translate 'good morning' into Spanish.",
+    "Write a haiku about autumn rain.",
+    "How do I wrap a present neatly?",
+    "Explain what a binary search does and when it is faster than a linear scan.",
+    "Name five animals that live in the ocean and one fact about each of them.",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "What are the main differences between a list and a tuple in Python?",
+    "Write a short, polite email asking my manager for a day off next Friday.",
+    "Suggest a name for a bakery that specializes in sourdough bread.",
+    "Convert 72 degrees Fahrenheit to Celsius and show the formula you used.",
+    "Why is the sky blue? Keep the explanation simple enough for a ten-year-old.",
+    "List the steps to make a cup of green tea.",
+    "Rewrite the following sentence in the passive voice: The committee approved the new budget.",
+    "What is the difference between weather and climate? Give an example of each.",
+    "Write a function in JavaScript that returns the largest number in an array.",
+    "I have eggs, spinach, cheese and bread. What can I cook for breakfast in fifteen minutes?",
+    "Describe the water cycle, including evaporation, condensation, precipitation and collection.",
+    "Create a weekly workout plan for a beginner who can exercise three days a week for thirty "
+    "minutes, with no equipment at home.",
+    "Compare electric cars and gasoline cars in terms of cost, maintenance, range and environmental "
+    "impact. Present the answer as a short table followed by a recommendation.",
+    "Explain compound interest with a worked example: 1000 dollars at 5 percent per year for three "
+    "years, compounded yearly.",
+    "You are planning a three-day trip to Rome on a budget. Suggest an itinerary with two sights per "
+    "day, one cheap local restaurant per day, and tips for using public transport.",
+    "Write a product description for a reusable water bottle that keeps drinks cold for 24 hours.",
+]
+
+PASSAGES = [
+    "The city council met on Tuesday to discuss the new bicycle lanes on Main Street. Supporters "
+    "said the lanes would reduce traffic and make the street safer for children walking to school. "
+    "Shop owners worried that removing parking spaces would hurt their business, especially on "
+    "weekends. After two hours of debate the council voted five to two to build the lanes as a "
+    "one-year trial and to review sales and accident data at the end of the year.",
+    "Photosynthesis is the process by which green plants, algae and some bacteria turn light energy "
+    "into chemical energy. Using sunlight, water and carbon dioxide, they produce glucose and release "
+    "oxygen as a by-product. The process takes place mainly in the chloroplasts of leaf cells, which "
+    "contain the pigment chlorophyll. Photosynthesis is the basis of almost every food chain on "
+    "Earth and it also keeps the oxygen level of the atmosphere stable over long periods of time.",
+]
+
+WITH_INPUT = [
+    "Summarize the following text in one sentence.",
+    "List the arguments for and against the decision described below.",
+    "Write three quiz questions, with answers, about the passage below.",
+]
+
+
+def conversations(n: int) -> list[list[dict]]:
+    """`n` deterministic instruction conversations of varied length (cycled with a suffix past 32)."""
+    base: list[list[dict]] = []
+    for i, text in enumerate(INSTRUCTIONS):
+        msgs = [{"role": "system", "content": SYSTEM}] if i % 3 == 0 else []
+        base.append(msgs + [{"role": "user", "content": text}])
+    for i, text in enumerate(WITH_INPUT):
+        base.append([{"role": "user", "content": f"{text}\n\n{PASSAGES[i % len(PASSAGES)]}"}])
+    base.append([
+        {"role": "user", "content": "What is a prime number?"},
+        {"role": "assistant", "content": "A whole number greater than 1 whose only divisors are 1 and itself."},
+        {"role": "user", "content": "List the prime numbers below 30."},
+    ])
+    base.append([
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Recommend a classic novel."},
+        {"role": "assistant", "content": "Pride and Prejudice by Jane Austen."},
+        {"role": "user", "content": "Why is it considered a classic, and who would enjoy it?"},
+    ])
+    base.append([{"role": "user", "content": "Proofread this text and list every correction:\n\n"
+                  + PASSAGES[0].replace("council", "counsil").replace("their", "there")}])
+    base.append([{"role": "user", "content": "Hi!"}])
+    base.append([{"role": "user", "content": "Write a limerick about a cat who learns to code."}])
+    assert len(base) >= 32
+    out = []
+    for i in range(n):
+        conv = [dict(m) for m in base[i % len(base)]]
+        if i >= len(base):
+            conv[-1]["content"] += f" (Version {i // len(base) + 1}.)"
+        out.append(conv)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the three methods; each returns the generated token ids per prompt (stop token included)
+
+
+def _cut(ids: list[int], stops: set[int]) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[: i + 1]
+    return ids
+
+
+def run_naive(model, tok, prompts, max_new, eos, limit=None):
+    out = []
+    for p in prompts[:limit]:
+        enc = tok(p, add_special_tokens=False, return_tensors="pt")
+        seq = model.generate(**enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
+                             pad_token_id=tok.pad_token_id)
+        out.append(seq[0, enc["input_ids"].shape[1]:].tolist())
+    return out
+
+
+def run_hf_batched(model, tok, prompts, max_new, eos, batch_size):
+    out = []
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        for b in range(0, len(prompts), batch_size):
+            enc = tok(prompts[b : b + batch_size], add_special_tokens=False, return_tensors="pt", padding=True)
+            seq = model.generate(**enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
+                                 pad_token_id=tok.pad_token_id)
+            # rows that stopped are padded after their stop token: cut there, count no padding
+            out += [_cut(row, set(eos)) for row in seq[:, enc["input_ids"].shape[1]:].tolist()]
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def run_instillm(gen, prompts, options):
+    return [o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else [])
+            for o in gen.generate_texts(prompts, options)]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def cpu_idle_fraction(seconds: float = 1.0) -> float | None:
+    """Fraction of CPU time idle over `seconds` (Linux /proc/stat), None elsewhere."""
+    def read():
+        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    try:
+        i0, t0 = read()
+        time.sleep(seconds)
+        i1, t1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(limit_s: float, threshold: float = 0.9) -> float | None:
+    """Wait (at most `limit_s`) until other processes leave the CPUs idle; the idle fraction seen."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        idle = cpu_idle_fraction(1.0)
+        if idle is None or idle >= threshold or time.monotonic() >= deadline:
+            return idle
+
+
+def timed(fn):
+    """Result, wall seconds and CPU seconds (all threads of this process)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0, time.process_time() - c0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 repeats, well under 3 minutes on 2 CPU cores")
+    ap.add_argument("--model", type=Path, help="a model directory (default: build the `small` preset)")
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5, --quick 3)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--ablations", action="store_true", help="also time instillm variants (prefill chunking)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each repeat wait up to S seconds for other processes to leave the CPUs idle")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+
+    from instillm.models.loading import load_model, load_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="instillm-bench-") as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            from instillm.models.factory import init_model
+
+            model_dir = init_model(preset="small", output_dir=Path(tmp) / "small", seed=0)
+        model = load_model(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+        tok = load_tokenizer(model_dir)
+
+    gen = Generator(model, tok)
+    prompts = gen.render_prompts(conversations(args.n_prompts))
+    lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
+    eos = sorted(gen.end_ids)
+    opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {model_dir if args.model else 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
+          f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
+          f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
+          flush=True)
+
+    methods = {
+        "naive": lambda: run_naive(model, tok, prompts, args.max_new_tokens, eos),
+        "hf_batched": lambda: run_hf_batched(model, tok, prompts, args.max_new_tokens, eos, args.batch_size),
+        "instillm": lambda: run_instillm(gen, prompts, opts),
+    }
+    if args.ablations:
+        big = 1 << 30
+        methods["instillm_padded_prefill"] = lambda: run_instillm(
+            gen, prompts, GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                          prefill_tokens=big))
+        methods["instillm_prefill_1_prompt"] = lambda: run_instillm(
+            gen, prompts, GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                          prefill_tokens=1))
+
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    # warm-up (untimed): allocator, kernels, lazy imports
+    run_naive(model, tok, prompts, args.max_new_tokens, eos, limit=2)
+    for name, fn in methods.items():
+        if name != "naive":
+            fn()
+    outputs: dict[str, list] = {}
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in methods}
+    idle_seen = []
+    for r in range(repeats):
+        idle_seen.append(wait_idle(args.wait_idle) if args.wait_idle else cpu_idle_fraction(0.5))
+        for name, fn in methods.items():
+            out, dt, cpu = timed(fn)
+            seconds[name].append(dt)
+            cpu_seconds[name].append(cpu)
+            if name in outputs and outputs[name] != out:
+                raise SystemExit(f"{name}: greedy outputs changed between repeats")
+            outputs[name] = out
+        idle = f" (CPU idle before: {idle_seen[-1]:.0%})" if idle_seen[-1] is not None else ""
+        print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()) + idle,
+              flush=True)
+    load_after = os.getloadavg()
+
+    tokens = {name: sum(len(x) for x in out) for name, out in outputs.items()}
+    tps = {name: tokens[name] / statistics.median(seconds[name]) for name in methods}
+    naive = outputs["naive"]
+    result = {
+        "naive_tokens_per_s": round(tps["naive"], 1),
+        "hf_batched_tokens_per_s": round(tps["hf_batched"], 1),
+        "instillm_tokens_per_s": round(tps["instillm"], 1),
+        "speedup_vs_naive": round(tps["instillm"] / tps["naive"], 2),
+        "speedup_vs_hf_batched": round(tps["instillm"] / tps["hf_batched"], 2),
+        "hf_batched_speedup_vs_naive": round(tps["hf_batched"] / tps["naive"], 2),
+        "identical_outputs": outputs["instillm"] == naive,
+        "hf_batched_identical_outputs": outputs["hf_batched"] == naive,
+        "generated_tokens": tokens,
+        "tokens_per_cpu_s": {k: round(tokens[k] / statistics.median(cpu_seconds[k]), 1) for k in methods},
+        "n_stopped_early": sum(len(x) < args.max_new_tokens for x in naive),
+        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu_seconds.items()},
+        "settings": {
+            "model": str(args.model) if args.model else "small preset, seed 0 (random init)",
+            "n_params": n_params,
+            "dtype": "float32",
+            "attn_implementation": "sdpa",
+            "n_prompts": len(prompts),
+            "prompt_tokens": {"min": min(lens), "median": statistics.median(lens), "max": max(lens), "total": sum(lens)},
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "stop_token_ids": eos,
+            "repeats": repeats,
+            "statistic": "median of the timed repeats (warm-up excluded)",
+            "quick": args.quick,
+            "instillm_options": {k: v for k, v in vars(opts).items()},
+        },
+        "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in load_after],
+                    "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in idle_seen]},
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "command": "python benchmarks/generation_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    for name in methods:
+        if name.startswith("instillm_"):
+            result[f"{name}_tokens_per_s"] = round(tps[name], 1)
+            result[f"{name}_identical_outputs"] = outputs[name] == naive
+
+    print()
+    print(f"{'method':<28}{'tokens/s':>10}{'median s':>10}{'CPU s':>8}{'vs naive':>10}  identical to naive")
+    for name in methods:
+        med, cpu = statistics.median(seconds[name]), statistics.median(cpu_seconds[name])
+        same = "yes" if outputs[name] == naive else "NO"
+        print(f"{name:<28}{tps[name]:>10.1f}{med:>10.2f}{cpu:>8.2f}{tps[name] / tps['naive']:>9.2f}x  {same}")
+    print(f"\ninstillm vs HF batched generate: {result['speedup_vs_hf_batched']:.2f}x; "
+          f"load average before/after: {result['machine']['loadavg_before'][0]} / {result['machine']['loadavg_after'][0]}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
