@@ -25,6 +25,7 @@ LR_SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 RESUME_MODES = ("auto", "never")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+CPU_BF16_MATMULS = ("auto", "fp32", "native")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +140,10 @@ class TrainConfig(_Validated):
     seed: int = 0
     # model
     precision: str = "fp32"  # bf16 = torch.autocast over fp32 master weights
+    # bf16 on a CPU: "fp32" runs the bf16 matmuls/attention as fp32 kernels on the bf16 values
+    # (results rounded to bf16), "native" uses torch's bf16 kernels, "auto" = fp32 when the CPU
+    # has no oneDNN bf16 matmul (AVX2-only CPUs, where native bf16 is 7-50x slower)
+    cpu_bf16_matmul: str = "auto"
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # None = the model's own (sdpa for the tiny preset)
     lora: LoraSettings | None = None
@@ -161,6 +166,7 @@ class TrainConfig(_Validated):
         _choice(problems, v, "truncation", TRUNCATION_POLICIES)
         _choice(problems, v, "lr_scheduler", LR_SCHEDULERS)
         _choice(problems, v, "precision", PRECISIONS)
+        _choice(problems, v, "cpu_bf16_matmul", CPU_BF16_MATMULS)
         _choice(problems, v, "resume", RESUME_MODES)
         if v["attn_implementation"] is not None:
             _choice(problems, v, "attn_implementation", ATTN_IMPLEMENTATIONS)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from instillm.data.importer import read_examples
 from instillm.data.mix import MixResult, mix_cot, mix_tasks
@@ -201,13 +202,17 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on norms, biases); fused on CUDA."""
+    """AdamW; weight decay on matrices only (not on norms, biases); fused on CUDA and CPU.
+
+    On a CPU the fused kernel takes ~60 ms per step for 28M parameters, against ~270 ms for
+    torch's default there (the per-parameter loop) and ~440 ms for foreach (measured, 1 thread).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = bool(params) and params[0].device.type == "cuda"
+    fused = bool(params) and params[0].device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.adam_betas,
                              eps=config.adam_eps, fused=fused or None)
 
@@ -226,6 +231,64 @@ def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractCo
     if config.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether torch multiplies bf16 matrices with oneDNN on this CPU (AVX-512 / AVX512-BF16 / AMX).
+
+    Without it (e.g. AVX2-only CPUs) torch falls back to generic bf16 loops that run 7-50x slower
+    than fp32 MKL GEMMs, slowest (~1 GFLOP/s) for the untransposed operands of the backward pass.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def uses_fp32_gemm(config: TrainConfig, device: torch.device) -> bool:
+    """Whether bf16 training on `device` runs its matmuls as fp32 GEMMs (`cpu_bf16_matmul`)."""
+    if config.precision != "bf16" or device.type != "cpu" or config.cpu_bf16_matmul == "native":
+        return False
+    return config.cpu_bf16_matmul == "fp32" or not cpu_has_bf16_matmul()
+
+
+class Fp32Gemm(TorchDispatchMode):
+    """bf16 matmuls and CPU attention computed by fp32 kernels on the same bf16 values.
+
+    Products of bf16 numbers are exact in fp32 and bf16 kernels accumulate in fp32 too, so
+    upcasting the bf16 operands, running the fp32 kernel and rounding the result back to bf16
+    is the arithmetic of a bf16 matmul (up to summation order); on a CPU without bf16 matmul
+    units it is several times faster. Every other op, and every op without bf16 operands, runs
+    unchanged. Active around forward *and* backward (autograd's matmuls are intercepted too).
+    """
+
+    _BF16 = torch.bfloat16
+    _MATMULS = frozenset(getattr(torch.ops.aten, name).default for name in ("mm", "addmm", "bmm", "baddbmm"))
+    _SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    _SDPA_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+    _OPS = _MATMULS | {_SDPA, _SDPA_BACKWARD}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in self._OPS:
+            return func(*args, **kwargs)
+        if not any(isinstance(a, torch.Tensor) and a.dtype == self._BF16 for a in (*args, *kwargs.values())):
+            return func(*args, **kwargs)
+        up = [self._up(a) for a in args]
+        out = func(*up, **{k: self._up(v) for k, v in kwargs.items()})
+        if func is self._SDPA:  # (output, logsumexp): the output in the query's dtype, logsumexp stays fp32
+            return out[0].to(args[0].dtype), out[1]
+        if func is self._SDPA_BACKWARD:  # gradients in the dtypes of query, key, value
+            return tuple(g.to(x.dtype) for g, x in zip(out, args[1:4]))
+        return out.to(self._BF16)
+
+    def _up(self, x: Any) -> Any:
+        return x.float() if isinstance(x, torch.Tensor) and x.dtype == self._BF16 else x
+
+
+def matmul_mode(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """`Fp32Gemm` when `uses_fp32_gemm`, else nothing; wrap forward and backward in it."""
+    return Fp32Gemm() if uses_fp32_gemm(config, device) else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +321,8 @@ def accumulate(loss_module: torch.nn.Module, batches: Sequence[MicroBatch], acce
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         # Gradients are all-reduced only on the last micro-batch of the step.
-        with contextlib.nullcontext() if last else accelerator.no_sync(loss_module):
+        with contextlib.nullcontext() if last else accelerator.no_sync(loss_module), \
+                matmul_mode(config, accelerator.device):
             with autocast(config, accelerator.device):
                 loss_sum, _ = loss_module(**batch.model_inputs())
             accelerator.backward(loss_sum * scale)
@@ -293,7 +357,7 @@ def evaluate(model: torch.nn.Module, items: Sequence[Rendered], config: TrainCon
     for rows in eval_micro_batches(len(items), config.batch_size, accelerator.num_processes,
                                    accelerator.process_index):
         batch = collate(items, rows, pad_id, packing=False).to(accelerator.device)
-        with autocast(config, accelerator.device):
+        with matmul_mode(config, accelerator.device), autocast(config, accelerator.device):
             loss_sum, n = token_loss_sum(lm, **batch.model_inputs())
         totals += torch.stack([loss_sum.double(), n.double()])
     totals = accelerator.reduce(totals, reduction="sum")
