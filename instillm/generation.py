@@ -19,13 +19,20 @@ How it is fast (on a CPU as on a GPU):
 - **No per-step mask building**: the 4D boolean attention mask of a decode step is a view of one
   preallocated `[rows, slots]` tensor, passed as is (transformers uses a 4D mask unchanged);
   position ids are `prompt_len + step` per row, so left padding changes nothing.
+- **Grouped decode attention**: rows of one batch still differ in prompt length, and with left
+  padding every row would read as many cache slots as the longest. At decode steps the rows are
+  split into contiguous groups (`plan_kv_groups`, an exact DP trading cache reads against the
+  cost of one more attention call) and each group attends only to its own slots, through
+  transformers' `AttentionInterface` (`instillm_grouped_sdpa`, SDPA per group).
 - **Finished rows are dropped**: when a row stops (EOS / end-of-turn token, stop string or its
   token budget) its cache rows are removed, so later steps only compute live rows.
 - Logits only for the last position (`logits_to_keep=1`), `torch.inference_mode`.
 
 Sampling (temperature, top-k, top-p) draws its noise from one `torch.Generator` per prompt,
 seeded from (`seed`, prompt index): results are reproducible and do not depend on
-`batch_size` or on which other prompts are in the call.
+`batch_size` or on which other prompts are in the call. `generate_ids(seeds=...)` gives each
+prompt its own seed instead (the server batches unrelated requests), and `on_token` reports each
+decode step as it happens (the server streams from it).
 """
 
 from __future__ import annotations
@@ -34,13 +41,16 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from instillm.errors import ConfigError, DataError, ModelError
 
 FINISH_REASONS = ("stop", "length")
+
+# on_token(prompt index, token id or None for an end token, finish reason or None while running)
+TokenCallback = Callable[[int, "int | None", "str | None"], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +330,7 @@ class _Row:
     finish_reason: str = "length"
     stop_token_id: int | None = None
     stop_string: str | None = None
+    seed: int | None = None  # sampling seed of this row; None: derived from (options.seed, index)
 
 
 class Generator:
@@ -367,7 +378,11 @@ class Generator:
         self.end_ids.discard(None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs on
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        forward_params = inspect.signature(base.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in forward_params
+        # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated there)
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self._on_token: TokenCallback | None = None  # set by generate_ids for its call
 
     @property
     def renderer(self):
@@ -403,9 +418,23 @@ class Generator:
         ids = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
         return self.generate_ids([list(x) for x in ids], options)
 
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], options: GenerateOptions | None = None) -> list[GenerationOutput]:
-        """Generate from token ids (what `generate_texts` does after tokenizing)."""
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        options: GenerateOptions | None = None,
+        seeds: Sequence[int] | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> list[GenerationOutput]:
+        """Generate from token ids (what `generate_texts` does after tokenizing).
+
+        `seeds`: one sampling seed per prompt instead of (options.seed, prompt index), so a prompt
+        samples the same whatever else is in the call. `on_token(index, token_id, finish_reason)`
+        is called at every decode step for every live prompt, after the stop checks: token_id is
+        None for an end token (not part of the text), finish_reason None until the prompt ends.
+        """
         opts = options or GenerateOptions()
+        if seeds is not None and len(seeds) != len(prompt_ids):
+            raise ConfigError(f"seeds: {len(seeds)} given for {len(prompt_ids)} prompts; give one per prompt")
         rows = []
         for i, ids in enumerate(prompt_ids):
             ids = [int(x) for x in ids]
@@ -416,7 +445,8 @@ class Generator:
                     f"prompt {i} has {len(ids)} tokens: with the answer it exceeds max_length={self.max_length} "
                     "(the model's maximum positions); shorten the prompt"
                 )
-            rows.append(_Row(i, ids, min(opts.max_new_tokens, self.max_length - len(ids))))
+            seed = None if seeds is None else int(seeds[i])
+            rows.append(_Row(i, ids, min(opts.max_new_tokens, self.max_length - len(ids)), seed=seed))
         if not rows:
             return []
         # Length buckets: sort by length, batch neighbours; outputs go back by `index`.
@@ -425,6 +455,7 @@ class Generator:
         config = self.model.config
         impl = config._attn_implementation
         self.model.eval()
+        self._on_token = on_token  # for the duration of the call, like the attention setting
         try:
             if self.group_attention:
                 # for the duration of the call only; restored below
@@ -434,6 +465,7 @@ class Generator:
                 for b in range(0, len(order), opts.batch_size):
                     self._generate_batch(order[b : b + opts.batch_size], opts)
         finally:
+            self._on_token = None
             config._attn_implementation = impl
             if was_training:
                 self.model.train()
@@ -463,13 +495,13 @@ class Generator:
 
     def _forward(self, input_ids, position_ids, mask, cache, groups=None) -> torch.Tensor:
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        kwargs[self._cache_kwarg] = cache
         if groups is not None:
             kwargs["instillm_kv_groups"] = groups
         out = self.model(
             input_ids=input_ids,
             attention_mask=self._mask(mask),
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             **kwargs,
         )
@@ -522,7 +554,8 @@ class Generator:
         end_ids = torch.tensor(sorted(self.end_ids | set(opts.stop_token_ids)), device=device)
         gens = None
         if opts.do_sample:
-            gens = [torch.Generator(device=device).manual_seed(_row_seed(opts.seed, r.index)) for r in rows]
+            seeds = [_row_seed(opts.seed, r.index) if r.seed is None else r.seed for r in rows]
+            gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         stop_strings = opts.stop_strings
         window = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 2
         live = list(rows)
@@ -552,6 +585,8 @@ class Generator:
                         hits.append(j)
                 if hits:
                     done[hits] = True
+            if self._on_token is not None:
+                self._report(live, done, self._on_token)
             if bool(done.all()) or t + 1 == steps:
                 break
             if bool(done.any()):  # drop finished rows from the batch and the cache
@@ -568,6 +603,13 @@ class Generator:
             slot = width + t
             cache.write, cache.read = (slot, slot + 1), (kv_lo, slot + 1)
             logits = self._forward(tok[:, None], pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+
+    @staticmethod
+    def _report(live: list[_Row], done: torch.Tensor, on_token: TokenCallback) -> None:
+        """Tell `on_token` what each live row produced this step (and whether it finished)."""
+        for r, d in zip(live, done.tolist()):
+            token = None if r.stop_token_id is not None else r.tokens[-1]
+            on_token(r.index, token, r.finish_reason if d else None)
 
     def _groups(self, live: list[_Row], remaining: int) -> list[tuple[int, int, int]] | None:
         """Row groups for grouped decode attention (None: one group, plain SDPA)."""

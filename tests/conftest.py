@@ -37,3 +37,22 @@ def tiny_tokenizer(tiny_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_model_dir: Path):
+    """`instillm serve` over `tiny_model_dir` on 127.0.0.1 (a free port), for the whole session.
+
+    Yields an object with `.base_url` ("http://127.0.0.1:PORT/v1"), `.model` (the served model
+    name), `.api_key` (None: no key needed), `.app` (its `app.state.stats` counts requests).
+    """
+    from types import SimpleNamespace
+
+    from instillm.serve import create_app, start_in_thread
+
+    app = create_app(tiny_model_dir, model_name="tiny")
+    handle = start_in_thread(app)
+    try:
+        yield SimpleNamespace(base_url=handle.base_url, model="tiny", api_key=None, app=app, port=handle.port)
+    finally:
+        handle.stop()

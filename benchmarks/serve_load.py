@@ -1,0 +1,203 @@
+"""Load test of `instillm serve`: requests/s and tokens/s at 1, 8 and 32 concurrent clients.
+
+    .venv/bin/python benchmarks/serve_load.py --quick
+    .venv/bin/python benchmarks/serve_load.py [--model DIR] [--preset small] [--max-tokens 32]
+        [--requests-per-client 4] [--concurrency 1 8 32] [--threads 1]
+
+Builds the `small` preset (random weights, ~28M parameters) in a temporary directory unless
+`--model` is given (`--quick`: the `tiny` preset, 16 new tokens, 3 requests per client). For each
+server mode it starts `instillm serve` in a subprocess (so the client threads do not share the
+server's GIL), with `OMP_NUM_THREADS=--threads`:
+
+  batched  --max-batch-size 32 (concurrent requests decoded together)
+  serial   --max-batch-size 1  (one request at a time)
+
+and for each concurrency level c, c client threads (httpx) each send `--requests-per-client`
+greedy chat requests (max_tokens fixed, different instructions) back to back. requests/s is
+finished requests over wall time; tokens/s counts `usage.completion_tokens`; latencies are per
+request. `identical_outputs` is true when both modes gave every request the same text (greedy
+batched == one at a time). Results, with the load average (the machine may be shared), go to
+benchmarks/results/serve_load.json (`--quick`: serve_load_quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results" / "serve_load.json"
+RESULTS_QUICK = REPO / "benchmarks" / "results" / "serve_load_quick.json"
+MODES = {"batched": 32, "serial": 1}
+
+TOPICS = ["the ocean", "bread", "a binary search", "autumn rain", "Python tuples", "the moon", "chess",
+          "a bakery", "volcanoes", "trains", "coffee", "gardening", "jazz", "glaciers", "bicycles", "owls"]
+ASKS = ["Write a sentence about {}.", "Give three facts about {}.", "Explain {} to a child.",
+        "Write a haiku about {}.", "What is interesting about {}?"]
+
+
+def instruction(i: int) -> str:
+    """The i-th benchmark instruction (different words and lengths)."""
+    return ASKS[i % len(ASKS)].format(TOPICS[(i * 7) % len(TOPICS)]) + " Please." * (i % 3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, max_batch_size: int, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """`instillm serve` in a subprocess (its output to `log`); it and its base URL once it answers."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "instillm.cli", "serve", str(model), "--port", str(port),
+           "--model-name", "bench", "--max-batch-size", str(max_batch_size)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            httpx.get(url + "/models", timeout=2).raise_for_status()
+            return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not start within 180 s")
+
+
+def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> tuple[float, int, str]:
+    """(latency s, completion tokens, text) of one greedy chat request."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": instruction(i)}],
+            "max_tokens": max_tokens, "temperature": 0}
+    t0 = time.perf_counter()
+    r = client.post(url + "/chat/completions", json=body, timeout=600)
+    r.raise_for_status()
+    data = r.json()
+    return time.perf_counter() - t0, data["usage"]["completion_tokens"], data["choices"][0]["message"]["content"]
+
+
+def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    """`concurrency` threads each sending `per_client` requests back to back."""
+    results: dict[int, tuple[float, int, str]] = {}
+    barrier = threading.Barrier(concurrency + 1)
+
+    def client_loop(c: int) -> None:
+        with httpx.Client() as client:
+            barrier.wait()
+            for k in range(per_client):
+                i = c * per_client + k
+                results[i] = one_request(client, url, i, max_tokens)
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(concurrency)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    n = concurrency * per_client
+    if len(results) != n:
+        raise SystemExit(f"only {len(results)} of {n} requests succeeded")
+    lat = sorted(r[0] for r in results.values())
+    tokens = sum(r[1] for r in results.values())
+    return {"concurrency": concurrency, "requests": n, "seconds": round(wall, 3),
+            "requests_per_s": round(n / wall, 3), "completion_tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 1), "p50_latency_s": round(statistics.median(lat), 3),
+            "p95_latency_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+            "texts": {i: results[i][2] for i in sorted(results)}}
+
+
+def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> list[dict]:
+    proc, url = start_server(model, MODES[mode], args.threads, log)
+    try:
+        with httpx.Client() as client:  # warm-up
+            for i in range(2):
+                one_request(client, url, 10_000 + i, args.max_tokens)
+        rows = []
+        for c in args.concurrency:
+            row = {"mode": mode, "max_batch_size": MODES[mode], **load(url, c, args.requests_per_client, args.max_tokens)}
+            print(f"  {mode:8s} c={c:<3d} {row['requests_per_s']:8.2f} req/s {row['tokens_per_s']:9.1f} tok/s",
+                  flush=True)
+            rows.append(row)
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'mode':8s} {'batch':>5s} {'clients':>7s} {'requests':>8s} {'req/s':>8s} {'tok/s':>9s} "
+          f"{'p50 s':>7s} {'p95 s':>7s}")
+    for r in rows:
+        print(f"{r['mode']:8s} {r['max_batch_size']:5d} {r['concurrency']:7d} {r['requests']:8d} "
+              f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} {r['p95_latency_s']:7.3f}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, help="a saved model directory (default: build --preset)")
+    p.add_argument("--preset", default=None, help="tiny or small (default small; --quick: tiny)")
+    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per request (default 32; --quick 16)")
+    p.add_argument("--requests-per-client", type=int, default=None, help="default 4; --quick 3")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
+    p.add_argument("--quick", action="store_true", help="tiny preset, fewer and shorter requests (~1-2 min)")
+    args = p.parse_args()
+    args.preset = args.preset or ("tiny" if args.quick else "small")
+    args.max_tokens = args.max_tokens or (16 if args.quick else 32)
+    args.requests_per_client = args.requests_per_client or (3 if args.quick else 4)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            import torch
+
+            from instillm.models.factory import init_model
+
+            torch.set_num_threads(args.threads)
+            model = Path(tmp) / args.preset
+            init_model(preset=args.preset, output_dir=model, seed=0)
+        rows = [r for mode in MODES for r in run_mode(model, mode, args, Path(tmp) / f"serve-{mode}.log")]
+    by_mode = {m: [r for r in rows if r["mode"] == m] for m in MODES}
+    identical = all(a["texts"] == b["texts"] for a, b in zip(by_mode["batched"], by_mode["serial"]))
+    for r in rows:
+        r.pop("texts")
+    print_table(rows)
+    print(f"identical_outputs (batched == serial, greedy): {identical}")
+    path = RESULTS_QUICK if args.quick else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "benchmark": "serve_load", "quick": args.quick, "model": str(args.model or f"preset:{args.preset}"),
+        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
+        "server_threads": args.threads, "identical_outputs": identical, "results": rows,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+    }, indent=1))
+    print(f"→ {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""Pairwise LLM judge, AlpacaEval-style: which of two outputs to an instruction is better.
+
+Every pair (reference output, model output) is judged **twice**, once in each order, through any
+`instillm.synth.llm.Backend`: LLM judges prefer one position, and asking both ways cancels that
+bias. A verdict names the preferred position; it is mapped back to the outputs and the two
+orders are averaged, so when they disagree the pair is a tie (1.5).
+
+Preferences use AlpacaEval's convention: `output_1` is the reference (`generator_1`), `output_2`
+the model, 1 = reference better, 2 = model better, 1.5 = tie. The annotation rows written here are
+AlpacaEval-format and `instillm.evaluate.winrate` reads them as is. Each row also keeps
+`raw_completion` ({"original": judge text with output_1 shown first, "swapped": with output_2
+first}), `order_preferences` (the preference for output_2 each order gave, None where unread)
+and `failure` (why a text could not be read, else None).
+
+Judge prompts (our wording, AlpacaEval's layout): `identifier` (default) asks for the identifier
+of the better output, `m` or `M`, as `weighted_alpaca_eval_gpt4_turbo` does (which reads the
+token's log-probabilities; we read the text); `ranking` asks for a ranking list of `model_1` /
+`model_2`, as `alpaca_eval_gpt4` does. `parse_verdict` reads every format either prompt can
+produce (see there); a text it cannot read is a counted failure, and a pair missing either
+order's verdict has no preference (winrate.py skips it) but keeps both raw texts.
+
+Two outputs that are identical are a tie without asking the judge (as AlpacaEval does).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from instillm.errors import ConfigError, DataError
+from instillm.evaluate.winrate import WinRate, length_controlled, win_rate
+from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
+
+PROMPT_STYLES = ("identifier", "ranking")
+FIRST, SECOND, TIE = 1.0, 2.0, 1.5  # preference of a position, in AlpacaEval's 1..2 convention
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How to ask the judge: prompt `style`, sampling (`max_tokens`, `temperature`, `seed`)."""
+
+    style: str = "identifier"
+    max_tokens: int = 100
+    temperature: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.style not in PROMPT_STYLES:
+            raise ConfigError(f"judge.style: {self.style!r} is not one of {', '.join(PROMPT_STYLES)}")
+        SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+    def params(self) -> SamplingParams:
+        """Sampling settings of every judge request."""
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+
+# --------------------------------------------------------------------------------------------
+# prompts
+
+SYSTEM_PROMPT = (
+    "You are a meticulous and fair evaluator of AI assistants. You compare the outputs that two "
+    "language models gave to the same instruction and pick the one most people would prefer. "
+    "Your choices are used to build a leaderboard of models."
+)
+
+_SHARED = '''I am building a leaderboard of large language models. Below is an instruction that was given to two models, and the output each of them produced. Decide which output a careful human reader would prefer: consider helpfulness, correctness, relevance and clarity. The order in which the outputs are listed means nothing, and a longer output is not better for being longer.
+
+## Instruction
+
+{{
+    "instruction": """{instruction}""",
+}}
+
+## Model outputs
+
+The outputs, in no particular order, each labelled with the identifier of the model that wrote it:
+
+[
+    {{
+        "{key}": "{id_1}",
+        "output": """{output_1}"""
+    }},
+    {{
+        "{key}": "{id_2}",
+        "output": """{output_2}"""
+    }}
+]
+
+## Task
+
+'''
+
+_TASKS = {
+    "identifier": "Reply with the identifier of the model whose output is better. Your reply is read as the name "
+                  "of that model, so it must be exactly one of these identifiers and nothing else (no quotes, "
+                  "no punctuation, no explanation): m or M.",
+    "ranking": "Rank the two models by the quality of their outputs, rank 1 for the better one. Reply with a "
+               "list of the model names and their ranks, and nothing else, exactly in this form:\n"
+               "[\n    {'model': <model name>, 'rank': <1 or 2>},\n    {'model': <model name>, 'rank': <1 or 2>}\n]",
+}
+_NAMES = {"identifier": ("model_identifier", "m", "M"), "ranking": ("model", "model_1", "model_2")}
+
+
+def pairwise_messages(instruction: str, first: str, second: str, style: str = "identifier") -> list[dict[str, str]]:
+    """The chat messages that ask the judge to compare `first` (position 1) with `second` (position 2)."""
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"judge.style: {style!r} is not one of {', '.join(PROMPT_STYLES)}")
+    key, id_1, id_2 = _NAMES[style]
+    user = _SHARED.format(instruction=instruction, key=key, id_1=id_1, id_2=id_2,
+                          output_1=first, output_2=second) + _TASKS[style]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------------------------
+# verdict parsing
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a judge text says: the preferred position (FIRST, SECOND or TIE) or an `error`."""
+
+    preference: float | None
+    error: str | None = None
+
+
+_POSITION = {"m": FIRST, "M": SECOND, "model_1": FIRST, "model_2": SECOND}
+_CLEAN = " \t\r\n`'\"*.:!#()[]"
+_OUTPUT_AB = re.compile(r"Output \(([ab])\)")
+_OUTPUT_AB_POSITION = {"a": FIRST, "b": SECOND}
+_BRACKETS = re.compile(r"\[\[([ABC])\]\]")
+_BRACKETS_POSITION = {"A": FIRST, "B": SECOND, "C": TIE}
+_VERDICT_KEYS = ("model_identifier", "best_model", "best", "winner", "preferred")
+
+
+def _identifier(text: str) -> set[float]:
+    """The whole reply, or its last line, is `m` or `M` (the identifier prompt's answer)."""
+    lines = [ln.strip(_CLEAN) for ln in text.strip().splitlines() if ln.strip(_CLEAN)]
+    return {_POSITION[c] for c in (text.strip(_CLEAN), lines[-1] if lines else "") if c in ("m", "M")}
+
+
+def _output_ab(text: str) -> set[float]:
+    """AlpacaFarm's "Output (a)" / "Output (b)"."""
+    return {_OUTPUT_AB_POSITION[x] for x in _OUTPUT_AB.findall(text)}
+
+
+def _brackets(text: str) -> set[float]:
+    """MT-Bench pairwise "[[A]]" / "[[B]]" / "[[C]]" (tie)."""
+    return {_BRACKETS_POSITION[x] for x in _BRACKETS.findall(text)}
+
+
+def _literal(text: str, open_: str, close: str) -> Any:
+    """The JSON or Python literal between the first `open_` and the last `close` (None if none)."""
+    start, end = text.find(open_), text.rfind(close)
+    if start < 0 or end <= start:
+        return None
+    chunk = text[start:end + 1]
+    try:
+        return json.loads(chunk)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(chunk)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _ranking_of(items: Any) -> float | None:
+    """Position preferred by a ranking list [{'model': 'model_1', 'rank': 1}, ...] (m/M names too)."""
+    if not isinstance(items, list):
+        return None
+    ranks: dict[float, Any] = {}
+    for item in items:
+        if isinstance(item, dict) and item.get("model") in _POSITION:
+            ranks[_POSITION[item["model"]]] = item.get("rank")
+    first, second = ranks.get(FIRST), ranks.get(SECOND)
+    if first not in (1, 2) or isinstance(first, bool) or (second is not None and second == first):
+        return None
+    return FIRST if first == 1 else SECOND
+
+
+def _ranking(text: str) -> set[float]:
+    """A ranking list, bare or as the `ordered_models` / `ranking` field of an object."""
+    obj = _literal(text, "{", "}")
+    items = _literal(text, "[", "]")
+    if isinstance(obj, dict):
+        items = next((obj[k] for k in ("ordered_models", "ranking") if k in obj), items)
+    found = _ranking_of(items)
+    return set() if found is None else {found}
+
+
+def _json_choice(text: str) -> set[float]:
+    """A JSON object naming the better model: {"model_identifier": "M"}, {"winner": "model_1"}, ..."""
+    obj = _literal(text, "{", "}")
+    if not isinstance(obj, dict):
+        return set()
+    return {_POSITION[str(obj[k])] for k in _VERDICT_KEYS if k in obj and str(obj[k]) in _POSITION}
+
+
+_FORMATS = (_identifier, _output_ab, _brackets, _ranking, _json_choice)
+
+
+def parse_verdict(text: str | None) -> Verdict:
+    """The position a judge text prefers, read in every supported format; formats that disagree fail.
+
+    Formats: the identifier `m` / `M` (the whole reply or its last line), "Output (a)" /
+    "Output (b)", "[[A]]" / "[[B]]" / "[[C]]" (C: tie), a ranking list of `model_1` / `model_2`
+    (or m / M) as JSON or a Python literal, and a JSON object such as {"model_identifier": "m"}.
+    """
+    if text is None or not text.strip():
+        return Verdict(None, "empty judge output")
+    found = set().union(*(fmt(text) for fmt in _FORMATS))
+    if not found:
+        return Verdict(None, "no verdict found")
+    if len(found) > 1:
+        return Verdict(None, "ambiguous: the reply names more than one verdict")
+    return Verdict(found.pop())
+
+
+# --------------------------------------------------------------------------------------------
+# both orders
+
+
+def combine(original: float | None, swapped: float | None) -> float | None:
+    """Preference for output_2 from the verdicts of both orders (positions), None if either is missing.
+
+    `original` showed (output_1, output_2), `swapped` showed (output_2, output_1): a position
+    preference p there is 3 - p for output_2. Disagreeing orders average to a tie.
+    """
+    if original is None or swapped is None:
+        return None
+    return (original + (3.0 - swapped)) / 2.0
+
+
+def _requests(instructions: Sequence[str], out_1: Sequence[str], out_2: Sequence[str],
+              todo: Sequence[int], config: JudgeConfig) -> list[LLMRequest]:
+    """For each pair in `todo`: the original order, then the swapped one."""
+    params = config.params()
+    reqs = []
+    for i in todo:
+        for first, second in ((out_1[i], out_2[i]), (out_2[i], out_1[i])):
+            msgs = pairwise_messages(instructions[i], first, second, config.style)
+            reqs.append(LLMRequest(messages=tuple(msgs), params=params))
+    return reqs
+
+
+def annotation_row(instruction: str, o1: str, o2: str, g1: str, g2: str, annotator: str,
+                   texts: tuple[str | None, str | None] | None) -> dict[str, Any]:
+    """One AlpacaEval-format row; `texts` are the judge replies of both orders (None: identical outputs)."""
+    row: dict[str, Any] = {"instruction": instruction, "output_1": o1, "generator_1": g1,
+                           "output_2": o2, "generator_2": g2, "annotator": annotator}
+    if texts is None:
+        return {**row, "preference": TIE, "raw_completion": None, "order_preferences": None, "failure": None}
+    verdicts = [parse_verdict(t) for t in texts]
+    errors = [f"{name}: {v.error}" for name, v in zip(("original", "swapped"), verdicts) if v.error]
+    return {**row, "preference": combine(verdicts[0].preference, verdicts[1].preference),
+            "raw_completion": {"original": texts[0], "swapped": texts[1]},
+            "order_preferences": [verdicts[0].preference, _flip(verdicts[1].preference)],
+            "failure": "; ".join(errors) or None}
+
+
+def _flip(position: float | None) -> float | None:
+    """A swapped order's position preference as a preference for output_2."""
+    return None if position is None else 3.0 - position
+
+
+def judge_pairwise(instructions: Sequence[str], model_outputs: Sequence[str], reference_outputs: Sequence[str],
+                   backend: Backend, config: JudgeConfig | None = None, model_name: str = "model",
+                   reference_name: str = "reference", progress: Progress | None = None) -> list[dict[str, Any]]:
+    """AlpacaEval-format annotations of model vs reference outputs, each pair judged in both orders."""
+    config = config or JudgeConfig()
+    n = len(instructions)
+    if not n == len(model_outputs) == len(reference_outputs):
+        raise DataError(f"judge_pairwise: {n} instructions, {len(model_outputs)} model outputs and "
+                        f"{len(reference_outputs)} reference outputs; they must be the same length")
+    todo = [i for i in range(n) if model_outputs[i] != reference_outputs[i]]
+    replies = backend.generate(_requests(instructions, reference_outputs, model_outputs, todo, config), progress)
+    texts: dict[int, tuple[str, str]] = {i: (replies[2 * k].text, replies[2 * k + 1].text) for k, i in enumerate(todo)}
+    annotator = f"{backend.model} ({config.style})"
+    return [annotation_row(instructions[i], reference_outputs[i], model_outputs[i], reference_name, model_name,
+                           annotator, texts.get(i)) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# inputs, outputs and summary
+
+
+def load_outputs(path: str | Path) -> list[dict[str, Any]]:
+    """An AlpacaEval outputs file: a JSON list of {instruction, output, generator}; DataError names the row."""
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read outputs {path}: {e}") from e
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"{path}: expected a non-empty JSON list of {{instruction, output, generator}}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+            raise DataError(f"{path}: row {i + 1}: needs string fields 'instruction' and 'output'")
+    return rows
+
+
+def pair_outputs(model_rows: Sequence[dict[str, Any]], reference_rows: Sequence[dict[str, Any]],
+                 where: str = "reference outputs") -> tuple[list[str], list[str], list[str]]:
+    """(instructions, model outputs, reference outputs) paired by instruction, in the model file's order."""
+    refs: dict[str, str] = {}
+    for r in reference_rows:
+        refs.setdefault(r["instruction"], r["output"])
+    missing = [r["instruction"] for r in model_rows if r["instruction"] not in refs]
+    if missing:
+        raise DataError(f"{where}: no output for {len(missing)} instruction(s) of the model outputs, "
+                        f"e.g. {missing[0][:80]!r}")
+    instructions = [r["instruction"] for r in model_rows]
+    return instructions, [r["output"] for r in model_rows], [refs[i] for i in instructions]
+
+
+def generator_name(rows: Sequence[dict[str, Any]], default: str) -> str:
+    """The `generator` of an outputs file (its first row), else `default`."""
+    name = rows[0].get("generator") if rows else None
+    return str(name) if name else default
+
+
+def judge_output_files(model_path: str | Path, reference_path: str | Path, backend: Backend,
+                       config: JudgeConfig | None = None, limit: int | None = None,
+                       progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Annotations of two AlpacaEval outputs files paired by instruction (the first `limit` model rows)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit: must be >= 1, got {limit}")
+    model_rows = load_outputs(model_path)[:limit]
+    ref_rows = load_outputs(reference_path)
+    instructions, outs, refs = pair_outputs(model_rows, ref_rows, where=str(reference_path))
+    return judge_pairwise(instructions, outs, refs, backend, config, generator_name(model_rows, "model"),
+                          generator_name(ref_rows, "reference"), progress)
+
+
+def write_annotations(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write annotation rows as an AlpacaEval annotations JSON list."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+@dataclass(frozen=True)
+class JudgeSummary:
+    """Counts of a judged set and its win rates (None when no pair got a preference)."""
+
+    n_pairs: int
+    n_judged: int
+    n_failures: int
+    n_failed_orders: int
+    n_identical: int
+    win_rate: WinRate | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = {k: getattr(self, k) for k in ("n_pairs", "n_judged", "n_failures", "n_failed_orders", "n_identical")}
+        return {**d, "win_rate": self.win_rate.to_dict() if self.win_rate else None}
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> JudgeSummary:
+    """Failures and win rate ± standard error, discrete and length-controlled (winrate.py) of annotations."""
+    judged = [r for r in rows if r["preference"] is not None]
+    failed_orders = sum(p is None for r in rows for p in (r.get("order_preferences") or ()))
+    identical = sum(r.get("raw_completion") is None for r in rows)
+    rate = None
+    if judged:
+        plain = win_rate(judged)
+        lc, coef = length_controlled(judged, None)
+        rate = WinRate(**{**plain.to_dict(), "lc_win_rate": lc, "length_coefficient": coef})
+    return JudgeSummary(len(rows), len(judged), len(rows) - len(judged), failed_orders, identical, rate)

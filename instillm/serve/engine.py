@@ -1,0 +1,201 @@
+"""The batching engine: one worker thread owns the model and decodes queued requests together.
+
+Request handlers `submit` a `Job` (its rows: prompt token ids with one sampling seed each; `n`
+samples of a prompt are `n` rows). The worker takes the first queued job, waits up to
+`batch_wait_ms` for more (until `max_batch_size` rows), groups the jobs by `GenerateOptions`
+and decodes each group in ONE `Generator.generate_ids` call. Rows carry their own seeds, so a
+sampled answer does not depend on what else was in the batch, and greedy rows give the tokens
+they give alone. A job's future resolves when the call it was decoded in returns.
+
+Streaming jobs get text deltas while the call runs (through the generator's `on_token`): the
+text decoded so far, minus a hold-back that could still change (an incomplete UTF-8 character,
+trailing spaces, a possible start of a stop string) and never past a stop string. The rest of
+the text comes from the final output.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from instillm.generation import GenerateOptions, GenerationOutput, Generator
+
+logger = logging.getLogger(__name__)
+
+Delta = Callable[[int, str], None]  # (row of the job, new text) — called from the worker thread
+_STOP = object()
+
+
+@dataclass
+class Job:
+    """One request's rows. `future` gets the outputs, one per row, in row order."""
+
+    prompts: list[list[int]]
+    seeds: list[int]
+    options: GenerateOptions
+    on_delta: Delta | None = None
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class EngineStats:
+    """What the worker did: `requests_per_call[k]` counts Generator calls that decoded k requests."""
+
+    requests: int = 0
+    rows: int = 0
+    generate_calls: int = 0
+    max_requests_per_call: int = 0
+    requests_per_call: Counter = field(default_factory=Counter)
+
+
+class _TextStream:
+    """Incremental detokenisation of one streamed row (worker thread only)."""
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...], emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.stops, self.emit = tokenizer, stops, emit
+        self.hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
+        self.tokens: list[int] = []
+        self.sent = 0  # characters emitted
+
+    def add(self, token: int | None, finish: str | None) -> None:
+        """Take one decode step's token; emit the text that can no longer change."""
+        if token is not None:
+            self.tokens.append(token)
+        if finish is not None or token is None:
+            return  # the final text (cut at a stop string) comes from the call's output
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        safe = len(text.rstrip("\ufffd "))
+        for s in self.stops:
+            i = text.find(s)
+            if i >= 0:
+                safe = min(safe, i)
+        safe = min(safe, len(text) - self.hold)
+        if safe > self.sent:
+            self.emit(text[self.sent : safe])
+            self.sent = safe
+
+
+class Engine:
+    """A queue of jobs and the one thread that decodes them with `generator`."""
+
+    def __init__(self, generator: Generator, max_batch_size: int = 32, batch_wait_ms: float = 5.0) -> None:
+        self.generator = generator
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.stats = EngineStats()
+        self._queue: queue.Queue = queue.Queue()
+        self._held: deque[Job] = deque()  # taken from the queue but not fitting the last batch
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="instillm-serve-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the jobs already queued, then end the worker thread."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, job: Job) -> Future:
+        """Queue `job`; its future resolves to one GenerationOutput per row."""
+        if self._thread is None:
+            raise RuntimeError("the engine is not running (start() it first)")
+        self._queue.put(job)
+        return job.future
+
+    # -- worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            jobs, stopping = self._collect()
+            groups: dict[GenerateOptions, list[Job]] = {}
+            for job in jobs:
+                # False when the request was cancelled (client gone): nothing to decode then;
+                # True makes the future uncancellable, so resolving it below cannot fail.
+                if job.future.set_running_or_notify_cancel():
+                    groups.setdefault(job.options, []).append(job)
+            for options, group in groups.items():
+                self._decode(options, group)
+            if stopping:
+                return
+
+    def _next(self, timeout: float | None) -> Any:
+        if self._held:
+            return self._held.popleft()
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _collect(self) -> tuple[list[Job], bool]:
+        """The jobs of the next batch (up to max_batch_size rows) and whether to stop after it."""
+        first = self._next(None)
+        if first is _STOP:
+            return [], True
+        jobs, rows = [first], len(first.prompts)
+        deadline = time.monotonic() + self.batch_wait_s
+        while rows < self.max_batch_size:
+            job = self._next(max(0.0, deadline - time.monotonic()))
+            if job is None:
+                break
+            if job is _STOP:
+                return jobs, True
+            if rows + len(job.prompts) > self.max_batch_size:
+                self._held.appendleft(job)  # first in the next batch
+                break
+            jobs.append(job)
+            rows += len(job.prompts)
+        return jobs, False
+
+    def _decode(self, options: GenerateOptions, jobs: list[Job]) -> None:
+        """Decode the rows of `jobs` in one Generator call and resolve their futures."""
+        prompts = [p for j in jobs for p in j.prompts]
+        seeds = [s for j in jobs for s in j.seeds]
+        streams = self._streams(jobs, options.stop_strings)
+        on_token = None
+        if any(s is not None for s in streams):
+            def on_token(index: int, token: int | None, finish: str | None) -> None:
+                if streams[index] is not None:
+                    streams[index].add(token, finish)
+        try:
+            outputs = self.generator.generate_ids(prompts, options, seeds=seeds, on_token=on_token)
+        except BaseException as e:  # every waiting request must hear of it
+            logger.exception("generation failed for a batch of %d request(s)", len(jobs))
+            for j in jobs:
+                j.future.set_exception(e)
+            return
+        self._count(jobs, len(prompts))
+        start = 0
+        for j in jobs:
+            j.future.set_result(outputs[start : start + len(j.prompts)])
+            start += len(j.prompts)
+
+    def _streams(self, jobs: list[Job], stops: tuple[str, ...]) -> list[_TextStream | None]:
+        """One text stream per row of the call (None for rows of non-streamed jobs)."""
+        out: list[_TextStream | None] = []
+        tokenizer = self.generator.tokenizer
+        for j in jobs:
+            for row in range(len(j.prompts)):
+                emit = (lambda text, j=j, row=row: j.on_delta(row, text)) if j.on_delta else None
+                out.append(_TextStream(tokenizer, stops, emit) if emit else None)
+        return out
+
+    def _count(self, jobs: list[Job], rows: int) -> None:
+        s = self.stats
+        s.requests += len(jobs)
+        s.rows += rows
+        s.generate_calls += 1
+        s.max_requests_per_call = max(s.max_requests_per_call, len(jobs))
+        s.requests_per_call[len(jobs)] += 1
+
+
+__all__ = ["Engine", "EngineStats", "Job", "GenerationOutput"]

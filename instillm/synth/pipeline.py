@@ -1,0 +1,221 @@
+"""Resumable generation runs: an append-only journal of finished items and a small state file.
+
+A teacher-LLM pipeline (Self-Instruct, Evol-Instruct) works in steps: build a batch of requests,
+send them, turn the answers into finished items (kept or rejected, with a reason). Each step
+ends with `Journal.commit(records, **state)`:
+
+  1. the step's records are appended to `items.jsonl` as JSON lines and fsync'd;
+  2. `state.json` (the caller's state plus the committed byte length of `items.jsonl`) is written
+     to a temp file, fsync'd, renamed over the old one, and the directory fsync'd.
+
+The rename is the commit point. A run killed anywhere (SIGKILL included) restarts from the last
+`state.json`: lines of `items.jsonl` past the committed length (a step appended but not
+committed, or a torn last line) are cut off, so the interrupted step is redone exactly once. Its
+requests are answered again from the response cache (`CachedBackend`), so nothing already
+answered is sent twice. 0 duplicates, 0 losses.
+
+Determinism: a step draws its random choices from `step_rng(seed, *keys)`, a generator seeded by
+the run seed and the step's coordinates (stage, batch, ...), never from a generator carried over
+from earlier steps. A resumed run therefore makes the same choices an uninterrupted one would,
+with nothing to restore but the committed records.
+
+The journal lives in a work directory beside the output (`OUT.jsonl` → `OUT.run/`) and carries a
+fingerprint of the settings (config, inputs, model): resuming with different settings is a
+ConfigError naming the directory and the settings that differ. The final files (`OUT.jsonl`,
+`OUT.rejects.jsonl`, `OUT.stats.json`) are written from the journal at the end, each atomically.
+
+Test hook: with `INSTILLM_TEST_KILL_AFTER=K` the process SIGKILLs itself once the journal holds
+at least K records — right after a commit, or, with `INSTILLM_TEST_KILL_POINT=append`, after the
+records are appended but before the state is written (the torn-step case).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
+
+from instillm.data.importer import rejects_path_for
+from instillm.data.schema import Example
+from instillm.errors import ConfigError, DataError
+
+KILL_HOOK = "INSTILLM_TEST_KILL_AFTER"
+KILL_POINT_HOOK = "INSTILLM_TEST_KILL_POINT"
+ITEMS = "items.jsonl"
+STATE = "state.json"
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+def work_dir_for(output: str | Path) -> Path:
+    """Where a run writing `output` keeps its journal: OUT.jsonl → OUT.run/."""
+    out = Path(output)
+    base = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(base + ".run")
+
+
+def stats_path_for(output: str | Path) -> Path:
+    """OUT.jsonl → OUT.stats.json."""
+    out = Path(output)
+    base = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(base + ".stats.json")
+
+
+def step_rng(seed: int, *keys: object) -> random.Random:
+    """A generator determined by the run seed and a step's coordinates (same on every resume)."""
+    # str seeds are hashed with SHA-512 by `random`, independent of PYTHONHASHSEED.
+    return random.Random("/".join(str(k) for k in (seed, *keys)))
+
+
+def request_seed(seed: int, *keys: object) -> int:
+    """A per-request sampling seed (31 bits), so identical prompts still get distinct samples and cache keys."""
+    return step_rng(seed, "request", *keys).getrandbits(31)
+
+
+class Journal:
+    """`items.jsonl` + `state.json` in `directory`; see the module docstring for the commit protocol."""
+
+    def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any]) -> None:
+        """Open (resume) or create the journal; ConfigError when it belongs to other settings."""
+        self.dir = Path(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        self.records: list[dict[str, Any]] = []
+        self.state: dict[str, Any] = {}
+        self.resumed = False
+        if (self.dir / STATE).exists():
+            self._resume()
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / ITEMS).write_bytes(b"")
+            self._write_state(0)
+
+    def _resume(self) -> None:
+        """Load the committed state and records, cutting off anything appended after the last commit."""
+        try:
+            saved = json.loads((self.dir / STATE).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.dir / STATE}: unreadable run state ({e}); delete {self.dir} to start over") from e
+        if saved.get("fingerprint") != self.fingerprint:
+            raise ConfigError(_mismatch(self.dir, saved.get("fingerprint") or {}, self.fingerprint))
+        committed = int(saved["committed_bytes"])
+        items = self.dir / ITEMS
+        with open(items, "r+b") as f:
+            data = f.read(committed)
+            if len(data) < committed:
+                raise DataError(f"{items}: shorter than its committed length {committed}; delete {self.dir}")
+            f.truncate(committed)
+            os.fsync(f.fileno())
+        self.records = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+        self.state = saved.get("state", {})
+        self._committed = committed
+        self.resumed = True
+
+    def commit(self, records: Sequence[Mapping[str, Any]], **state: Any) -> None:
+        """Append `records` and make them durable together with the updated `state` (one step)."""
+        data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+                        for r in records)
+        with open(self.dir / ITEMS, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(json.loads(json.dumps(r)) for r in records)
+        _maybe_kill(len(self.records), "append")
+        self.state.update(state)
+        self._write_state(self._committed + len(data))
+        _maybe_kill(len(self.records), "commit")
+
+    def _write_state(self, committed: int) -> None:
+        """Atomically replace state.json (temp file, fsync, rename, directory fsync)."""
+        body = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                "committed_bytes": committed, "state": self.state}
+        _atomic_write(self.dir / STATE, json.dumps(body, indent=1).encode())
+        self._committed = committed
+
+    def of_stage(self, stage: str) -> list[dict[str, Any]]:
+        """The committed records of one stage, in commit order."""
+        return [r for r in self.records if r.get("stage") == stage]
+
+
+def _mismatch(directory: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The error for resuming a run with other settings, naming the keys that differ."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return (f"{directory} holds a run started with other settings (differs in: {', '.join(keys)}); "
+            f"rerun with the same settings to resume it, or delete {directory} to start over")
+
+
+def _maybe_kill(n_records: int, point: str) -> None:
+    """The test hook of the module docstring."""
+    after = os.environ.get(KILL_HOOK)
+    if after and n_records >= int(after) and os.environ.get(KILL_POINT_HOOK, "commit") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same directory, fsync'd, renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_outputs(output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]],
+                  stats: Mapping[str, Any]) -> tuple[Path, Path, Path]:
+    """Write OUT.jsonl, OUT.rejects.jsonl and OUT.stats.json, each atomically; their paths."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rej, st = rejects_path_for(out), stats_path_for(out)
+    _atomic_write(out, b"".join((ex.to_json() + "\n").encode("utf-8", "surrogatepass") for ex in examples))
+    _atomic_write(rej, b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+                                for r in rejects))
+    _atomic_write(st, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode())
+    return out, rej, st
+
+
+def batches(items: Sequence[T], size: int, start: int = 0) -> Iterable[tuple[int, Sequence[T]]]:
+    """(index of the first item, items) for consecutive batches of `size`, from item `start`."""
+    for i in range(start, len(items), size):
+        yield i, items[i : i + size]
+
+
+def count_by(records: Iterable[Mapping[str, Any]], key: str = "reason") -> dict[str, int]:
+    """How many records have each value of `key` (None values skipped), sorted by value."""
+    out: dict[str, int] = {}
+    for r in records:
+        v = r.get(key)
+        if v is not None:
+            out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def config_from_mapping(cls: type[T], data: Mapping[str, Any], what: str) -> T:
+    """A frozen config dataclass from a plain mapping (YAML); ConfigError lists every problem (unknown keys too)."""
+    from instillm.train.config import _build
+
+    problems: list[str] = []
+    config = _build(cls, data, "", problems)
+    if problems:
+        raise ConfigError(f"invalid {what} config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str], what: str) -> T:
+    """`cls` from a YAML file (or defaults) plus `key=value` overrides, as `instillm train` reads its config."""
+    from instillm.train.config import apply_overrides, read_yaml_mapping
+
+    data = read_yaml_mapping(path) if path is not None else {}
+    return config_from_mapping(cls, apply_overrides(data, overrides), what)
