@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -312,6 +313,18 @@ def _eos_ids(value: Any) -> set[int]:
     if isinstance(value, torch.Tensor):
         return {int(x) for x in value.flatten().tolist()}
     return {int(x) for x in value if x is not None}
+
+
+def sample_seed(seed: int | None, index: int) -> int:
+    """The sampling seed of sample `index` of a request with `seed` (None: a fresh random one).
+
+    The server and the local backend both seed sample i this way, so a seeded request samples the
+    same text in-process and over HTTP.
+    """
+    if seed is None:
+        return secrets.randbits(63)
+    digest = hashlib.sha256(f"instillm-sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _row_seed(seed: int, index: int) -> int:
@@ -669,5 +682,6 @@ __all__: Iterable[str] = [
     "Generator",
     "generate_texts",
     "generate_chat",
+    "sample_seed",
     "FINISH_REASONS",
 ]

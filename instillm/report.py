@@ -1,8 +1,10 @@
 """The run report: before/after tables and plots, the loss curve, failures, and what to fix next.
 
 Input is a run's `results.json` dict (keys `before`/`after`: split → exact match, and
-`details`: stage → split → per-task/per-category scores with sample predictions) plus the
-training `metrics.jsonl`. Output: `report.md`, `report.html` and PNG plots beside them.
+`details`: stage → split → per-task/per-category scores with sample predictions; optionally
+`suites`: suite (ifeval, zeroshot, mt_bench, judge) → {before, after} → that suite's results,
+see `instillm.evaluate.suites`) plus the training `metrics.jsonl`. Output: `report.md`,
+`report.html` and PNG plots beside them (one per suite: `suite_<name>.png`).
 """
 
 from __future__ import annotations
@@ -104,9 +106,9 @@ def next_steps(results: dict[str, Any], weak: float = WEAK) -> list[str]:
             continue
         names = ", ".join(f"{t} ({c:.0%})" for c, t in bad[:8])
         advice.append(f"{split}: {len(bad)} task(s) below {weak:.0%}: {names}. " + _hint(split))
-    if not advice:
+    if not advice and after:
         advice.append(f"Every task is at or above {weak:.0%}; add harder families or a larger model next.")
-    return advice
+    return advice + suite_advice(results.get("suites") or {})
 
 
 def _hint(split: str) -> str:
@@ -159,8 +161,259 @@ def _markdown(results: dict[str, Any], plots: dict[str, Path], advice: list[str]
         md += _table(["split", "task", "prompt", "reference", "prediction"],
                      [[s, t, _cell(x["prompt"]), _cell(x["reference"]), _cell(x["prediction"])] for s, t, x in fails])
         md += [""]
+    md += suites_markdown(results.get("suites") or {}, plots)
     md += ["## What to do next", ""] + [f"- {a}" for a in advice] + [""]
     return "\n".join(md)
+
+
+def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
+    """The zero-shot T0 section: per cluster, accuracy and ROUGE-L of each stage given.
+
+    `zeroshot` maps a stage ("before", "after") to the results dict of `eval --suite zeroshot`
+    (`ZeroShotResult.to_dict()`); absent or empty, the section is left out.
+    """
+    stages = [s for s in ("before", "after") if zeroshot.get(s)]
+    if not stages:
+        return []
+    clusters = sorted({c for s in stages for c in zeroshot[s]["clusters"]})
+    nan = float("nan")
+
+    def cell(stage: str, cluster: str, metric: str) -> Any:
+        value = zeroshot[stage]["clusters"].get(cluster, {}).get(metric)
+        return nan if value is None else value
+
+    header = ["cluster", *(f"accuracy {s}" for s in stages), *(f"ROUGE-L {s}" for s in stages)]
+    rows = [[c, *(cell(s, c, "accuracy") for s in stages), *(cell(s, c, "rouge_l") for s in stages)]
+            for c in clusters]
+    md = ["## Zero-shot T0 clusters", "",
+          "Rank-classification accuracy and ROUGE-L: median over templates per dataset, mean over a "
+          "cluster's datasets (nan: the cluster has no template of that kind).", ""]
+    return md + _table(header, rows) + [""]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation suites (results["suites"][name] = {"before": ..., "after": ...})
+
+STAGE_NAMES = ("before", "after")
+NAN = float("nan")
+
+
+def _stages(entry: dict[str, Any]) -> list[str]:
+    """The stages of a suite entry that hold results."""
+    return [s for s in STAGE_NAMES if entry.get(s)]
+
+
+def _num(value: Any) -> Any:
+    return NAN if value is None else value
+
+
+def suite_categories(name: str, res: dict[str, Any]) -> dict[str, float | None]:
+    """A suite's score per category: IFEval strict accuracy per instruction group, zero-shot accuracy per
+    cluster (ROUGE-L for clusters without a classification template, marked `(R-L)`), MT-Bench score per
+    category, judge win rate (%) per dataset."""
+    if name == "ifeval":
+        return {g: v["strict"] for g, v in res.get("per_group", {}).items()}
+    if name == "zeroshot":
+        return {(c if v.get("accuracy") is not None else f"{c} (R-L)"):
+                (v["accuracy"] if v.get("accuracy") is not None else v.get("rouge_l"))
+                for c, v in res.get("clusters", {}).items()}
+    if name == "mt_bench":
+        return {c: v["score"] for c, v in res.get("per_category", {}).items()}
+    if name == "judge":
+        return {d: (v.get("win_rate") or {}).get("win_rate") for d, v in res.get("per_dataset", {}).items()}
+    return {}
+
+
+def suite_headline(name: str, res: dict[str, Any]) -> tuple[str, float | None]:
+    """(metric, value) a suite is summed up by: IFEval prompt-level strict, zero-shot mean accuracy over
+    clusters, MT-Bench mean score, judge win rate (%)."""
+    if name == "ifeval":
+        return "prompt-level strict accuracy", res.get("prompt_level_strict")
+    if name == "zeroshot":
+        return "accuracy (mean over clusters)", (res.get("overall") or {}).get("accuracy")
+    if name == "mt_bench":
+        return "score (1-10)", res.get("score")
+    return "win rate (%)", (res.get("win_rate") or {}).get("win_rate")
+
+
+_SCALE = {"ifeval": (1.0, "accuracy (strict)"), "zeroshot": (1.0, "accuracy / ROUGE-L"),
+          "mt_bench": (10.0, "score (1-10)"), "judge": (100.0, "win rate (%)")}
+_TITLES = {"ifeval": "IFEval", "zeroshot": "Zero-shot T0", "mt_bench": "MT-Bench", "judge": "Pairwise judge"}
+
+
+def plot_suite(name: str, entry: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars, before vs after: the suite's headline ("overall") and its score per category."""
+    stages = _stages(entry)
+    if not stages or name not in _SCALE:
+        return None
+    cats = sorted({c for s in stages for c in suite_categories(name, entry[s])})
+    labels = ["overall", *cats]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(7, len(labels) * 0.8), 3.8))
+    width = 0.8 / len(stages)
+    for k, stage in enumerate(stages):
+        per = suite_categories(name, entry[stage])
+        vals = [suite_headline(name, entry[stage])[1], *(per.get(c) for c in cats)]
+        xs = [i + k * width - 0.4 + width / 2 for i in range(len(labels))]
+        ax.bar(xs, [0.0 if v is None else v for v in vals], width, label=stage)
+    ymax, ylabel = _SCALE[name]
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylim(0, ymax)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{_TITLES[name]} before and after fine-tuning")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _stage_table(entry: dict[str, Any], rows: list[tuple[str, Any]]) -> list[str]:
+    """metric | before | after, each row a (label, function of a stage's results)."""
+    stages = _stages(entry)
+    return _table(["metric", *stages], [[label, *(fn(entry[s]) for s in stages)] for label, fn in rows])
+
+
+def ifeval_markdown(entry: dict[str, Any]) -> list[str]:
+    """IFEval: the four accuracies, then strict / loose accuracy per instruction group."""
+    stages = _stages(entry)
+    metrics = [(k.replace("_", " "), lambda r, k=k: _num(r.get(k))) for k in
+               ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")]
+    md = ["## IFEval", "", "Verifiable instruction following (Zhou et al., 2023): greedy answers, strict and "
+          "loose checks.", ""]
+    md += _stage_table(entry, [*metrics, ("prompts", lambda r: r.get("num_prompts", 0))]) + [""]
+    groups = sorted({g for s in stages for g in entry[s].get("per_group", {})})
+    cell = lambda s, g, m: _num(entry[s].get("per_group", {}).get(g, {}).get(m))  # noqa: E731
+    md += ["Per instruction group (the instruction id's prefix; n: instructions checked):", ""]
+    md += _table(["group", "n", *(f"strict {s}" for s in stages), *(f"loose {s}" for s in stages)],
+                 [[g, entry[stages[-1]].get("per_group", {}).get(g, {}).get("n", 0),
+                   *(cell(s, g, "strict") for s in stages), *(cell(s, g, "loose") for s in stages)] for g in groups])
+    return md + [""]
+
+
+def zeroshot_suite_markdown(entry: dict[str, Any]) -> list[str]:
+    """Zero-shot T0: the per-cluster section (`zeroshot_markdown`), then the overall means and counts."""
+    md = zeroshot_markdown(entry)
+    md += ["Overall (mean over clusters):", ""]
+    md += _stage_table(entry, [
+        ("accuracy", lambda r: _num((r.get("overall") or {}).get("accuracy"))),
+        ("ROUGE-L", lambda r: _num((r.get("overall") or {}).get("rouge_l"))),
+        ("templates scored", lambda r: len(r.get("templates", {}))),
+        ("templates skipped", lambda r: len(r.get("skipped", {}))),
+    ])
+    return md + [""]
+
+
+def mt_bench_markdown(entry: dict[str, Any]) -> list[str]:
+    """MT-Bench: mean score, judgments and failures; then score per turn and per category."""
+    stages = _stages(entry)
+    md = ["## MT-Bench", "", "Single-answer grading 1-10 by the judge (FastChat's prompts); judgments without a "
+          "rating are failures, left out of the means.", ""]
+    md += _stage_table(entry, [("score (1-10)", lambda r: _num(r.get("score"))),
+                               ("judgments", lambda r: r.get("n_judgments", 0)),
+                               ("failures", lambda r: r.get("n_failures", 0)),
+                               ("judge", lambda r: r.get("judge", ""))]) + [""]
+    keys = [("per_turn", f"turn {t}", t) for t in sorted({t for s in stages for t in entry[s].get("per_turn", {})})]
+    keys += [("per_category", c, c) for c in sorted({c for s in stages for c in entry[s].get("per_category", {})})]
+    cell = lambda s, part, k, m: entry[s].get(part, {}).get(k, {}).get(m)  # noqa: E731
+    md += _table(["", *(f"score {s}" for s in stages), *(f"n {s}" for s in stages), *(f"failures {s}" for s in stages)],
+                 [[label, *(_num(cell(s, part, k, "score")) for s in stages),
+                   *(_num(cell(s, part, k, "n")) for s in stages),
+                   *(_num(cell(s, part, k, "n_failures")) for s in stages)] for part, label, k in keys])
+    return md + [""]
+
+
+def _win(res: dict[str, Any], key: str) -> str:
+    value = (res.get("win_rate") or {}).get(key)
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _win_se(res: dict[str, Any]) -> str:
+    wr = res.get("win_rate")
+    return "—" if not wr else f"{wr['win_rate']:.2f} ± {wr['standard_error']:.2f}"
+
+
+def judge_markdown(entry: dict[str, Any]) -> list[str]:
+    """Pairwise judge: win rate ± se, LC win rate, n and failures; then win rate per dataset."""
+    stages = _stages(entry)
+    last = entry[stages[-1]]
+    md = ["## Pairwise judge", "",
+          f"{last.get('model', 'model')} vs {last.get('reference', 'reference')}, judged by {last.get('judge', '?')} "
+          "in both orders (AlpacaEval conventions; a pair without both verdicts is a failure).", ""]
+    md += _stage_table(entry, [("win rate (%) ± se", _win_se),
+                               ("LC win rate (%)", lambda r: _win(r, "lc_win_rate")),
+                               ("discrete win rate (%)", lambda r: _win(r, "discrete_win_rate")),
+                               ("pairs judged / total", lambda r: f"{r.get('n_judged', 0)} / {r.get('n_pairs', 0)}"),
+                               ("failures (pairs; orders)",
+                                lambda r: f"{r.get('n_failures', 0)}; {r.get('n_failed_orders', 0)}")]) + [""]
+    datasets = sorted({d for s in stages for d in entry[s].get("per_dataset", {})})
+    per = lambda s, d: entry[s].get("per_dataset", {}).get(d, {})  # noqa: E731
+    md += _table(["dataset", *(f"win rate {s}" for s in stages), *(f"judged / pairs {s}" for s in stages)],
+                 [[d, *(_win_se(per(s, d)) for s in stages),
+                   *(f"{per(s, d).get('n_judged', 0)} / {per(s, d).get('n_pairs', 0)}" for s in stages)]
+                  for d in datasets])
+    return md + [""]
+
+
+_SECTIONS = {"ifeval": ifeval_markdown, "zeroshot": zeroshot_suite_markdown, "mt_bench": mt_bench_markdown,
+             "judge": judge_markdown}
+
+
+def suites_markdown(suites: dict[str, Any], plots: dict[str, Path]) -> list[str]:
+    """One section per suite with results, each followed by its plot."""
+    md: list[str] = []
+    for name, entry in suites.items():
+        if name not in _SECTIONS or not _stages(entry or {}):
+            continue
+        md += _SECTIONS[name](entry)
+        if f"suite_{name}" in plots:
+            md += [f"![{_TITLES[name]} before vs after]({plots[f'suite_{name}'].name})", ""]
+    return md
+
+
+_ADVICE = {
+    "ifeval": ("IFEval: weakest instruction groups (strict accuracy)", "Add training examples whose instructions carry "
+               "these verifiable constraints (formats, lengths, keywords)."),
+    "zeroshot": ("Zero-shot T0: weakest clusters", "Add training tasks related to these clusters, or more "
+                 "prompt templates of the trained ones."),
+    "mt_bench": ("MT-Bench: weakest categories (1-10)", "Add multi-turn conversations of these categories."),
+    "judge": ("Pairwise judge: datasets losing to the reference (win rate %)",
+              "Add instructions resembling these datasets."),
+}
+
+
+def _fmt(name: str, value: float) -> str:
+    return f"{value:.0%}" if name in ("ifeval", "zeroshot") else f"{value:.1f}" if name == "judge" else f"{value:.2f}"
+
+
+def suite_advice(suites: dict[str, Any], k: int = 3, weak: float = WEAK) -> list[str]:
+    """Per suite: its `k` weakest categories below `weak` of the scale (judge: below a 50% win rate), after
+    training (else before), a headline that fell with fine-tuning, and judge failures."""
+    advice = []
+    for name, entry in suites.items():
+        stages = _stages(entry or {})
+        if name not in _ADVICE or not stages:
+            continue
+        res = entry[stages[-1]]
+        below = weak * _SCALE[name][0] if name != "judge" else 50.0  # judge: losing to the reference
+        scored = [(v, c) for c, v in suite_categories(name, res).items() if v is not None]
+        cats = sorted((v, c) for v, c in scored if v < below)
+        title, hint = _ADVICE[name]
+        if scored and not cats:
+            advice.append(f"{title}, {stages[-1]}: every category at or above {_fmt(name, below)}.")
+        if cats:
+            line = f"{title}, {stages[-1]}: " + ", ".join(f"{c} ({_fmt(name, v)})" for v, c in cats[:k])
+            metric, now = suite_headline(name, res)
+            was = suite_headline(name, entry["before"])[1] if len(stages) == 2 else None
+            if now is not None and was is not None and now < was:
+                line += f". Its {metric} fell from {_fmt(name, was)} to {_fmt(name, now)} with fine-tuning"
+            advice.append(f"{line}. {hint}")
+        if name in ("judge", "mt_bench") and res.get("n_failures"):
+            total, unit = (res["n_pairs"], "pairs") if name == "judge" else (res.get("n_judgments"), "judgments")
+            advice.append(f"{_TITLES[name]}, {stages[-1]}: {res['n_failures']} of {total} {unit} have no readable "
+                          "verdict; check the judge model and its prompt (the raw judge texts are in "
+                          f"{name}_{stages[-1]}/).")
+    return advice
 
 
 def _cell(text: str, limit: int = 80) -> str:
@@ -211,6 +464,10 @@ def write_report(results: dict[str, Any], out_dir: str | Path, metrics_path: str
     loss = plot_loss(load_metrics(Path(metrics_path) if metrics_path else None), out / "loss.png")
     if loss:
         plots["loss"] = loss
+    for name, entry in (results.get("suites") or {}).items():
+        path = plot_suite(name, entry, out / f"suite_{name}.png")
+        if path:
+            plots[f"suite_{name}"] = path
     md = _markdown(results, plots, next_steps(results))
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "report.html").write_text(_html(md), encoding="utf-8")

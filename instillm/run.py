@@ -4,7 +4,9 @@ Each stage writes into `output_dir/<stage>/` and records a hash of everything it
 (its own settings and the hashes of the stages before it) in `output_dir/stages.json`. A re-run
 skips every stage whose hash is unchanged and whose outputs exist, so editing only the eval
 settings re-runs only the evaluations and the report. Training itself also resumes from its
-newest checkpoint when it was interrupted.
+newest checkpoint when it was interrupted. Optional evaluation suites (`suites:` ifeval, zeroshot,
+mt_bench, judge; see instillm.evaluate.suites) run beside the held-out evaluations, each as its
+own stages `<suite>_before` and `<suite>_after`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from instillm.errors import ConfigError
+from instillm.evaluate.suites import SuitesSettings
 
 STAGES = ("data", "model", "eval_before", "train", "eval_after", "report")
 HEADLINE = "exact_match"  # the number results.json reports per split under before/after
@@ -64,10 +67,12 @@ class ModelSettings:
     path: str | None = None
     seed: int = 0
     vocab_size: int | None = None
+    initializer_range: float | None = None  # init std of a new model; None = the preset's
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
-        return []
+        ok = v["initializer_range"] is None or v["initializer_range"] > 0
+        return [] if ok else [f"initializer_range: must be > 0 (or null), got {v['initializer_range']}"]
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,24 @@ class RunConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     train: Any = None  # a mapping, checked by building a TrainConfig (problems prefixed `train.`)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    suites: SuitesSettings = field(default_factory=SuitesSettings)  # ifeval, zeroshot, mt_bench, judge
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
         return []
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-ready dict."""
-        return json.loads(json.dumps(asdict(self)))
+        """Plain YAML/JSON-ready dict; API keys are redacted (it is saved in config.yaml and results.json)."""
+        return _redact(json.loads(json.dumps(asdict(self))))
+
+
+def _redact(value: Any) -> Any:
+    """`value` with every non-empty `api_key` replaced by "<redacted>"."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if k == "api_key" and v else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 _RESERVED_TRAIN_KEYS = ("model", "datasets", "output_dir")
@@ -248,7 +263,8 @@ def stage_model(ctx: RunContext, train_files: Sequence[Path]) -> str:
 
         corpus = [msg.content for f in train_files for ex in read_examples(f) for msg in ex.messages]
         with ctx.progress(f"building the {m.init} model", None):
-            init_model(preset=m.init, output_dir=out, corpus=corpus, seed=m.seed, vocab_size=m.vocab_size)
+            init_model(preset=m.init, output_dir=out, corpus=corpus, seed=m.seed, vocab_size=m.vocab_size,
+                       initializer_range=m.initializer_range)
 
     _stage(ctx, "model", _hash(asdict(m), ctx.keys["data"]), [out / "config.json"], build)
     return str(out)
@@ -286,6 +302,37 @@ def stage_eval(ctx: RunContext, stage: str, model_path: str | Path, splits: Mapp
 
     _stage(ctx, stage, _hash(asdict(e), template, upstream), [out], run)
     return json.loads(out.read_text())
+
+
+def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: str,
+                 upstream: str) -> dict[str, dict[str, Any]]:
+    """Each configured suite as its own cached stage `<suite>_<when>`; suite name → its results dict."""
+    from instillm.evaluate.suites import LocalLM, fingerprint, run_suite
+
+    loaded: list[LocalLM] = []
+
+    def lm() -> LocalLM:  # loaded once, and only when some suite is not up to date
+        if not loaded:
+            from instillm.data.render import RenderConfig, Renderer
+            from instillm.models.loading import load_tokenizer
+
+            tok = load_tokenizer(model_path)
+            renderer = Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
+            loaded.append(LocalLM(_load_for_eval(model_path), tok, renderer, f"{ctx.config.name}-{when}"))
+        return loaded[0]
+
+    results = {}
+    for name, settings in ctx.config.suites.configured().items():
+        stage, out = f"{name}_{when}", ctx.out / f"{name}_{when}"
+
+        def go(name: str = name, settings: Any = settings, stage: str = stage, out: Path = out) -> None:
+            with ctx.progress(f"{stage}: evaluating", None) as advance:
+                run_suite(name, settings, lm(), out, advance)
+
+        key = _hash(name, asdict(settings), fingerprint(settings), template, upstream)
+        _stage(ctx, stage, key, [out / "results.json"], go)
+        results[name] = json.loads((out / "results.json").read_text())
+    return results
 
 
 def _load_for_eval(path: str | Path):
@@ -385,10 +432,13 @@ def run(config: RunConfig, say: Callable[[str], None] = print,
     before = {}
     if config.eval.before:
         before = stage_eval(ctx, "eval_before", model_path, splits, template, ctx.keys["model"] + ctx.keys["data"])
+    suites_before = stage_suites(ctx, "before", model_path, template, ctx.keys["model"]) if config.eval.before else {}
     final, train_summary = stage_train(ctx, model_path, train_files)
     after = stage_eval(ctx, "eval_after", final, splits, "auto", ctx.keys["train"])
+    suites_after = stage_suites(ctx, "after", final, "auto", ctx.keys["train"])
     results = build_results(ctx, before, after, train_summary, baselines(train_files, splits),
                             _data_stats(train_files, splits))
+    results["suites"] = {name: {"before": suites_before.get(name), "after": res} for name, res in suites_after.items()}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out, metrics_path=out / "train" / "metrics.jsonl")
     return results

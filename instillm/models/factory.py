@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -42,6 +42,7 @@ class ModelPreset:
     max_position_embeddings: int
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    initializer_range: float = 0.02  # std of the normal init of every weight matrix (HF's default)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -178,6 +179,7 @@ def build_config(preset: ModelPreset, tokenizer=None, vocab_size: int | None = N
         num_key_value_heads=preset.num_key_value_heads,
         max_position_embeddings=preset.max_position_embeddings,
         rms_norm_eps=preset.rms_norm_eps,
+        initializer_range=preset.initializer_range,
         tie_word_embeddings=True,
         pad_token_id=ids[PAD],
         bos_token_id=ids[BOS],
@@ -235,17 +237,23 @@ def init_model(
     corpus: Iterable[str] | None = None,
     seed: int = 0,
     vocab_size: int | None = None,
+    initializer_range: float | None = None,
 ) -> Path:
     """Train a tokenizer, build a random Llama of `preset` shape, save both to `output_dir`.
 
     Writes safetensors weights, config, generation config (EOS = `</s>` or `<|im_end|>`),
     tokenizer files with the chatml chat template, and `instillm_model.json`
     ({preset, seed, n_params, vocab_size, tokenizer_size}). Returns `output_dir` as a Path.
-    `vocab_size` overrides the preset's (tokenizer target and embedding rows).
+    `vocab_size` overrides the preset's (tokenizer target and embedding rows), `initializer_range`
+    the preset's init std.
     """
     if output_dir is None:
         raise ConfigError("output_dir: required (the directory to write the model to)")
     p = get_preset(preset)
+    if initializer_range is not None:
+        if initializer_range <= 0:
+            raise ConfigError(f"initializer_range: must be > 0, got {initializer_range}")
+        p = replace(p, initializer_range=initializer_range)
     size = vocab_size if vocab_size is not None else p.vocab_size
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -7,17 +7,15 @@ HF fast tokenizers are not safe to share between threads) and checks the token b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import secrets
 import time
 import uuid
 from typing import Any, AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from instillm.generation import GenerateOptions, GenerationOutput
+from instillm.generation import GenerateOptions, GenerationOutput, sample_seed
 from instillm.serve.engine import Engine, Job
 from instillm.serve.errors import APIError
 
@@ -81,14 +79,12 @@ def _options(req: Any, max_new_tokens: int, batch_size: int) -> GenerateOptions:
 
 
 def _seeds(seed: int | None, n_prompts: int, n: int) -> list[int]:
-    """One seed per row: from the request's seed and the row number, else fresh random ones."""
-    if seed is None:
-        return [secrets.randbits(63) for _ in range(n_prompts * n)]
-    out = []
-    for row in range(n_prompts * n):
-        digest = hashlib.sha256(f"instillm-serve:{seed}:{row}".encode()).digest()
-        out.append(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return out
+    """One seed per row (prompt-major): sample i of each prompt gets `sample_seed(seed, i)`.
+
+    The local backend seeds the same way, so a seeded request samples the same text over HTTP
+    and in-process; without a seed every row gets a fresh random one.
+    """
+    return [sample_seed(seed, i) for _ in range(n_prompts) for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import secrets
 from pathlib import Path
 from typing import Any, Sequence
 
 from instillm.errors import ConfigError
+from instillm.generation import sample_seed
 from instillm.synth.llm import (
     BackendConfig,
     LLMRequest,
@@ -34,14 +34,6 @@ from instillm.synth.llm import (
 )
 
 CHUNK_BATCHES = 4  # decode batches of rows per Generator call: how often answers are handed out
-
-
-def sample_seed(seed: int | None, index: int) -> int:
-    """The sampling seed of sample `index` of a request with `seed` (None: a fresh random one)."""
-    if seed is None:
-        return secrets.randbits(63)
-    digest = hashlib.sha256(f"instillm-sample:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def model_fingerprint(model: str) -> str:

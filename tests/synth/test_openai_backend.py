@@ -94,3 +94,14 @@ def test_retry_after_headers():
     assert _retry_after(httpx.Headers({"retry-after": "soon"})) is None
     date = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < _retry_after(httpx.Headers({"retry-after": date})) <= 31
+
+
+def test_seeded_sampling_over_http_equals_the_local_backend(served, local):
+    # Both seed sample i with generation.sample_seed(seed, i): the same request samples the same
+    # texts in-process and through `instillm serve`, and the samples differ from each other.
+    reqs = [chat(CONVERSATIONS[0], max_tokens=12, temperature=1.0, n=3, seed=7),
+            completion(PROMPTS[1], max_tokens=12, temperature=0.8, top_p=0.9, n=2, seed=3)]
+    got = [[s.text for s in r.samples] for r in served.generate(reqs)]
+    want = [[s.text for s in r.samples] for r in local.generate(reqs)]
+    assert got == want
+    assert len(set(got[0])) > 1
