@@ -1,8 +1,8 @@
 """Training throughput: instillm's engine against TRL's SFTTrainer, same model, data and batch.
 
-    .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run, < 3 min
-    .venv/bin/python benchmarks/train_throughput.py              # the numbers of record (~1 h on 2 busy cores)
-        [--threads auto|1|2] [--warmup 2] [--steps 6] [--slow-steps 2] [--no-levers] [--no-compile]
+    .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run, ~1 min (2 sequences per step)
+    .venv/bin/python benchmarks/train_throughput.py --threads 1  # the numbers of record (~25 min on 2 busy cores)
+        [--threads auto|1|2] [--warmup 2] [--steps 16] [--slow-steps 2] [--no-levers] [--no-compile] [--fp32]
 
 What is compared
   model   the `small` preset (Llama, 27.8M parameters, tied embeddings), built once in a temporary
@@ -17,19 +17,23 @@ What is compared
           (unpadded ≈1.46k tokens) for unpacked / length-grouped / padding-free, or
           round(8 × mean length / 512) = 3 packed rows of ≤512 tokens. No gradient accumulation.
   optim   AdamW lr 5e-4 constant, no warmup, no weight decay, grad-norm clip 1.0, seed 0.
-  TRL     SFTTrainer in four configurations (all bf16 autocast, completion-only loss):
+  TRL     SFTTrainer in four configurations (all bf16=True, i.e. bf16 autocast, completion-only loss):
           unpacked; `train_sampling_strategy="group_by_length"` (the transformers 5 name of
           group_by_length); `packing=True, packing_strategy="bfd"` (implies padding-free);
           `padding_free=True`. Its fastest settings otherwise: `activation_checkpointing=False`
           (SFTConfig defaults gradient checkpointing on), default fused AdamW, no eval, no saving, no tqdm.
   instillm `instillm.train.loop.setup()` + `train_step()` (the engine's own step) with packed or
-          length-grouped batches; bf16 = autocast with `cpu_bf16_matmul` (auto → fp32 GEMMs on
-          this AVX2 CPU, see instillm/train/loop.py `Fp32Gemm`).
+          length-grouped batches; bf16 = autocast with `cpu_bf16_matmul: auto`: torch's own oneDNN
+          bf16 kernels on a CPU with AVX512-BF16/AMX, fp32 GEMMs on bf16 values on an AVX2-only CPU
+          (instillm/train/loop.py `Fp32Gemm`). Levers tried in the same run (one run each): packed vs
+          length-grouped vs unpacked, fused vs per-parameter AdamW, the other thread count, the other
+          `cpu_bf16_matmul` kernel choice, torch.compile of the decoder (against eager, same steps).
 
 Throughput = real (non-padding) input tokens, prompt and response, of the measured optimizer steps
 divided by their wall time (end of the last warm-up step → end of the last measured step, so data
 loading, collation, logging and the optimizer are all inside). `--warmup` steps are excluded.
-The slow TRL bf16 runs (~10 tokens/s here) use `--slow-steps` measured steps after one warm-up.
+On a CPU without bf16 matmul units (AVX2 only) TRL's bf16 runs hit torch's emulated bf16 GEMMs
+(~10 tokens/s): they then use `--slow-steps` measured steps after one warm-up.
 
 Interleaving: the comparison alternates instillm and TRL runs (instillm, TRL unpacked, instillm,
 TRL grouped, ...) so that the other jobs on the machine load both sides alike; instillm's number is
@@ -39,12 +43,12 @@ Loss check: instillm replays the exact examples, step by step, that TRL's best b
 (recovered from its collator), from the same initial weights with the same optimizer settings;
 `loss_rel_diff` = |instillm − TRL| / TRL of the token-weighted mean training loss over the steps
 that hold the last 20% of the examples (`loss_rel_diff_fp32`: the same against TRL's best fp32 run,
-which has more steps).
+which has more steps; only with --fp32).
 
 MFU = 6 · parameters · tokens/s over a matmul peak measured in the same run (large torch.matmul,
-best operand layout, current threads): `mfu` uses the bf16 peak as asked; on this CPU bf16 GEMMs
-are emulated so instillm computes its bf16 matmuls with fp32 kernels, and `mfu_vs_fp32_peak` is
-the meaningful utilisation.
+best operand layout, current threads): `mfu` uses the bf16 peak as asked (the meaningful number on
+a CPU with native bf16); on an AVX2-only CPU bf16 GEMMs are emulated, instillm computes its bf16
+matmuls with fp32 kernels, and `mfu_vs_fp32_peak` is the meaningful utilisation.
 
 Writes benchmarks/results/train_throughput.json (and train_profile.txt: torch.profiler top ops of
 one instillm bf16 step).
@@ -468,18 +472,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run (< 3 min): 2 sequences per step, fewer runs")
     ap.add_argument("--threads", default="auto", choices=("auto", "1", "2"))
     ap.add_argument("--warmup", type=int, default=None, help="warm-up optimizer steps (default 2, quick 1)")
-    ap.add_argument("--steps", type=int, default=None, help="measured optimizer steps (default 6, quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="measured optimizer steps (default 16, quick 2)")
     ap.add_argument("--slow-steps", type=int, default=None,
-                    help="measured steps of the slow native-bf16 runs, after 1 warm-up (default 2, quick 1)")
+                    help="measured steps of runs with emulated (slow) bf16 matmuls, after 1 warm-up (default 2, quick 1)")
     ap.add_argument("--seqs", type=int, default=None, help="sequences per optimizer step (default 8, quick 2)")
     ap.add_argument("--rows-per-file", type=int, default=None, help="T0 rows sampled per file (default 4, quick 2)")
     ap.add_argument("--no-levers", action="store_true", help="skip the instillm lever runs")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
+    ap.add_argument("--fp32", action="store_true", help="also compare in fp32 (instillm vs the four TRL modes)")
     ap.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
     args = ap.parse_args(argv)
     q = args.quick
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
-    steps = args.steps if args.steps is not None else (2 if q else 6)
+    steps = args.steps if args.steps is not None else (2 if q else 16)
     slow = args.slow_steps if args.slow_steps is not None else (1 if q else 2)
     seqs = args.seqs if args.seqs is not None else (2 if q else 8)
     per_file = args.rows_per_file if args.rows_per_file is not None else (2 if q else 4)
@@ -488,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"command": "python benchmarks/train_throughput.py" + (" --quick" if q else ""),
+    emulated_bf16 = not machine_info()["onednn_bf16"]  # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops
+    result: dict[str, Any] = {"command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
                               "quick": q, "machine": machine_info(), "versions": versions(),
                               "load_avg_start": [round(x, 2) for x in os.getloadavg()],
                               "busy_processes_start": busy_processes()}
@@ -558,35 +564,43 @@ def main(argv: list[str] | None = None) -> int:
                 levers.append(run_instillm(f"{bl}, {other} thread(s)",
                                            cfg("t", "bf16", best["packing"], best["group"], warmup + steps), warmup))
                 torch.set_num_threads(threads)
-                levers.append(run_instillm(f"{bl}, native bf16 kernels",
-                                           cfg("n", "bf16", best["packing"], best["group"], 1 + slow,
-                                               cpu_bf16_matmul="native"), 1))
+                if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
+                    levers.append(run_instillm(f"{bl}, native bf16 kernels",
+                                               cfg("n", "bf16", best["packing"], best["group"], 1 + slow,
+                                                   cpu_bf16_matmul="native"), 1))
+                else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
+                    levers.append(run_instillm(f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
+                                               cfg("f", "bf16", best["packing"], best["group"], warmup + steps,
+                                                   cpu_bf16_matmul="fp32"), warmup))
                 if not args.no_compile:
-                    try:
-                        levers.append(run_instillm(f"{bl}, fp32, torch.compile(decoder)",
-                                                   cfg("c", "fp32", best["packing"], best["group"], 3 + steps),
+                    cprec = "fp32" if emulated_bf16 else "bf16"
+                    try:  # 3 warm-up steps: compilation (and a recompile for the second shape)
+                        levers.append(run_instillm(f"{bl}, {cprec}, torch.compile(decoder)",
+                                                   cfg("c", cprec, best["packing"], best["group"], 3 + steps),
                                                    3, compile_decoder=True))
                     except Exception as e:  # report why, keep going
-                        levers.append({"name": f"{bl}, fp32, torch.compile(decoder)", "side": "instillm",
+                        levers.append({"name": f"{bl}, {cprec}, torch.compile(decoder)", "side": "instillm",
                                        "error": f"{type(e).__name__}: {str(e)[:300]}"})
-                    levers.append(run_instillm(f"{bl}, fp32, eager", cfg("e", "fp32", best["packing"], best["group"],
-                                                                          3 + steps), 3))
+                    levers.append(run_instillm(f"{bl}, {cprec}, eager (same steps as compile)",
+                                               cfg("e", cprec, best["packing"], best["group"], 3 + steps), 3))
         result["levers"] = levers
         best_label = "packed" if best["packing"] else "length-grouped"
         result["instillm_best_setting"] = {"batching": best_label, "optimizer": "fused AdamW",
-                                           "cpu_bf16_matmul": "auto (fp32 GEMMs)", "threads": threads}
+                                           "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else
+                                                                          "native oneDNN bf16") + ")",
+                                           "threads": threads, "torch_compile": False}
 
         # ---- the comparison, interleaved: instillm, TRL mode 1, instillm, TRL mode 2, ...
         comparison: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        precisions = ("bf16", "fp32")
+        precisions = ("bf16", "fp32") if args.fp32 else ("bf16",)
         for prec in precisions:
             comparison[prec] = {"instillm": [], "trl": []}
-            modes = TRL_MODES if not (q and prec == "bf16") else ("unpacked",)
+            modes = TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",)
             for mode in modes:
                 comparison[prec]["instillm"].append(run_instillm(
                     f"{best_label}", cfg(f"cmp-{prec}", prec, best["packing"], best["group"], warmup + steps), warmup))
-                native_bf16 = prec == "bf16"
-                w, m = (1, slow) if native_bf16 else (warmup, steps)
+                slow_bf16 = prec == "bf16" and emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
+                w, m = (1, slow) if slow_bf16 else (warmup, steps)
                 comparison[prec]["trl"].append(run_trl(
                     mode, mode, prec, items, tokenizer, model_dir, work, rows if mode == "packed" else seqs, w, m))
         result["comparison"] = comparison
@@ -642,23 +656,29 @@ def main(argv: list[str] | None = None) -> int:
             "mfu": round(6 * n_params * ins / peak_bf16, 4),
             "mfu_vs_fp32_peak": round(6 * n_params * ins / peak_fp32, 4),
             "trl_mfu": round(6 * n_params * summary["bf16"]["trl_best"] / peak_bf16, 4),
-            "mfu_note": "6·params·tokens/s over the measured matmul peak (best operand layout, same threads). "
-                        "`mfu` divides by the bf16 peak as asked; it exceeds 1 because instillm's bf16 runs its "
-                        "matmuls with fp32 kernels (cpu_bf16_matmul=auto on this AVX2 CPU), so the fp32 peak is "
-                        "the hardware it actually uses: `mfu_vs_fp32_peak`. 6·params counts the LM head at every "
-                        "token, while instillm projects only trained positions, so it overstates executed FLOPs "
-                        "by ~15%.",
-            "loss_rel_diff_fp32": loss_checks["fp32"]["rel_diff"],
-            "fp32": {"instillm_tokens_per_s": summary["fp32"]["instillm"],
-                     "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
-                     "trl_best_config": summary["fp32"]["trl_best_config"], "ratio": summary["fp32"]["ratio"],
-                     "mfu_vs_fp32_peak": round(6 * n_params * summary["fp32"]["instillm"] / peak_fp32, 4)},
+            "mfu_note": ("6·params·tokens/s over the measured matmul peak (one large torch.matmul, best operand "
+                         "layout, same threads). 6·params counts the LM head at every token, while instillm "
+                         "projects only trained positions, so it overstates the FLOPs instillm executes by ~14%; "
+                         "attention FLOPs are not counted. " + (
+                             "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
+                             "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
+                             if emulated_bf16 else
+                             "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
+                             "the meaningful utilisation.")),
+            "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary["bf16"]["trl"].items()},
             "ratio_best_any_precision": round(best_any_ins / best_any_trl, 3),
             "summary": summary,
+            "emulated_bf16": emulated_bf16,
             "load_avg_end": [round(x, 2) for x in os.getloadavg()],
             "busy_processes_end": busy_processes(),
             "wall_seconds": round(time.perf_counter() - t_begin, 1),
         })
+        if "fp32" in summary:
+            result["loss_rel_diff_fp32"] = loss_checks["fp32"]["rel_diff"]
+            result["fp32"] = {"instillm_tokens_per_s": summary["fp32"]["instillm"],
+                              "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
+                              "trl_best_config": summary["fp32"]["trl_best_config"], "ratio": summary["fp32"]["ratio"],
+                              "mfu_vs_fp32_peak": round(6 * n_params * summary["fp32"]["instillm"] / peak_fp32, 4)}
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)
     print(f"\nwrote {out}")
@@ -684,10 +704,12 @@ def print_table(r: dict[str, Any]) -> None:
               f" | 1 |")
     if r.get("optimizer_step_ms"):
         print(f"\nAdamW step over the model's parameters, ms: {r['optimizer_step_ms']}")
-    print(f"\nratio (bf16) {r['ratio']}  ratio (fp32) {r['fp32']['ratio']}  best-vs-best any precision "
-          f"{r['ratio_best_any_precision']}\nloss_rel_diff (bf16) {r['loss_rel_diff']}  (fp32) "
-          f"{r['loss_rel_diff_fp32']}\nmfu (bf16 peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  "
-          f"TRL mfu (bf16 peak) {r['trl_mfu']}")
+    fp32 = r.get("fp32")
+    print(f"\nratio (bf16, vs TRL's best: {r['trl_best_config']}) {r['ratio']}  vs each TRL config "
+          f"{r['ratio_vs_each_trl_config']}" + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
+          + f"\nloss_rel_diff (bf16) {r['loss_rel_diff']}" + (f"  (fp32) {r['loss_rel_diff_fp32']}" if fp32 else "")
+          + f"\nmfu (bf16 peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu (bf16 peak) "
+          f"{r['trl_mfu']}")
 
 
 if __name__ == "__main__":

@@ -703,6 +703,16 @@ def _teacher_backend(kind: str, base_url: Optional[str], model: str, api_key: Op
                                       cache=str(cache_path), concurrency=concurrency))
 
 
+def _with_teacher(teacher: tuple, output: Path, pipeline):
+    """Build the teacher backend, run `pipeline(backend, advance)` under a progress bar, close it."""
+    backend = _teacher_backend(*teacher, output)
+    try:
+        with progress_bar("teacher requests") as advance:
+            return pipeline(backend, advance)
+    finally:
+        backend.close()
+
+
 def _print_stage_counts(title: str, rows: List[tuple]) -> None:
     """One table: stage, items, kept, rejected by reason."""
     table = Table(title=title)
@@ -734,12 +744,8 @@ def data_self_instruct(
     try:
         extra = [f"num_instructions={num}"] if num is not None else []
         cfg = load_config(SelfInstructConfig, config, [*overrides, *extra], "self-instruct")
-        teacher = _teacher_backend(backend, base_url, model, api_key, cache, concurrency, output)
-        try:
-            with progress_bar("teacher requests") as advance:
-                res = run_self_instruct(teacher, output, seeds, cfg, progress=advance)
-        finally:
-            teacher.close()
+        teacher = (backend, base_url, model, api_key, cache, concurrency)
+        res = _with_teacher(teacher, output, lambda t, advance: run_self_instruct(t, output, seeds, cfg, progress=advance))
     except InstillmError as e:
         _fail(e)
     s = res.stats
@@ -774,12 +780,8 @@ def data_evolve(
     try:
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = load_config(EvolConfig, config, [*overrides, *extra], "evol")
-        teacher = _teacher_backend(backend, base_url, model, api_key, cache, concurrency, output)
-        try:
-            with progress_bar("teacher requests") as advance:
-                res = run_evol(teacher, data, output, cfg, progress=advance)
-        finally:
-            teacher.close()
+        teacher = (backend, base_url, model, api_key, cache, concurrency)
+        res = _with_teacher(teacher, output, lambda t, advance: run_evol(t, data, output, cfg, progress=advance))
     except InstillmError as e:
         _fail(e)
     s = res.stats

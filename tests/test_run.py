@@ -68,3 +68,24 @@ def test_config_errors_are_reported_together(tmp_path: Path):
         assert part in msg, msg
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+
+
+def test_model_initializer_range_is_checked_and_reaches_the_model(tmp_path: Path):
+    with pytest.raises(ConfigError, match="model.initializer_range: must be > 0"):
+        run_config_from_dict({"model": {"initializer_range": 0}})
+    base = {**MINI, "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
+            "train": {**MINI["train"], "max_steps": 1}, "eval": {"max_new_tokens": 2, "before": False}}
+    cfg = run_config_from_dict({**base, "output_dir": str(tmp_path / "o"),
+                                "model": {**MINI["model"], "initializer_range": 0.06}})
+    run(cfg, say=lambda m: None)
+    model_cfg = json.loads((tmp_path / "o" / "model" / "config.json").read_text())
+    assert model_cfg["initializer_range"] == 0.06
+
+
+def test_the_quickstart_config_is_valid_and_builds_its_suite():
+    from instillm.data.skills import SuiteConfig, heldout_family_names
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    suite = SuiteConfig(**{**cfg.skills.__dict__, "families": tuple(cfg.skills.families),
+                           "heldout_families": tuple(cfg.skills.heldout_families)})
+    assert 0 < len(heldout_family_names(suite)) < len(suite.selected())

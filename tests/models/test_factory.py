@@ -320,3 +320,15 @@ def test_small_build(tmp_path: Path) -> None:
     with torch.no_grad():
         logits = model(IDS).logits
     assert logits.shape == (1, IDS.shape[1], PRESETS["small"].vocab_size) and torch.isfinite(logits).all()
+
+
+def test_initializer_range_sets_the_init_std(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    wide = build_model(build_config(replace(PRESETS["tiny"], initializer_range=0.06)), seed=0)
+    default = build_model(build_config(PRESETS["tiny"]), seed=0)
+    assert abs(float(wide.model.layers[0].mlp.up_proj.weight.std()) - 0.06) < 0.003
+    assert abs(float(default.model.layers[0].mlp.up_proj.weight.std()) - 0.02) < 0.001
+    with pytest.raises(ConfigError, match="initializer_range"):
+        init_model(preset="tiny", output_dir=tmp_path / "m", corpus=["ab ab"], initializer_range=0.0)
+    assert not (tmp_path / "m").exists()
