@@ -27,6 +27,9 @@ from instillm.data.render import IGNORE_INDEX
 from instillm.errors import ConfigError, DataError
 
 
+VOCAB_CHUNK = 1024  # scored positions projected to the vocabulary at once
+
+
 @dataclass(frozen=True)
 class ScoreRequest:
     """Token ids and their labels (-100: context, not scored; else the id itself: scored)."""
@@ -119,9 +122,13 @@ def _score_batch(decoder: Any, head: Any, rows: list[tuple[list[int], list[int],
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
     targets = labels[:, 1:]  # (B, L-1): position t-1 predicts token t
     keep = targets != IGNORE_INDEX
-    logp = torch.log_softmax(head(hidden[:, :-1][keep]).float(), dim=-1)  # (N, vocab), N scored tokens
-    picked = logp.gather(1, targets[keep].unsqueeze(1)).squeeze(1)  # (N,)
-    is_max = logp.argmax(dim=-1) == targets[keep]  # (N,)
+    h, t = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,): N scored tokens
+    picked, is_max = [], []
+    for hc, tc in zip(h.split(VOCAB_CHUNK), t.split(VOCAB_CHUNK)):  # bounds the (chunk, vocab) logits
+        logp = torch.log_softmax(head(hc).float(), dim=-1)
+        picked.append(logp.gather(1, tc.unsqueeze(1)).squeeze(1))
+        is_max.append(logp.argmax(dim=-1) == tc)
+    picked, is_max = torch.cat(picked), torch.cat(is_max)  # (N,), (N,)
     counts = keep.sum(dim=1).tolist()
     result, start = [], 0
     for (_, _, truncated), n in zip(rows, counts):

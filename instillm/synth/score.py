@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from instillm.data.importer import rejects_path_for
 from instillm.data.render import IGNORE_INDEX, Rendered, RenderConfig, Renderer
@@ -59,7 +58,7 @@ from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError, RenderError, RowError
 from instillm.synth.curate import CurationSummary, curate_file, iter_canonical
 from instillm.synth.llm import Backend, BackendConfig, LLMRequest, chat, make_backend
-from instillm.train.loss import DEFAULT_CHUNK_SIZE, split_causal_lm
+from instillm.evaluate.loglikelihood import ScoreRequest, score_requests
 
 SCORE_CHUNK = 256  # rows scored per pass: bounds memory; one Backend.generate call per chunk
 IFD_TRUNCATION = ("truncate-prompt", "drop")
@@ -189,36 +188,6 @@ def last_turn_only(example: Example) -> Example:
     return replace(example, messages=msgs)
 
 
-def response_losses(model: torch.nn.Module, seqs: Sequence[Tokens], pad_id: int,
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[float, int]]:
-    """(mean cross-entropy in nats, token count) over the labelled tokens of each sequence, one batch.
-
-    Sequences are right-padded, so real tokens never attend to padding and positions start at 0.
-    """
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    mask = torch.zeros_like(input_ids)
-    for i, (ids, lab) in enumerate(seqs):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
-    input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
-    decoder, head = split_causal_lm(model)
-    out = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
-    targets = labels[:, 1:]  # (B, L-1): token t+1 is predicted at position t
-    keep = targets != IGNORE_INDEX
-    rows = keep.nonzero()[:, 0]  # (N,): the sequence of each scored token
-    h, t = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
-    ce = torch.cat([F.cross_entropy(head(hc).float(), tc, reduction="none")
-                    for hc, tc in zip(h.split(chunk_size), t.split(chunk_size))])  # (N,) nats
-    sums = torch.zeros(len(seqs), dtype=torch.float32, device=device).index_add_(0, rows, ce)
-    counts = keep.sum(dim=1)
-    return [(float(s) / int(c), int(c)) for s, c in zip(sums.cpu(), counts.cpu())]
-
-
 class IFDScorer:
     """Scores examples with one local model: IFD of the last assistant turn, batched."""
 
@@ -274,15 +243,10 @@ class IFDScorer:
         return out  # type: ignore[return-value]  # every slot is filled
 
     def _batched(self, seqs: list[Tokens]) -> list[tuple[float, int]]:
-        """response_losses over `seqs` in batches of similar length; results in input order."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-        results: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-        bs = self.config.batch_size
-        for k in range(0, len(order), bs):
-            idx = order[k: k + bs]
-            for i, res in zip(idx, response_losses(self.model, [seqs[i] for i in idx], self.tokenizer.pad_token_id)):
-                results[i] = res
-        return results
+        """(mean cross-entropy in nats, token count) of the labelled tokens of each sequence."""
+        requests = [ScoreRequest(tuple(ids), tuple(labels)) for ids, labels in seqs]
+        scores = score_requests(self.model, requests, self.config.batch_size, pad_id=self.tokenizer.pad_token_id)
+        return [(-s.logprob / s.n_tokens, s.n_tokens) for s in scores]
 
 
 # --------------------------------------------------------------------------------------------
