@@ -1,7 +1,7 @@
 """Training throughput: instillm's engine against TRL's SFTTrainer, same model, data and batch.
 
     .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run, ~1 min (2 sequences per step)
-    .venv/bin/python benchmarks/train_throughput.py --threads 1  # the numbers of record (~25 min on 2 busy cores)
+    .venv/bin/python benchmarks/train_throughput.py --threads 1  # the numbers of record (~12-15 min on 2 busy cores)
         [--threads auto|1|2] [--warmup 2] [--steps 16] [--slow-steps 2] [--no-levers] [--no-compile] [--fp32]
 
 What is compared
@@ -20,8 +20,10 @@ What is compared
   TRL     SFTTrainer in four configurations (all bf16=True, i.e. bf16 autocast, completion-only loss):
           unpacked; `train_sampling_strategy="group_by_length"` (the transformers 5 name of
           group_by_length); `packing=True, packing_strategy="bfd"` (implies padding-free);
-          `padding_free=True`. Its fastest settings otherwise: `activation_checkpointing=False`
-          (SFTConfig defaults gradient checkpointing on), default fused AdamW, no eval, no saving, no tqdm.
+          `padding_free=True`; and (not with --quick / --no-trl-compile) grouped, packed and
+          padding-free again with `torch_compile=True` (3 warm-up steps). Its fastest settings
+          otherwise: `activation_checkpointing=False` (SFTConfig defaults gradient checkpointing on),
+          default fused AdamW, no eval, no saving, no tqdm. TRL's best = the fastest of these runs.
   instillm `instillm.train.loop.setup()` + `train_step()` (the engine's own step) with packed or
           length-grouped batches; bf16 = autocast with `cpu_bf16_matmul: auto`: torch's own oneDNN
           bf16 kernels on a CPU with AVX512-BF16/AMX, fp32 GEMMs on bf16 values on an AVX2-only CPU
@@ -50,14 +52,19 @@ best operand layout, current threads): `mfu` uses the bf16 peak as asked (the me
 a CPU with native bf16); on an AVX2-only CPU bf16 GEMMs are emulated, instillm computes its bf16
 matmuls with fp32 kernels, and `mfu_vs_fp32_peak` is the meaningful utilisation.
 
-Writes benchmarks/results/train_throughput.json (and train_profile.txt: torch.profiler top ops of
-one instillm bf16 step).
+Writes benchmarks/results/train_throughput.json (--quick: train_throughput_quick.json) and, without
+--quick, train_profile.txt: torch.profiler top ops of one step of instillm's best bf16 setting
+(train_profile_eager.txt: the same step eager, when the best setting is compiled).
+
+torch.compile is adopted as instillm's best setting (`compile: true` in the train config)
+only when its lever run measures faster than the eager run of the same steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import json
 import math
@@ -84,6 +91,7 @@ MAX_LENGTH = 512
 LR = 5e-4
 SEED = 0
 TRL_MODES = ("unpacked", "grouped", "packed", "padding_free")
+TRL_COMPILED_MODES = ("grouped", "packed", "padding_free")  # with TrainingArguments.torch_compile
 
 
 def log(msg: str) -> None:
@@ -250,14 +258,12 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
     load0 = os.getloadavg()[0]
     fresh_accelerate()
     with contextlib.redirect_stderr(open(os.devnull, "w")):
-        run = L.setup(cfg)
+        run = L.setup(dataclasses.replace(cfg, compile=compile_decoder))  # TrainConfig.compile
     if optimizer != "fused":  # lever: the optimizer implementation instillm used before (per-parameter loop)
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in run.optimizer.param_groups]
         run.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                           foreach=optimizer == "foreach")
         run.scheduler = L.build_scheduler(run.optimizer, cfg, run.plan)
-    if compile_decoder:
-        run.model.model.forward = torch.compile(run.model.model.forward)
     items, pad = run.data.train, run.tokenizer.pad_token_id
     lengths = [len(r) for r in items]
     tokens, losses, trained, ends = [], [], [], []
@@ -307,13 +313,21 @@ def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, to
               "attention (sdpa fwd+bwd)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                                            "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
               "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone"),
-              "optimizer (fused AdamW)": ("aten::_fused_adamw_",)}
+              "optimizer (fused AdamW)": ("aten::_fused_adamw_",),
+              "elementwise and reductions": ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sum",
+                                             "aten::pow", "aten::silu", "aten::silu_backward", "aten::fill_",
+                                             "aten::div", "aten::neg", "aten::rsqrt", "aten::mean", "aten::cat",
+                                             "aten::linalg_vector_norm", "aten::_log_softmax",
+                                             "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
+                                             "aten::masked_fill_", "aten::index", "aten::index_put_"),
+              "compiled (inductor) kernels": ("## Call CompiledFxGraph",)}
     lines = [f"torch.profiler, one instillm optimizer step: {name} ({cfg.precision}, packing={cfg.packing}, "
              f"group_by_length={cfg.group_by_length}, batch_size={cfg.batch_size}), {tokens} real tokens, "
              f"{seconds:.2f} s under the profiler, torch threads {torch.get_num_threads()}, "
              f"load average {os.getloadavg()[0]:.2f}", "", "self CPU time by group:"]
     for label, names in groups.items():
-        t = sum(e.self_cpu_time_total for e in events if e.key in names)
+        t = sum(e.self_cpu_time_total for e in events if e.key in names or any(
+            e.key.startswith(n) for n in names if n.startswith("## ")))
         lines.append(f"  {label:28s} {t / 1e6:8.3f} s  {100 * t / max(total, 1):5.1f}%")
     lines += [f"  {'all ops':28s} {total / 1e6:8.3f} s", "",
               events.table(sort_by="self_cpu_time_total", row_limit=30)]
@@ -345,8 +359,11 @@ class _CountingCollator:
 
 
 def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, model_dir: Path, work: Path,
-            batch: int, warmup: int, steps: int) -> dict[str, Any]:
-    """`warmup + steps` optimizer steps of TRL's SFTTrainer.train(), timed per step by a callback."""
+            batch: int, warmup: int, steps: int, compile: bool = False) -> dict[str, Any]:
+    """`warmup + steps` optimizer steps of TRL's SFTTrainer.train(), timed per step by a callback.
+
+    compile: TrainingArguments.torch_compile (the whole model, inductor).
+    """
     import datasets
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -367,6 +384,8 @@ def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, m
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         seed=SEED, data_seed=SEED, dataloader_num_workers=0, use_cpu=True, completion_only_loss=True,
         max_length=MAX_LENGTH)
+    if compile:
+        kwargs["torch_compile"] = True
     if mode == "grouped":
         kwargs["train_sampling_strategy"] = "group_by_length"
     elif mode == "packed":
@@ -402,9 +421,10 @@ def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, m
         trained.append(sum(items[i].n_trained - (items[i].labels[0] != IGNORE_INDEX) for i in ids if i >= 0))
     return summarize(name, "trl", precision, clock.ends, t_start, counting.tokens[:n], clock.losses[:n],
                      trained, warmup, (load0, os.getloadavg()[0]),
-                     {"mode": mode, "per_device_train_batch_size": batch, "step_examples": counting.examples[:n],
+                     {"mode": mode + (" + torch_compile" if compile else ""), "per_device_train_batch_size": batch, "step_examples": counting.examples[:n],
                       "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
-                      "optim": str(args.optim), "activation_checkpointing": args.activation_checkpointing})
+                      "optim": str(args.optim), "activation_checkpointing": args.activation_checkpointing,
+                      "torch_compile": bool(args.torch_compile)})
 
 
 def tail_loss(losses: list[float], trained: list[int], examples_per_step: list[int], frac: float = 0.2) -> float:
@@ -479,8 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-per-file", type=int, default=None, help="T0 rows sampled per file (default 4, quick 2)")
     ap.add_argument("--no-levers", action="store_true", help="skip the instillm lever runs")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
+    ap.add_argument("--no-trl-compile", action="store_true",
+                    help=f"skip TRL with torch_compile=True ({', '.join(TRL_COMPILED_MODES)}; never with --quick)")
     ap.add_argument("--fp32", action="store_true", help="also compare in fp32 (instillm vs the four TRL modes)")
-    ap.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
+    ap.add_argument("--out", default=None, help="default results/train_throughput.json "
+                                                  "(--quick: results/train_throughput_quick.json)")
     args = ap.parse_args(argv)
     q = args.quick
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
@@ -491,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.perf_counter()
     torch.manual_seed(SEED)
 
-    out = Path(args.out)
+    out = Path(args.out or RESULTS / ("train_throughput_quick.json" if q else "train_throughput.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     emulated_bf16 = not machine_info()["onednn_bf16"]  # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops
     result: dict[str, Any] = {"command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
@@ -543,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- instillm levers (bf16 unless named): batching, optimizer, threads, native bf16, compile
         levers: list[dict[str, Any]] = []
-        best = {"packing": True, "group": False}
+        best = {"packing": True, "group": False, "compile": False}
         if not args.no_levers:
             for label, packing, group in (("packed", True, False), ("length-grouped", False, True)):
                 levers.append(run_instillm(f"{label}", cfg(label, "bf16", packing, group, warmup + steps), warmup))
@@ -551,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                 levers.append(run_instillm("unpacked (random order)", cfg("u", "bf16", False, False, warmup + steps),
                                            warmup))
             top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
-            best = {"packing": top["packing"], "group": top["group_by_length"]}
+            best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
             bl = "packed" if best["packing"] else "length-grouped"
             result["optimizer_step_ms"] = optimizer_step_ms(model_dir, 3 if q else 7)
             log(f"AdamW step, ms: {result['optimizer_step_ms']}")
@@ -561,8 +584,8 @@ def main(argv: list[str] | None = None) -> int:
                                            warmup, optimizer="for-loop"))
                 other = 2 if threads == 1 else 1
                 torch.set_num_threads(other)
-                levers.append(run_instillm(f"{bl}, {other} thread(s)",
-                                           cfg("t", "bf16", best["packing"], best["group"], warmup + steps), warmup))
+                levers.append(run_instillm(f"{bl}, {other} thread(s) (4 measured steps)",
+                                           cfg("t", "bf16", best["packing"], best["group"], 1 + 4), 1))
                 torch.set_num_threads(threads)
                 if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
                     levers.append(run_instillm(f"{bl}, native bf16 kernels",
@@ -583,26 +606,37 @@ def main(argv: list[str] | None = None) -> int:
                                        "error": f"{type(e).__name__}: {str(e)[:300]}"})
                     levers.append(run_instillm(f"{bl}, {cprec}, eager (same steps as compile)",
                                                cfg("e", cprec, best["packing"], best["group"], 3 + steps), 3))
+                    comp, eager = levers[-2], levers[-1]
+                    # adopted when it measured faster (bf16 only: the comparison is in bf16)
+                    best["compile"] = (cprec == "bf16" and "error" not in comp
+                                       and comp["tokens_per_s"] > eager["tokens_per_s"])
         result["levers"] = levers
         best_label = "packed" if best["packing"] else "length-grouped"
         result["instillm_best_setting"] = {"batching": best_label, "optimizer": "fused AdamW",
                                            "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else
                                                                           "native oneDNN bf16") + ")",
-                                           "threads": threads, "torch_compile": False}
+                                           "threads": threads, "torch_compile": best["compile"]}
+        if best["compile"]:
+            best_label += " + torch.compile"
+        iw = 3 if best["compile"] else warmup  # compiled: the first steps compile (and recompile once)
 
         # ---- the comparison, interleaved: instillm, TRL mode 1, instillm, TRL mode 2, ...
         comparison: dict[str, dict[str, list[dict[str, Any]]]] = {}
         precisions = ("bf16", "fp32") if args.fp32 else ("bf16",)
         for prec in precisions:
             comparison[prec] = {"instillm": [], "trl": []}
-            modes = TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",)
-            for mode in modes:
+            modes = [(m, False) for m in (TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",))]
+            if not (q or args.no_trl_compile or (prec == "bf16" and emulated_bf16)):
+                modes += [(m, True) for m in TRL_COMPILED_MODES]
+            for mode, trl_compile in modes:
                 comparison[prec]["instillm"].append(run_instillm(
-                    f"{best_label}", cfg(f"cmp-{prec}", prec, best["packing"], best["group"], warmup + steps), warmup))
+                    f"{best_label}", cfg(f"cmp-{prec}", prec, best["packing"], best["group"], iw + steps), iw,
+                    compile_decoder=best["compile"] and prec == "bf16"))
                 slow_bf16 = prec == "bf16" and emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
-                w, m = (1, slow) if slow_bf16 else (warmup, steps)
+                w, m = (1, slow) if slow_bf16 else (3 if trl_compile else warmup, steps)
                 comparison[prec]["trl"].append(run_trl(
-                    mode, mode, prec, items, tokenizer, model_dir, work, rows if mode == "packed" else seqs, w, m))
+                    mode + ("-compiled" if trl_compile else ""), mode, prec, items, tokenizer, model_dir, work,
+                    rows if mode == "packed" else seqs, w, m, compile=trl_compile))
         result["comparison"] = comparison
 
         def med(rs: list[dict[str, Any]]) -> float:
@@ -623,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             replay = trl_best_run["step_examples"]
             rep = run_instillm(f"replay of TRL {trl_best_run['mode']}",
                                cfg(f"replay-{prec}", prec, best["packing"], best["group"], len(replay)), 0,
-                               replay=replay)
+                               replay=replay, compile_decoder=best["compile"] and prec == "bf16")
             n_ex = [len(ids) for ids in replay]
             trl_tail = tail_loss(trl_best_run["losses"], trl_best_run["trained_tokens_per_step"], n_ex)
             ins_tail = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
@@ -639,8 +673,12 @@ def main(argv: list[str] | None = None) -> int:
         # ---- one profiled instillm bf16 step
         prof_path = out.parent / "train_profile.txt"
         if not q:
-            run_instillm(f"{best_label} (profiled)", cfg("prof", "bf16", best["packing"], best["group"], 2), 1,
-                         profile_to=prof_path)
+            run_instillm(f"{best_label} (profiled)", cfg("prof", "bf16", best["packing"], best["group"], iw + 1), iw,
+                         profile_to=prof_path, compile_decoder=best["compile"])
+            if best["compile"]:  # and the eager step, to show what compilation changed
+                run_instillm(f"{best_label.replace(' + torch.compile', '')} eager (profiled)",
+                             cfg("prof-e", "bf16", best["packing"], best["group"], 2), 1,
+                             profile_to=prof_path.with_name("train_profile_eager.txt"))
 
         peak_bf16 = result["matmul_peak"]["bf16_peak_gflops"] * 1e9
         peak_fp32 = result["matmul_peak"]["fp32_peak_gflops"] * 1e9
@@ -658,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             "trl_mfu": round(6 * n_params * summary["bf16"]["trl_best"] / peak_bf16, 4),
             "mfu_note": ("6·params·tokens/s over the measured matmul peak (one large torch.matmul, best operand "
                          "layout, same threads). 6·params counts the LM head at every token, while instillm "
-                         "projects only trained positions, so it overstates the FLOPs instillm executes by ~14%; "
+                         "projects only trained positions, so it overstates the matmul FLOPs instillm executes by ~16%; "
                          "attention FLOPs are not counted. " + (
                              "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
                              "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."

@@ -169,3 +169,24 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_loop(tiny_model_dir, task_file
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_compiled_decoder_trains_like_eager(tiny_model_dir, task_file, tmp_path):
+    """`compile: true`: torch.compile of the decoder changes kernels, not the numbers."""
+    results = {}
+    for compiled in (False, True):
+        cfg = base_config(tiny_model_dir, task_file, tmp_path / str(compiled), max_steps=3, packing=True,
+                          max_length=128, eval_split=0.1)
+        results[compiled] = train(config_from_dict({**cfg, "compile": compiled}), progress=False)
+    eager, comp = results[False], results[True]
+    assert comp.steps == 3
+    assert comp.final_loss == pytest.approx(eager.final_loss, rel=1e-4)
+    assert comp.eval_loss == pytest.approx(eager.eval_loss, rel=1e-4)
+
+
+def test_compile_refuses_the_fp32_gemm_emulation(tiny_model_dir, task_file, tmp_path):
+    from instillm.train.loop import build_model, compile_decoder
+
+    cfg = config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, precision="bf16", cpu_bf16_matmul="fp32"))
+    with pytest.raises(ConfigError, match="compile: not supported while bf16 matmuls run as fp32 GEMMs"):
+        compile_decoder(build_model(cfg), cfg)
