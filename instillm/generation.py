@@ -86,6 +86,13 @@ class GenerateOptions:
     prefill_tokens: int = 512
     skip_special_tokens: bool = True
 
+    @classmethod
+    def sampling(cls, temperature: float, top_p: float = 1.0, greedy_at: float = 0.0, **kwargs: Any) -> "GenerateOptions":
+        """Options for an API-style temperature: greedy at or below `greedy_at` (0: temperature 0), else sampled."""
+        if temperature <= greedy_at:
+            return cls(do_sample=False, **kwargs)
+        return cls(do_sample=True, temperature=float(temperature), top_p=float(top_p), **kwargs)
+
     def __post_init__(self) -> None:
         for name in ("stop_strings", "stop_token_ids"):
             value = getattr(self, name)

@@ -161,8 +161,8 @@ def local_responder(model: Any, tokenizer: Any, renderer: Any = None, max_new_to
 
     def respond(conversations: Sequence[Sequence[dict[str, str]]], temperature: float) -> list[str]:
         """Greedy at temperature 0 (FastChat: below 1e-4), else sampled with the seed."""
-        opts = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                               do_sample=temperature > 1e-4, temperature=temperature if temperature > 1e-4 else 1.0)
+        opts = GenerateOptions.sampling(temperature, greedy_at=1e-4, max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size, seed=seed)
         return [o.text.strip() for o in gen.generate_chat(conversations, opts)]
 
     return respond

@@ -67,15 +67,8 @@ class ServedModel:
 
 def _options(req: Any, max_new_tokens: int, batch_size: int) -> GenerateOptions:
     """Decoding options: equal for all greedy requests with the same budget and stop strings."""
-    greedy = req.temperature == 0
-    return GenerateOptions(
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=1.0 if greedy else float(req.temperature),
-        top_p=1.0 if greedy else float(req.top_p),
-        stop_strings=req.stop_strings(),
-        batch_size=batch_size,
-    )
+    return GenerateOptions.sampling(req.temperature, req.top_p, max_new_tokens=max_new_tokens,
+                                    stop_strings=req.stop_strings(), batch_size=batch_size)
 
 
 def _seeds(seed: int | None, n_prompts: int, n: int) -> list[int]:

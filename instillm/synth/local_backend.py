@@ -122,11 +122,9 @@ class TransformersBackend:
         """One Generator call for requests of one params group: a row per distinct sample."""
         from instillm.generation import GenerateOptions
 
-        greedy = params.temperature == 0
-        opts = GenerateOptions(
-            max_new_tokens=params.max_tokens, do_sample=not greedy, temperature=params.temperature if not greedy else 1.0,
-            top_p=params.top_p, stop_strings=params.stop, batch_size=self.config.batch_size,
-        )
+        opts = GenerateOptions.sampling(params.temperature, params.top_p, max_new_tokens=params.max_tokens,
+                                        stop_strings=params.stop, batch_size=self.config.batch_size)
+        greedy = not opts.do_sample
         owners, rows, seeds = [], [], []  # owners[row] = (request position, sample index)
         for j, (r, ids) in enumerate(zip(requests, prompts)):
             for s in range(1 if greedy else r.params.n):
