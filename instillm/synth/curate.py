@@ -8,7 +8,7 @@ to OUT and each rejected row to OUT.rejects.jsonl in the importer's format
 `{file, line, reason, detail, raw}` (`line` = 1-based line of the row in the input file), and
 returns a `CurationSummary` with `n_kept + sum(rejected_by_reason.values()) == n_in`.
 
-Input must be canonical JSONL (what `instillm import` writes); a row that is not raises
+Input must be canonical JSONL (what `instillm data import` writes); a row that is not raises
 DataError naming file:line, as `read_examples` does. Output and rejects are written to temp
 files and renamed into place at the end, so a failed run leaves no half-written output.
 """
@@ -63,7 +63,7 @@ def conversation_parts(ex: Example) -> tuple[str, str]:
 
 def iter_canonical(path: str | Path) -> Iterator[tuple[RawRow, Example]]:
     """(raw row, Example) for each row of a canonical JSONL file; DataError names file:line of a bad row."""
-    hint = "curation reads canonical JSONL; convert the data with `instillm import` first"
+    hint = "curation reads canonical JSONL; convert the data with `instillm data import` first"
     for row in read_rows(path):
         if row.error is not None:
             raise DataError(f"{path}:{row.line}: {row.error} ({hint})")
