@@ -132,6 +132,8 @@ def data_skills(
     seed: int = typer.Option(0, "--seed"),
     n_train: int = typer.Option(400, "--n-train", help="Training examples per family."),
     n_eval: int = typer.Option(40, "--n-eval", help="Examples per family in each held-out split."),
+    cap_to_input_space: bool = typer.Option(
+        False, "--cap-to-input-space", help="A family with fewer distinct inputs than asked trains on all it has."),
     list_only: bool = typer.Option(False, "--list", help="List the task families and exit."),
 ) -> None:
     """Write the built-in procedural skills suite (train + held-out splits) as canonical data."""
@@ -148,7 +150,8 @@ def data_skills(
     if output is None:
         _fail(InstillmError("give -o DIR to write the suite (or --list to see the families)"))
     try:
-        suite = build_suite(SuiteConfig(seed=seed, n_train_per_family=n_train, n_eval_per_family=n_eval))
+        suite = build_suite(SuiteConfig(seed=seed, n_train_per_family=n_train, n_eval_per_family=n_eval,
+                                          cap_to_input_space=cap_to_input_space))
         paths = write_suite(suite, output)
     except InstillmError as e:
         _fail(e)
@@ -474,15 +477,15 @@ def _eval_ifeval(model, responses, inputs, out_dir: Path, template, max_new_toke
         responses = out_dir / "responses.jsonl"
         rows = ifeval.load_inputs(inputs_path)[:limit]
         lm, tok, renderer = _load_lm(model, template)
-        from instillm.generation import GenerateOptions, Generator
+        from instillm.evaluate.suites import LocalLM, chat_replies
 
-        gen = Generator(lm, tok, renderer)
+        # the replies `instillm run`'s ifeval suite scores: the same model scores the same in both
         with progress_bar("generating IFEval responses"):
-            outs = gen.generate_chat([[{"role": "user", "content": r["prompt"]}] for r in rows],
-                                     GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size))
+            texts = chat_replies(LocalLM(lm, tok, renderer, str(model)), [r["prompt"] for r in rows],
+                                 max_new_tokens, batch_size)
         out_dir.mkdir(parents=True, exist_ok=True)
-        responses.write_text("".join(json.dumps({"prompt": r["prompt"], "response": o.text}) + "\n"
-                                     for r, o in zip(rows, outs)), encoding="utf-8")
+        responses.write_text("".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n"
+                                     for r, t in zip(rows, texts)), encoding="utf-8")
     summary = ifeval.score_file(responses, inputs_path, out_dir)
     table = Table(title="IFEval")
     table.add_column("metric")

@@ -41,6 +41,7 @@ class SkillsSettings:
     heldout_phrasings_per_family: int = 2
     heldout_families: tuple[str, ...] | None = None
     families: tuple[str, ...] | None = None
+    cap_to_input_space: bool = False
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:

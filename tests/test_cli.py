@@ -86,6 +86,14 @@ def test_data_skills_writes_splits(tmp_path: Path):
         assert (tmp_path / f"{split}.jsonl").stat().st_size > 0
     assert run("data", "skills", "--list").exit_code == 0
     assert run("data", "skills").exit_code == 1
+    # even_odd has 999 inputs: 2,000 per family fails unless capped to what each family has
+    res = run("data", "skills", "-o", str(tmp_path / "big"), "--n-train", "2000", "--n-eval", "2")
+    assert res.exit_code == 1 and "even_odd" in res.output
+    res = run("data", "skills", "-o", str(tmp_path / "big"), "--n-train", "2000", "--n-eval", "2",
+              "--cap-to-input-space")
+    assert res.exit_code == 0, res.output
+    tasks = [json.loads(x)["task"] for x in open(tmp_path / "big" / "train.jsonl")]
+    assert tasks.count("even_odd") == 999 - 4 and tasks.count("word_add") == 2000
 
 
 def test_eval_ifeval_scores_responses_and_a_model(tmp_path: Path, shared_data: Path, tiny_model_dir: Path):
@@ -100,6 +108,16 @@ def test_eval_ifeval_scores_responses_and_a_model(tmp_path: Path, shared_data: P
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in open(tmp_path / "tiny" / "ifeval_strict.jsonl")]
     assert len(rows) == 4
+    # the same replies as `instillm run`'s ifeval suite (stripped), so both score a model alike
+    from instillm.evaluate.suites import LocalLM, chat_replies
+    from instillm.models.loading import load_model, load_tokenizer
+    from instillm.data.render import Renderer
+
+    tok = load_tokenizer(tiny_model_dir)
+    lm = LocalLM(load_model(tiny_model_dir), tok, Renderer(tok), "tiny")
+    prompts = [json.loads(x)["prompt"] for x in open(inputs)][:4]
+    saved = [json.loads(x)["response"] for x in open(tmp_path / "tiny" / "responses.jsonl")]
+    assert saved == chat_replies(lm, prompts, 8, 32) and all(r == r.strip() for r in saved)
     assert run("eval", "--suite", "ifeval", "--inputs", str(inputs), "-o", str(tmp_path / "x")).exit_code == 1
 
 

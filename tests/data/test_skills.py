@@ -289,3 +289,22 @@ def test_unselected_or_all_heldout_families_are_refused():
         build_suite(SuiteConfig(families=("uppercase",), heldout_families=("uppercase",)))
     with pytest.raises(ConfigError, match="distinct inputs"):
         build_suite(SuiteConfig(families=("larger_number",), n_train_per_family=20_000))
+
+
+def test_cap_to_input_space_trains_on_every_remaining_input_and_keeps_the_eval_sets():
+    kw = {"families": ("even_odd", "larger_number"), "heldout_families": (), "n_eval_per_family": 40}
+    with pytest.raises(ConfigError, match="cap_to_input_space"):
+        build_suite(SuiteConfig(n_train_per_family=2000, **kw))
+    capped = build_suite(SuiteConfig(n_train_per_family=2000, cap_to_input_space=True, **kw))
+    exact = build_suite(SuiteConfig(n_train_per_family=900, **kw))
+    counts = _by_family(capped["train"])
+    # even_odd has 999 distinct inputs (1..999): all but the 80 evaluated are trained
+    assert len(counts["even_odd"]) == 999 - 80 and len(counts["larger_number"]) == 2000
+    train_inputs = {ex.meta["input"] for ex in capped["train"] if ex.task == "even_odd"}
+    assert len(train_inputs) == 919
+    for split in ("heldout_instances", "heldout_phrasings"):
+        assert capped[split] == exact[split]  # eval inputs come first: unchanged by the train size
+        assert not {ex.meta["input"] for ex in capped[split] if ex.task == "even_odd"} & train_inputs
+    with pytest.raises(ConfigError, match="1001 needed"):  # eval sets still must fit
+        build_suite(SuiteConfig(families=("even_odd",), heldout_families=(), n_eval_per_family=500,
+                                n_train_per_family=10, cap_to_input_space=True))

@@ -42,6 +42,9 @@ class SuiteConfig:
     heldout_phrasings_per_family: int = 2
     heldout_families: tuple[str, ...] | int | None = None
     families: tuple[str, ...] | None = None  # None: all of FAMILIES
+    # True: a family with fewer distinct inputs than n_train_per_family + 2 * n_eval_per_family
+    # trains on all it has left after its eval inputs (at least one) instead of failing.
+    cap_to_input_space: bool = False
 
     def __post_init__(self) -> None:
         if self.n_train_per_family < 1:
@@ -125,7 +128,8 @@ def _family_splits(family: Family, config: SuiteConfig, held_out: bool) -> dict[
         return {"heldout_families": _examples(family, "heldout_families", _inputs(family, rng, n_eval), every)}
     held = _pick_heldout_phrasings(family, rng, config.heldout_phrasings_per_family)
     trained = [i for i in every if i not in held]
-    inputs = _inputs(family, rng, config.n_train_per_family + 2 * n_eval)
+    minimum = 2 * n_eval + 1 if config.cap_to_input_space else None
+    inputs = _inputs(family, rng, config.n_train_per_family + 2 * n_eval, minimum)
     return {
         "heldout_instances": _examples(family, "heldout_instances", inputs[:n_eval], trained),
         "heldout_phrasings": _examples(family, "heldout_phrasings", inputs[n_eval:2 * n_eval], held),
@@ -155,16 +159,19 @@ def _words(*texts: str) -> set[str]:
 FRAME_WORDS = _words(*(f.replace("{Core}", " ").replace("{core}", " ") for f in FRAMES))
 
 
-def _inputs(family: Family, rng: random.Random, n: int) -> list[str]:
-    """`n` distinct inputs; ConfigError when the family's input space is too small."""
+def _inputs(family: Family, rng: random.Random, n: int, minimum: int | None = None) -> list[str]:
+    """`n` distinct inputs (or as many as the family yields, if at least `minimum`); ConfigError
+    when the family's input space is too small."""
     seen: dict[str, None] = {}
     for _ in range(20 * n + 1000):
         if len(seen) == n:
             break
         seen.setdefault(family.gen(rng), None)
-    if len(seen) < n:
+    if len(seen) < (n if minimum is None else minimum):
+        hint = "" if minimum is not None else " or set cap_to_input_space"
         raise ConfigError(f"skills: family {family.name!r} yields only {len(seen)} distinct inputs, "
-                          f"{n} needed; lower n_train_per_family or n_eval_per_family")
+                          f"{n if minimum is None else minimum} needed; lower n_train_per_family or "
+                          f"n_eval_per_family{hint}")
     return list(seen)
 
 
