@@ -742,11 +742,13 @@ def data_self_instruct(
 ) -> None:
     """Self-Instruct: bootstrap instructions from seed tasks, classify them, generate instances (resumable)."""
     from instillm.synth.pipeline import load_config
-    from instillm.synth.self_instruct import SelfInstructConfig, run_self_instruct
+    from instillm.synth.self_instruct import SelfInstructConfig, load_seed_tasks, run_self_instruct
 
     try:
         extra = [f"num_instructions={num}"] if num is not None else []
         cfg = load_config(SelfInstructConfig, config, [*overrides, *extra], "self-instruct")
+        if seeds is not None:
+            load_seed_tasks(seeds)  # a bad seeds file fails before the teacher cache is created
         teacher = (backend, base_url, model, api_key, cache, concurrency)
         res = _with_teacher(teacher, output, lambda t, advance: run_self_instruct(t, output, seeds, cfg, progress=advance))
     except InstillmError as e:
@@ -777,12 +779,13 @@ def data_evolve(
     overrides: List[str] = typer.Option([], "--set", help="KEY=VALUE setting (repeatable), e.g. judge=false."),
 ) -> None:
     """Evol-Instruct: evolve instructions in depth and breadth, answer them, eliminate failures (resumable)."""
-    from instillm.synth.evol import EvolConfig, run_evol
+    from instillm.synth.evol import EvolConfig, read_lineages, run_evol
     from instillm.synth.pipeline import load_config
 
     try:
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = load_config(EvolConfig, config, [*overrides, *extra], "evol")
+        read_lineages(data)  # a missing or unreadable input fails before the teacher cache is created
         teacher = (backend, base_url, model, api_key, cache, concurrency)
         res = _with_teacher(teacher, output, lambda t, advance: run_evol(t, data, output, cfg, progress=advance))
     except InstillmError as e:

@@ -159,3 +159,14 @@ def test_eval_winrate_json(shared_data: Path):
     got = json.loads(res.stdout)
     assert got["n"] == 805 and abs(got["win_rate"] - 2.591450540223603) < 1e-9 and "lc_win_rate" in got
     assert run("eval", "winrate").exit_code == 1
+
+
+def test_teacher_commands_check_their_input_before_creating_the_run_directory(tmp_path: Path):
+    teacher = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    out = tmp_path / "evolved.jsonl"
+    res = run("data", "evolve", str(tmp_path / "missing.jsonl"), "-o", str(out), *teacher)
+    assert res.exit_code == 1 and "missing.jsonl" in res.output
+    out2 = tmp_path / "si.jsonl"
+    res = run("data", "self-instruct", "--seeds", str(tmp_path / "no_seeds.jsonl"), "-o", str(out2), *teacher)
+    assert res.exit_code == 1 and "no_seeds.jsonl" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT.run/, no cache.sqlite
