@@ -39,3 +39,10 @@ class RenderError(InstillmError):
 
 class ModelError(InstillmError):
     """A model or tokenizer cannot be loaded or built."""
+
+
+def check_min_int(problems: list[str], name: str, value: object, minimum: int = 1) -> None:
+    """Append `name: must be an integer >= minimum, got value` to `problems` unless `value` is such
+    an integer (a bool is not); the one wording of this check across the configs."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append(f"{name}: must be an integer >= {minimum}, got {value!r}")

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from instillm.errors import ConfigError, DataError, ModelError
+from instillm.errors import ConfigError, DataError, ModelError, check_min_int
 
 FINISH_REASONS = ("stop", "length")
 
@@ -104,12 +104,8 @@ class GenerateOptions:
         def is_int(x: Any) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
 
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens: must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            problems.append(f"batch_size: must be an integer >= 1, got {self.batch_size!r}")
-        if not is_int(self.prefill_tokens) or self.prefill_tokens < 1:
-            problems.append(f"prefill_tokens: must be an integer >= 1, got {self.prefill_tokens!r}")
+        for name in ("max_new_tokens", "batch_size", "prefill_tokens"):
+            check_min_int(problems, name, getattr(self, name))
         if not is_int(self.top_k) or self.top_k < 0:
             problems.append(f"top_k: must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:

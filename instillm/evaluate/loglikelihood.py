@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from instillm.data.render import IGNORE_INDEX
-from instillm.errors import ConfigError, DataError
+from instillm.errors import ConfigError, DataError, check_min_int
 
 
 VOCAB_CHUNK = 1024  # scored positions projected to the vocabulary at once
@@ -85,8 +85,10 @@ def score_requests(model: Any, requests: Sequence[ScoreRequest], batch_size: int
     """Log-likelihood of each request's scored tokens, in input order (batched by length)."""
     from instillm.train.loss import split_causal_lm
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    problems: list[str] = []
+    check_min_int(problems, "batch_size", batch_size)
+    if problems:
+        raise ConfigError(problems[0])
     fitted = [_fit(r, max_length, i) for i, r in enumerate(requests)]
     order = sorted(range(len(fitted)), key=lambda i: len(fitted[i][0]))
     decoder, head = split_causal_lm(model)

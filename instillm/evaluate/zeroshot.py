@@ -41,7 +41,7 @@ from instillm.data.schema import Example, Message
 from instillm.evaluate.loglikelihood import ScoreRequest, TokenScore, score_requests
 from instillm.evaluate.metrics import exact_match, max_rouge_l
 from instillm.evaluate.t0_clusters import TemplateFile, parse_clusters, template_files
-from instillm.errors import ConfigError, DataError, RenderError
+from instillm.errors import ConfigError, DataError, RenderError, check_min_int
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -67,9 +67,7 @@ class ZeroShotConfig:
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{name}: must be an integer >= 1 or None, got {v!r}")
         for name in ("max_options", "max_new_tokens", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1 or (name == "max_options" and v < 2):
-                problems.append(f"{name}: must be an integer >= {2 if name == 'max_options' else 1}, got {v!r}")
+            check_min_int(problems, name, getattr(self, name), minimum=2 if name == "max_options" else 1)
         if problems:
             raise ConfigError("; ".join(problems))
 

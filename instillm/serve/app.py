@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI
 
-from instillm.errors import ConfigError, InstillmError
+from instillm.errors import ConfigError, InstillmError, check_min_int
 from instillm.serve.calls import DEFAULT_MAX_TOKENS, Call, ServedModel, respond
 from instillm.serve.engine import Engine
 from instillm.serve.errors import APIError, install_error_handlers, require_api_key
@@ -53,14 +53,12 @@ def _routes(app: FastAPI, served: ServedModel, api_key: str | None) -> None:
 def _check_settings(max_batch_size: int, batch_wait_ms: float, max_length: int | None,
                     default_max_tokens: int) -> None:
     problems = []
-    if not isinstance(max_batch_size, int) or max_batch_size < 1:
-        problems.append(f"max_batch_size: must be an integer >= 1, got {max_batch_size!r}")
+    check_min_int(problems, "max_batch_size", max_batch_size)
     if not isinstance(batch_wait_ms, (int, float)) or batch_wait_ms < 0:
         problems.append(f"batch_wait_ms: must be a number >= 0 (milliseconds), got {batch_wait_ms!r}")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         problems.append(f"max_length: must be an integer >= 2 (tokens), got {max_length!r}")
-    if not isinstance(default_max_tokens, int) or default_max_tokens < 1:
-        problems.append(f"default_max_tokens: must be an integer >= 1, got {default_max_tokens!r}")
+    check_min_int(problems, "default_max_tokens", default_max_tokens)
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from instillm.data.schema import Example, Message
-from instillm.errors import ConfigError, DataError, RowError
+from instillm.errors import ConfigError, DataError, RowError, check_min_int
 from instillm.synth.curate import iter_canonical
 from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
 from instillm.synth.filters import EN_STOPWORDS, word_count
@@ -89,8 +89,7 @@ class EvolConfig:
         p = []
         for name in ("rounds", "max_tokens", "response_max_tokens", "judge_max_tokens", "request_batch_size",
                      "sorry_max_words"):
-            if not isinstance(v[name], int) or v[name] < 1:
-                p.append(f"{name}: must be an integer >= 1, got {v[name]!r}")
+            check_min_int(p, name, v[name])
         bad = [op for op in v["operations"] if op not in OPERATIONS]
         if bad or not v["operations"]:
             p.append(f"operations: {bad or 'none'} — choose from {list(OPERATIONS)}")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from instillm.errors import ConfigError, InstillmError
+from instillm.errors import ConfigError, InstillmError, check_min_int
 
 BACKEND_KINDS = ("openai", "transformers", "vllm")
 FINISH_REASONS = ("stop", "length")
@@ -74,14 +74,12 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         problems = []
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            problems.append(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
+        check_min_int(problems, "max_tokens", self.max_tokens)
         if not _is_number(self.temperature) or self.temperature < 0:
             problems.append(f"temperature: must be a number >= 0, got {self.temperature!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             problems.append(f"top_p: must be in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.n) or self.n < 1:
-            problems.append(f"n: must be an integer >= 1, got {self.n!r}")
+        check_min_int(problems, "n", self.n)
         if not all(isinstance(s, str) and s for s in self.stop):
             problems.append(f"stop: must be non-empty strings, got {self.stop!r}")
         if self.seed is not None and not _is_int(self.seed):
@@ -232,10 +230,8 @@ class BackendConfig:
         if self.kind == "openai" and not self.base_url:
             problems.append("backend.base_url: required for kind 'openai' (e.g. http://127.0.0.1:8000/v1)")
         for name in ("concurrency", "batch_size"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                problems.append(f"backend.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
-        if not _is_int(self.max_retries) or self.max_retries < 0:
-            problems.append(f"backend.max_retries: must be an integer >= 0, got {self.max_retries!r}")
+            check_min_int(problems, f"backend.{name}", getattr(self, name))
+        check_min_int(problems, "backend.max_retries", self.max_retries, minimum=0)
         for name in ("timeout", "backoff", "max_backoff"):
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 problems.append(f"backend.{name}: must be a number > 0 (seconds), got {getattr(self, name)!r}")

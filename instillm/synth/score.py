@@ -55,7 +55,7 @@ import torch
 from instillm.data.importer import rejects_path_for
 from instillm.data.render import IGNORE_INDEX, Rendered, RenderConfig, Renderer
 from instillm.data.schema import Example
-from instillm.errors import ConfigError, DataError, RenderError, RowError
+from instillm.errors import ConfigError, DataError, RenderError, RowError, check_min_int
 from instillm.synth.curate import CurationSummary, curate_file, iter_canonical
 from instillm.synth.llm import Backend, BackendConfig, LLMRequest, chat, make_backend
 from instillm.evaluate.loglikelihood import ScoreRequest, score_requests
@@ -101,8 +101,7 @@ class IFDConfig:
             problems.append("ifd.model: required (a model directory or hub id)")
         if self.truncation not in IFD_TRUNCATION:
             problems.append(f"ifd.truncation: {self.truncation!r} is not one of {list(IFD_TRUNCATION)}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            problems.append(f"ifd.batch_size: must be an integer >= 1, got {self.batch_size!r}")
+        check_min_int(problems, "ifd.batch_size", self.batch_size)
         if problems:
             raise ConfigError("; ".join(problems))
         RenderConfig(self.template, self.max_length, self.truncation)  # validates max_length
@@ -121,8 +120,10 @@ class RatingConfig:
     max_tokens: int = 256
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ConfigError(f"rating.max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
+        problems: list[str] = []
+        check_min_int(problems, "rating.max_tokens", self.max_tokens)
+        if problems:
+            raise ConfigError(problems[0])
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ class ScoreConfig:
             problems.append("top_fraction and top_k: give one, not both")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             problems.append(f"top_fraction: must be in (0, 1], got {self.top_fraction!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            problems.append(f"top_k: must be an integer >= 1, got {self.top_k!r}")
+        if self.top_k is not None:
+            check_min_int(problems, "top_k", self.top_k)
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -62,7 +62,7 @@ from typing import Any, Mapping, Sequence
 from instillm.data.formats import _user_turn
 from instillm.data.io import read_rows
 from instillm.data.schema import Example, from_prompt_completion
-from instillm.errors import ConfigError, DataError, RowError
+from instillm.errors import ConfigError, DataError, RowError, check_min_int
 from instillm.synth.dedup import RougeLFilter
 from instillm.synth.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
 from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
@@ -121,8 +121,7 @@ class SelfInstructConfig:
         p = []
         for name in ("num_instructions", "num_prompt_instructions", "request_batch_size", "max_tokens",
                      "clf_max_tokens", "instance_max_tokens", "clf_instance_max_tokens", "max_instances"):
-            if not isinstance(v[name], int) or v[name] < 1:
-                p.append(f"{name}: must be an integer >= 1, got {v[name]!r}")
+            check_min_int(p, name, v[name])
         if not 0 <= v["num_machine_instructions"] <= v["num_prompt_instructions"]:
             p.append("num_machine_instructions: must be between 0 and num_prompt_instructions")
         if v["prompt_mode"] not in PROMPT_MODES:
