@@ -453,7 +453,7 @@ def _eval_heldout(model, data, output: Path, template, max_new_tokens, batch_siz
 
     if not data:
         raise InstillmError("--suite heldout needs --data FILE (canonical JSONL with reference answers)")
-    splits = load_eval_splits({p.stem: p for p in data}, limit)
+    splits = load_eval_splits({p.stem: p for p in data}, limit, empty_ok=False)
     lm, tok, renderer = _load_lm(model, template)
     with progress_bar("generating", sum(map(len, splits.values()))) as advance:
         res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)

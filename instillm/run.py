@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from instillm.errors import ConfigError
+from instillm.errors import ConfigError, DataError
 from instillm.evaluate.suites import SuitesSettings
 
 STAGES = ("data", "model", "eval_before", "train", "eval_after", "report")
@@ -271,14 +271,18 @@ def stage_model(ctx: RunContext, train_files: Sequence[Path]) -> str:
     return str(out)
 
 
-def load_eval_splits(paths: Mapping[str, Path], limit: int | None) -> dict[str, list]:
-    """Eval splits, each cut to its first `limit` examples when set."""
+def load_eval_splits(paths: Mapping[str, Path], limit: int | None, empty_ok: bool = True) -> dict[str, list]:
+    """Eval splits, each cut to its first `limit` examples when set; unless `empty_ok`, a DataError
+    naming every file without examples (a user's empty file would otherwise score 0 of 0)."""
     from instillm.data.importer import read_examples
 
     splits = {}
     for name, path in paths.items():
         examples = list(read_examples(path))
         splits[name] = examples[:limit] if limit else examples
+    empty = [str(paths[name]) for name, examples in splits.items() if not examples]
+    if empty and not empty_ok:
+        raise DataError(f"no examples to evaluate in {', '.join(empty)}; give canonical JSONL rows with a reference answer")
     return splits
 
 
@@ -427,8 +431,9 @@ def run(config: RunConfig, say: Callable[[str], None] = print,
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     ctx = RunContext(config, out, Stages(out), say, progress or _no_progress)
     train_files, eval_paths = stage_data(ctx)
+    # the suite's splits may be empty (no held-out families); a user's eval file may not
+    splits = load_eval_splits(eval_paths, config.eval.max_examples_per_split, empty_ok=config.data is None)
     model_path = stage_model(ctx, train_files)
-    splits = load_eval_splits(eval_paths, config.eval.max_examples_per_split)
     template = config.train.get("template", "auto")
     before = {}
     if config.eval.before:

@@ -131,6 +131,9 @@ def test_eval_heldout_writes_results(tmp_path: Path, tiny_model_dir: Path):
     split = saved["splits"]["heldout_families"]
     assert split["n"] == 5 and set(split["per_task"]) and "samples" in split
     assert run("eval", str(tiny_model_dir), "-o", str(tmp_path / "r.json")).exit_code == 1  # no --data
+    (tmp_path / "empty.jsonl").write_text("")  # not a 0-of-0 score: an error naming the file
+    res = run("eval", str(tiny_model_dir), "--data", str(tmp_path / "empty.jsonl"), "-o", str(tmp_path / "e.json"))
+    assert res.exit_code == 1 and "empty.jsonl" in res.output and not (tmp_path / "e.json").exists()
 
 
 def test_curation_commands(tmp_path: Path):

@@ -89,3 +89,19 @@ def test_the_quickstart_config_is_valid_and_builds_its_suite():
     suite = SuiteConfig(**{**cfg.skills.__dict__, "families": tuple(cfg.skills.families),
                            "heldout_families": tuple(cfg.skills.heldout_families)})
     assert 0 < len(heldout_family_names(suite)) < len(suite.selected())
+
+
+def test_an_empty_user_eval_file_fails_before_the_model_stage(tmp_path: Path):
+    from instillm.data.skills import SuiteConfig, build_suite, write_suite
+    from instillm.errors import DataError
+
+    train = tmp_path / "train.jsonl"
+    write_suite(build_suite(SuiteConfig(families=("even_odd",), heldout_families=(), n_train_per_family=4,
+                                        n_eval_per_family=1)), tmp_path / "s")
+    train.write_text((tmp_path / "s" / "train.jsonl").read_text())
+    (tmp_path / "held.jsonl").write_text("")
+    cfg = run_config_from_dict({"output_dir": str(tmp_path / "o"),
+                                "data": {"train": [str(train)], "eval": [str(tmp_path / "held.jsonl")]}})
+    with pytest.raises(DataError, match="held.jsonl"):
+        run(cfg, say=lambda m: None)
+    assert not (tmp_path / "o" / "model").exists()
