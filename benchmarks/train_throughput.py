@@ -302,6 +302,7 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
     return summarize(name, "instillm", cfg.precision, ends, t_start, tokens, losses, trained, warmup,
                      (load0, os.getloadavg()[0]),
                      {"packing": cfg.packing, "group_by_length": cfg.group_by_length, "batch_size": cfg.batch_size,
+                      "attn_implementation": L.unwrap(run.model).config._attn_implementation,
                       "optimizer": optimizer, "compile": compile_decoder,
                       "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device("cpu"))})
 
@@ -309,9 +310,13 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
 def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, tokens: int) -> None:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    groups = {"matmul (mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
-              "attention (sdpa fwd+bwd)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
-                                           "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+    # bmm and softmax are attention's: the per-example kernel (packed_attention: segments) is two
+    # bmm's and a softmax forward; the decoder's other bmm (rotary angles) is (B, 32, 1) @ (B, 1, L).
+    groups = {"matmul (mm/addmm)": ("aten::mm", "aten::addmm"),
+              "attention (sdpa, or bmm + softmax)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                                     "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                                                     "aten::bmm", "aten::baddbmm", "aten::_softmax",
+                                                     "aten::_softmax_backward_data"),
               "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone"),
               "optimizer (fused AdamW)": ("aten::_fused_adamw_",),
               "elementwise and reductions": ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sum",
@@ -328,8 +333,8 @@ def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, to
     for label, names in groups.items():
         t = sum(e.self_cpu_time_total for e in events if e.key in names or any(
             e.key.startswith(n) for n in names if n.startswith("## ")))
-        lines.append(f"  {label:28s} {t / 1e6:8.3f} s  {100 * t / max(total, 1):5.1f}%")
-    lines += [f"  {'all ops':28s} {total / 1e6:8.3f} s", "",
+        lines.append(f"  {label:36s} {t / 1e6:8.3f} s  {100 * t / max(total, 1):5.1f}%")
+    lines += [f"  {'all ops':36s} {total / 1e6:8.3f} s", "",
               events.table(sort_by="self_cpu_time_total", row_limit=30)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -579,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
             result["optimizer_step_ms"] = optimizer_step_ms(model_dir, 3 if q else 7)
             log(f"AdamW step, ms: {result['optimizer_step_ms']}")
             if not q:
+                if best["packing"]:  # the packed lever above attends per example (packed_attention: auto)
+                    levers.append(run_instillm("packed, block-diagonal mask over whole rows (packed_attention: mask)",
+                                               cfg("m", "bf16", True, False, warmup + steps, packed_attention="mask"),
+                                               warmup))
                 levers.append(run_instillm(f"{bl}, per-parameter AdamW (old default)",
                                            cfg("o", "bf16", best["packing"], best["group"], warmup + steps),
                                            warmup, optimizer="for-loop"))
@@ -613,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         result["levers"] = levers
         best_label = "packed" if best["packing"] else "length-grouped"
         result["instillm_best_setting"] = {"batching": best_label, "optimizer": "fused AdamW",
+                                           "packed_attention": "segments (auto)" if best["packing"] else None,
                                            "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else
                                                                           "native oneDNN bf16") + ")",
                                            "threads": threads, "torch_compile": best["compile"]}

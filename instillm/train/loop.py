@@ -51,12 +51,13 @@ from instillm.data.mix import MixResult, mix_cot, mix_tasks
 from instillm.data.render import Rendered, Renderer, RenderConfig, RenderStats, save_template
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError, InstillmError, ModelError
+from instillm.train import attention
 from instillm.train import checkpoint as ckpt
 from instillm.train.batching import (
     MicroBatch, collate, count_rows, epoch_micro_batches, eval_micro_batches, step_shard,
 )
 from instillm.train.config import Plan, TrainConfig, load_config, resolve
-from instillm.train.loss import TokenLoss, split_causal_lm, step_scale, token_loss_sum
+from instillm.train.loss import TokenLoss, split_causal_lm, step_scale, token_loss_sum, unwrap
 
 KILL_HOOK = "INSTILLM_TEST_KILL_AFTER_STEP"
 FINAL = "final"
@@ -180,10 +181,22 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if config.packing and packed_attention(config, model.config._attn_implementation) == "segments":
+        attention.register()
+        model.set_attn_implementation(attention.SEGMENTS)
     if config.lora is not None:
         model = add_lora(model, config)
     model.train()
     return model
+
+
+def packed_attention(config: TrainConfig, backend: str | None) -> str:
+    """How packed rows keep examples apart with attention `backend`: segments, mask or varlen (flash)."""
+    if backend == "flash_attention_2":
+        return "varlen"
+    if config.packed_attention == "auto":
+        return "mask" if backend == "eager" else "segments"
+    return config.packed_attention
 
 
 def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
@@ -464,13 +477,15 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_from: int | None) -> dict[str, Any]:
+def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_from: int | None,
+                   attn_implementation: str | None = None) -> dict[str, Any]:
     """Write output_dir/run.json: what was asked, what it resolved to, which data and code."""
     manifest = {
         "config": config.to_dict(),
         "plan": plan.to_dict(),
         "data": data.files,
         "template": data.renderer.template_name,
+        "attn_implementation": attn_implementation,
         "task_counts": data.mix.counts,
         "task_available": data.mix.available,
         "n_train_examples": len(data.train),
@@ -593,7 +608,7 @@ def setup(config: TrainConfig) -> Run:
     if resume_from is not None:
         restore(run, resume_from)
     if run.is_main:
-        write_manifest(config, plan, data, run.resumed_from)
+        write_manifest(config, plan, data, run.resumed_from, unwrap(model).config._attn_implementation)
     return run
 
 
@@ -672,6 +687,8 @@ def save_final(run: Run) -> Path:
     final = Path(run.config.output_dir) / FINAL
     if run.is_main:
         run.model.config.use_cache = True
+        if unwrap(run.model).config._attn_implementation == attention.SEGMENTS:
+            unwrap(run.model).set_attn_implementation("sdpa")  # what it runs outside packed rows anyway
         run.model.save_pretrained(final)
         save_template(run.tokenizer, run.data.renderer)
         run.tokenizer.save_pretrained(final)

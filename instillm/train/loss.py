@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from instillm.data.render import IGNORE_INDEX
 from instillm.errors import ModelError
+from instillm.train.attention import SEGMENTS, segment_lengths
 from instillm.train.batching import packed_attention_mask
 
 DEFAULT_CHUNK_SIZE = 4096  # rows of hidden states projected to the vocabulary at once
@@ -84,13 +85,23 @@ def token_loss_sum(
     """(summed fp32 cross-entropy over trained tokens, number of trained tokens) of one micro-batch.
 
     Padded batches pass a (B, L) attention_mask; packed batches pass position_ids and
-    segment_ids, turned here into the additive (B, 1, L, L) mask (or, with flash_attention_2,
-    no mask: transformers finds the packed rows from the restarting position_ids).
+    segment_ids. How packed examples are kept apart depends on the model's attention backend:
+    `SEGMENTS` gets the example lengths and attends within each; flash_attention_2 needs no mask
+    (transformers finds the examples from the restarting position_ids); sdpa and eager get the
+    additive (B, 1, L, L) block-diagonal mask.
     """
     decoder, head = split_causal_lm(model)
-    if segment_ids is not None and getattr(decoder.config, "_attn_implementation", None) != "flash_attention_2":
-        attention_mask = packed_attention_mask(segment_ids, dtype=head.weight.dtype)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    extra: dict[str, torch.Tensor] = {}
+    if segment_ids is not None:
+        backend = getattr(decoder.config, "_attn_implementation", None)
+        if backend == SEGMENTS:
+            extra["segment_lengths"] = segment_lengths(segment_ids)
+            # All ones: no padding mask, so transformers builds no (L, L) mask from the positions.
+            attention_mask = torch.ones_like(segment_ids)
+        elif backend != "flash_attention_2":
+            attention_mask = packed_attention_mask(segment_ids, dtype=head.weight.dtype)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
     targets = labels[:, 1:]  # (B, L-1): the token each position must predict
     keep = targets != IGNORE_INDEX

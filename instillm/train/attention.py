@@ -1,0 +1,124 @@
+"""Attention over packed rows one example at a time (`packed_attention: segments`).
+
+A packed row holds several examples; each must attend only to itself. The additive
+block-diagonal mask (`packed_attention: mask`) gets that right, but with sdpa or eager the kernel
+still computes every (query, key) pair of the row, masked or not: (L, L) per row for L = max_length.
+This backend cuts the rows into their examples (and the padding tail) and runs causal attention on
+each piece alone, so the work is the sum of (length²) over the examples.
+
+On a CPU, pieces up to `MATH_MAX_LENGTH` tokens use plain math attention (two bmm's and a softmax,
+grouped-query heads without repeating keys): torch's CPU flash kernel has a slow backward, most of
+all in bf16 on short pieces (~1 ms for 32 tokens × 8 heads, against ~0.2 ms in fp32); math
+attention's backward is one fused softmax backward and four bmm's (measured in
+benchmarks/README.md). Longer pieces, and every piece on other devices, use SDPA with
+`is_causal=True`, whose memory stays linear in the length.
+
+It is a transformers attention backend (`AttentionInterface`) named `SEGMENTS`. The piece lengths
+come as the `segment_lengths` keyword of the decoder's forward; without it (evaluation's padded
+batches, generation) the backend *is* sdpa, with sdpa's masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SEGMENTS = "instillm_segments"
+MATH_MAX_LENGTH = 1024  # longest piece run as math attention on a CPU; its scores are (heads, L, L)
+
+_causal_bias: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def register() -> None:
+    """Make `SEGMENTS` a transformers attention implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SEGMENTS, segments_attention_forward)
+    AttentionMaskInterface.register(SEGMENTS, sdpa_mask)
+
+
+def segment_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Lengths (n_pieces,) of the runs of equal ids in each row of (B, L) segment_ids, row by row.
+
+    Pieces never cross rows, so the lengths sum to B·L; the padding tail (id 0) is a piece too.
+    """
+    batch, length = segment_ids.shape
+    flat = segment_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True  # a row's first token starts a piece even if the ids match the row above
+    idx = starts.nonzero().squeeze(1)
+    ends = torch.cat([idx[1:], idx.new_tensor([batch * length])])
+    return ends - idx
+
+
+def segments_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    segment_lengths: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention backend: (B, H, L, D) query, (B, KV, L, D) key/value -> ((B, L, H, D), None)."""
+    if segment_lengths is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return _pieces_attention(query, key, value, segment_lengths, scale, dropout), None
+
+
+@torch.compiler.disable  # the piece lengths are data: traced, every new packing would recompile
+def _pieces_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor,
+                      scale: float, dropout: float) -> torch.Tensor:
+    """Causal attention within each piece of the flattened rows; returns (B, L, H, D)."""
+    batch, heads, length, dim = query.shape
+    device = query.device.type
+    # Under autocast run in its dtype (as sdpa would); the ops below are cast explicitly.
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    with torch.autocast(device, enabled=False):
+        q, k, v = (x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype)
+                   for x in (query, key, value))  # (B·L, heads, D): tokens of all rows end to end
+        sizes = lengths.tolist()
+        parts = [_causal_attention(a, b, c, scale, dropout)
+                 for a, b, c in zip(q.split(sizes), k.split(sizes), v.split(sizes))]
+        return torch.cat(parts).view(batch, length, heads, dim)
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                      dropout: float) -> torch.Tensor:
+    """Causal attention of one piece: (L, H, D) q, (L, KV, D) k/v -> (L, H, D)."""
+    length, heads, dim = q.shape
+    kv = k.shape[1]
+    if q.device.type != "cpu" or length > MATH_MAX_LENGTH:
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                             dropout_p=dropout, is_causal=True, scale=scale,
+                                             enable_gqa=heads != kv)
+        return out.transpose(0, 1)
+    group = heads // kv
+    # Query heads h = j·group + g share key head j: one bmm per key head over all its query heads.
+    qg = (q * scale).view(length, kv, group, dim).permute(1, 2, 0, 3).reshape(kv, group * length, dim)
+    scores = torch.bmm(qg, k.permute(1, 2, 0)).view(kv, group, length, length)
+    probs = torch.softmax(scores + _bias(length, q.dtype, q.device), dim=-1)
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout)
+    out = torch.bmm(probs.view(kv, group * length, length), v.transpose(0, 1))  # (KV, group·L, D)
+    return out.view(kv, group, length, dim).permute(2, 0, 1, 3).reshape(length, heads, dim)
+
+
+def _bias(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(length, length) view of a cached additive causal bias: 0 on and below the diagonal, -inf above."""
+    cached = _causal_bias.get((dtype, device))
+    if cached is None or cached.shape[0] < length:
+        size = max(length, 512)
+        cached = torch.full((size, size), float("-inf"), dtype=dtype, device=device).triu(1)
+        _causal_bias[(dtype, device)] = cached
+    return cached[:length, :length]

@@ -1,0 +1,166 @@
+"""Per-example attention for packed rows (`packed_attention: segments`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instillm.errors import ConfigError
+from instillm.train import attention
+from instillm.train.attention import SEGMENTS, segment_lengths, segments_attention_forward
+from instillm.train.batching import pack_collate, pad_collate
+from instillm.train.config import config_from_dict
+from instillm.train.loss import token_loss_sum
+from tests.train.helpers import base_config, make_examples, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "reverse.jsonl", make_examples(64, "reverse"))
+
+
+def test_segment_lengths_cut_rows_at_examples_padding_and_row_ends():
+    seg = torch.tensor([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 2, 0, 0]])
+    # rows 2 and 3 both hold segment 1 where they meet: still two pieces
+    assert segment_lengths(seg).tolist() == [2, 3, 1, 6, 3, 1, 2]
+
+
+def _reference(q, k, v, sizes):
+    """Causal SDPA on each piece alone, in float64: (B, H, L, D) -> (B, L, H, D)."""
+    b, h, l, d = q.shape
+    flat = [x.transpose(1, 2).reshape(b * l, x.shape[1], d) for x in (q, k, v)]
+    outs = [F.scaled_dot_product_attention(a.transpose(0, 1), c.transpose(0, 1), e.transpose(0, 1),
+                                           is_causal=True, enable_gqa=True).transpose(0, 1)
+            for a, c, e in zip(*(x.split(sizes) for x in flat))]
+    return torch.cat(outs).view(b, l, h, d)
+
+
+@pytest.mark.parametrize("math_max_length", [attention.MATH_MAX_LENGTH, 4])  # 4: long pieces take SDPA
+def test_backend_equals_per_example_sdpa_in_outputs_and_gradients(monkeypatch, math_max_length):
+    monkeypatch.setattr(attention, "MATH_MAX_LENGTH", math_max_length)
+    seg = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]])
+    sizes = segment_lengths(seg).tolist()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))  # grouped heads
+    grad = torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (lambda a, b, c: _reference(a, b, c, sizes),
+               lambda a, b, c: segments_attention_forward(None, a, b, c, None, scaling=8 ** -0.5,
+                                                          segment_lengths=segment_lengths(seg))[0]):
+        leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+        out = fn(*leaves)
+        out.backward(grad.float())
+        results.append([out.detach()] + [x.grad for x in leaves])
+    for got, want in zip(results[1], results[0]):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    # and an example really is cut off from the one before it: changing piece 1 leaves piece 2 alone
+    q2 = q.clone()
+    q2[0, :, :3] += 1.0
+    k2 = k.clone()
+    k2[0, :, :3] += 1.0
+    a = segments_attention_forward(None, q, k, v, None, segment_lengths=segment_lengths(seg))[0]
+    b = segments_attention_forward(None, q2, k2, v, None, segment_lengths=segment_lengths(seg))[0]
+    assert not torch.allclose(a[0, :3], b[0, :3])
+    assert torch.equal(a[0, 3:], b[0, 3:])
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_with_segments_equals_unpacked_and_the_mask(tiny_model, rendered):
+    """Loss and every gradient (1e-5, fp32): padded rows vs packed rows, segments vs the 4D mask."""
+    padded = pad_collate(rendered, pad_id=0)
+    packed = pack_collate([rendered[i:i + 4] for i in range(0, 16, 4)], pad_id=0)
+    results = {}
+    attention.register()
+    for name, backend, batch in (("unpacked", "sdpa", padded), ("mask", "sdpa", packed),
+                                 ("segments", SEGMENTS, packed)):
+        tiny_model.set_attn_implementation(backend)
+        tiny_model.zero_grad()
+        loss_sum, n = token_loss_sum(tiny_model, **batch.model_inputs())
+        (loss_sum / n).backward()
+        results[name] = (float(loss_sum.detach() / n), _grads(tiny_model))
+    ref_loss, ref_grads = results["unpacked"]
+    for name in ("mask", "segments"):
+        loss, grads = results[name]
+        assert abs(loss - ref_loss) < 1e-5, name
+        assert grads.keys() == ref_grads.keys() and grads
+        for p in grads:
+            assert torch.allclose(grads[p], ref_grads[p], atol=1e-5, rtol=0), (name, p)
+
+
+def test_without_segment_lengths_the_backend_is_sdpa(tiny_model, rendered):
+    batch = pad_collate(rendered[:6], pad_id=0)
+    with torch.no_grad():
+        want = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        attention.register()
+        tiny_model.set_attn_implementation(SEGMENTS)
+        got = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.equal(got, want)
+
+
+def test_bf16_autocast_runs_in_bf16_and_matches_the_mask(tiny_model, rendered):
+    packed = pack_collate([rendered[i:i + 4] for i in range(0, 16, 4)], pad_id=0)
+    attention.register()
+    losses = {}
+    for backend in ("sdpa", SEGMENTS):
+        tiny_model.set_attn_implementation(backend)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_sum, n = token_loss_sum(tiny_model, **packed.model_inputs())
+        losses[backend] = float(loss_sum.detach() / n)
+    assert losses[SEGMENTS] == pytest.approx(losses["sdpa"], rel=1e-2)
+
+
+def test_training_picks_the_backend_from_packed_attention(tiny_model_dir, task_file, tmp_path):
+    from instillm.train.loop import build_model, packed_attention
+
+    def backend(**over):
+        cfg = config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, **over))
+        return build_model(cfg).config._attn_implementation
+
+    assert backend(packing=True) == SEGMENTS
+    assert backend(packing=True, packed_attention="mask") == "sdpa"
+    assert backend(packing=True, attn_implementation="eager") == "eager"  # auto keeps eager's math
+    assert backend(packing=True, attn_implementation="eager", packed_attention="segments") == SEGMENTS
+    assert backend(packing=False) == "sdpa"
+    cfg = config_from_dict(base_config(tiny_model_dir, task_file, tmp_path))
+    assert packed_attention(cfg, "flash_attention_2") == "varlen"
+    with pytest.raises(ConfigError, match="packed_attention: 'segments' does not apply to flash_attention_2"):
+        config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, attn_implementation="flash_attention_2",
+                                     packed_attention="segments"))
+    with pytest.raises(ConfigError, match="packed_attention: 'blocks' is not one of"):
+        config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, packed_attention="blocks"))
+
+
+def test_packed_runs_with_segments_and_mask_train_alike(tiny_model_dir, task_file, tmp_path):
+    """Three optimizer steps: the same losses either way; the run records the backend and saves sdpa."""
+    import json
+
+    from instillm.train.loop import train
+
+    results = {}
+    for mode in ("segments", "mask"):
+        cfg = base_config(tiny_model_dir, task_file, tmp_path / mode, max_steps=3, packing=True, max_length=128,
+                          eval_split=0.1, packed_attention=mode)
+        results[mode] = train(config_from_dict(cfg), progress=False)
+    assert results["segments"].final_loss == pytest.approx(results["mask"].final_loss, rel=1e-5)
+    assert results["segments"].eval_loss == pytest.approx(results["mask"].eval_loss, rel=1e-5)
+    manifest = json.loads((tmp_path / "segments" / "run.json").read_text())
+    assert manifest["attn_implementation"] == SEGMENTS
+    assert manifest["config"]["packed_attention"] == "segments"
+    saved = json.loads((results["segments"].final_dir / "config.json").read_text())
+    assert SEGMENTS not in json.dumps(saved)
+
+
+def test_lora_with_packed_segments_trains_and_saves_the_adapter(tiny_model_dir, task_file, tmp_path):
+    from instillm.train.loop import train
+
+    cfg = base_config(tiny_model_dir, task_file, tmp_path, max_steps=2, packing=True, max_length=128,
+                      lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    result = train(config_from_dict(cfg), progress=False)
+    assert result.steps == 2 and result.final_loss is not None
+    assert (result.final_dir / "adapter_config.json").is_file()
+    assert __import__("json").loads((tmp_path / "run.json").read_text())["attn_implementation"] == SEGMENTS
