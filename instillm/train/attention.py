@@ -98,12 +98,13 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     """Causal attention of one piece: (L, H, D) q, (L, KV, D) k/v -> (L, H, D)."""
     length, heads, dim = q.shape
     kv = k.shape[1]
-    if q.device.type != "cpu" or length > MATH_MAX_LENGTH:
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                             dropout_p=dropout, is_causal=True, scale=scale,
-                                             enable_gqa=heads != kv)
-        return out.transpose(0, 1)
     group = heads // kv
+    if q.device.type != "cpu" or length > MATH_MAX_LENGTH:
+        if group > 1:  # repeated here rather than enable_gqa, which needs torch >= 2.5
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                             dropout_p=dropout, is_causal=True, scale=scale)
+        return out.transpose(0, 1)
     # Query heads h = j·group + g share key head j: one bmm per key head over all its query heads.
     qg = (q * scale).view(length, kv, group, dim).permute(1, 2, 0, 3).reshape(kv, group * length, dim)
     scores = torch.bmm(qg, k.permute(1, 2, 0)).view(kv, group, length, length)
