@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,9 +22,10 @@ def _run(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])  # packed: per-example attention (packed_attention auto)
+def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, tmp_path, packing):
     data = write_jsonl(tmp_path / "d.jsonl", make_examples(48, "reverse") + make_examples(48, "upper"))
-    common = dict(max_steps=4, batch_size=4, packing=False, max_grad_norm=1.0)
+    common = dict(max_steps=4, batch_size=4, packing=packing, max_grad_norm=1.0)
     two = write_config(tmp_path / "two.yaml", base_config(tiny_model_dir, data, tmp_path / "two", **common))
     one = write_config(tmp_path / "one.yaml", base_config(tiny_model_dir, data, tmp_path / "one",
                                                           gradient_accumulation_steps=2, **common))
@@ -33,7 +35,10 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, tmp_pa
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
 
-    plans = [json.loads((tmp_path / name / "run.json").read_text())["plan"] for name in ("two", "one")]
+    manifests = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("two", "one")]
+    backend = "instillm_segments" if packing else "sdpa"
+    assert [m["attn_implementation"] for m in manifests] == [backend, backend]
+    plans = [m["plan"] for m in manifests]
     assert plans[0]["world_size"] == 2 and plans[1]["world_size"] == 1
     assert plans[0]["global_batch"] == plans[1]["global_batch"] == 8
     m2, m1 = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
