@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -32,12 +33,13 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tiny_model_dir, tmp_path, packing):
     data = write_jsonl(tmp_path / "d.jsonl", make_examples(40, "reverse") + make_examples(40, "double"))
     # LoRA with dropout: the resumed run must also restore the RNG to match; 2 epochs: crosses an epoch.
     settings = dict(max_steps=10, batch_size=4, gradient_accumulation_steps=2, save_interval=3,
                     lr_scheduler="cosine", warmup_steps=2, lora={"r": 4, "alpha": 8, "dropout": 0.1},
-                    learning_rate=1e-2, eval_split=0.2, eval_interval=5)
+                    learning_rate=1e-2, eval_split=0.2, eval_interval=5, packing=packing)
     straight = write_config(tmp_path / "straight.yaml", base_config(tiny_model_dir, data, tmp_path / "a", **settings))
     crashy = write_config(tmp_path / "crashy.yaml", base_config(tiny_model_dir, data, tmp_path / "b", **settings))
 
