@@ -478,7 +478,7 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_from: int | None,
-                   attn_implementation: str | None = None) -> dict[str, Any]:
+                   attn_implementation: str | None) -> dict[str, Any]:
     """Write output_dir/run.json: what was asked, what it resolved to, which data and code."""
     manifest = {
         "config": config.to_dict(),
