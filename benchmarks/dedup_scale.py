@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from instillm.synth.dedup import MinHasher, dedup_file, lsh_params  # noqa: E402
+from instillm.curate.dedup import MinHasher, dedup_file, lsh_params  # noqa: E402
 
 EXACT_RATE = 0.02
 NEAR_RATE = 0.02

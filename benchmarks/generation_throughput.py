@@ -11,7 +11,7 @@ decodes greedily with the same stop tokens (EOS / end-of-turn) for:
 
   naive       `model.generate(do_sample=False)` one prompt at a time, no padding
   hf_batched  transformers' `model.generate` on left-padded batches of `--batch-size`
-  instillm    `instillm.generation.Generator.generate_texts` at the same batch size
+  instillm    `instillm.llm.generation.Generator.generate_texts` at the same batch size
 
 Tokens/s counts generated tokens (up to and including a stop token; padding and anything after a
 stop are not counted) divided by wall time. Every method runs once untimed (warm-up: the naive
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from instillm.generation import GenerateOptions, Generator  # noqa: E402
+from instillm.llm.generation import GenerateOptions, Generator  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "generation_throughput.json"
 

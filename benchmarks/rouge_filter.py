@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from instillm.synth.dedup import RougeLFilter  # noqa: E402
+from instillm.curate.dedup import RougeLFilter  # noqa: E402
 
 
 def shared_data() -> Path:
@@ -109,6 +109,9 @@ def run(name: str, texts: list[str], threshold: float) -> dict:
 
 
 def main() -> None:
+    from _deps import require
+
+    require("rouge_score")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="first 1,000 real and 300 conformance instructions")
     ap.add_argument("--threshold", type=float, default=0.7)

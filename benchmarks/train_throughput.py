@@ -493,6 +493,9 @@ def calibrate_threads(model_dir: Path, items: list, pad_id: int, rounds: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _deps import require
+
+    require("trl")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run (< 3 min): 2 sequences per step, fewer runs")
     ap.add_argument("--threads", default="auto", choices=("auto", "1", "2"))

@@ -20,8 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from instillm.config import Config, check_min
+from instillm.data.skills import SuiteConfig
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.suites import SuitesSettings
+from instillm.train.config import TrainConfig, TrainSettings
 
 STAGES = ("data", "model", "eval_before", "train", "eval_after", "report")
 HEADLINE = "exact_match"  # the number results.json reports per split under before/after
@@ -32,26 +35,10 @@ HEADLINE = "exact_match"  # the number results.json reports per split under befo
 
 
 @dataclass(frozen=True)
-class SkillsSettings:
-    """The built-in skills suite (instillm.data.skills.SuiteConfig), used when `data` is not given."""
-
-    seed: int = 0
-    n_train_per_family: int = 400
-    n_eval_per_family: int = 40
-    heldout_phrasings_per_family: int = 2
-    heldout_families: tuple[str, ...] | None = None
-    families: tuple[str, ...] | None = None
-    cap_to_input_space: bool = False
-
-    @staticmethod
-    def check(v: Mapping[str, Any]) -> list[str]:
-        return [] if v["n_train_per_family"] >= 1 else ["n_train_per_family: must be >= 1"]
-
-
-@dataclass(frozen=True)
-class DataSettings:
+class DataSettings(Config):
     """Your own canonical JSONL files instead of the suite; each eval file is a split named by its stem."""
 
+    path_prefix = "data"
     train: tuple[str, ...] = ()
     eval: tuple[str, ...] = ()
 
@@ -61,9 +48,10 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(Config):
     """`path`: an existing HF model (directory or hub id); else a new model of preset `init`."""
 
+    path_prefix = "model"
     init: str = "tiny"
     path: str | None = None
     seed: int = 0
@@ -72,14 +60,16 @@ class ModelSettings:
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
-        ok = v["initializer_range"] is None or v["initializer_range"] > 0
-        return [] if ok else [f"initializer_range: must be > 0 (or null), got {v['initializer_range']}"]
+        problems: list[str] = []
+        check_min(problems, "initializer_range", v["initializer_range"], 0, strict=True, note=" (or null)")
+        return problems
 
 
 @dataclass(frozen=True)
-class EvalSettings:
+class EvalSettings(Config):
     """Greedy generation settings for the held-out evaluations."""
 
+    path_prefix = "eval"
     max_new_tokens: int = 64
     batch_size: int = 64
     max_examples_per_split: int | None = None
@@ -87,34 +77,30 @@ class EvalSettings:
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
-        problems = []
-        if v["max_new_tokens"] < 1:
-            problems.append("max_new_tokens: must be >= 1")
-        if v["batch_size"] < 1:
-            problems.append("batch_size: must be >= 1")
+        problems: list[str] = []
+        check_min(problems, "max_new_tokens", v["max_new_tokens"], 1)
+        check_min(problems, "batch_size", v["batch_size"], 1)
         return problems
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """One `instillm run`: YAML maps 1:1; `train` holds TrainConfig keys except model/datasets/output_dir."""
+class RunConfig(Config):
+    """One `instillm run`: YAML maps 1:1. `skills`: the built-in suite (used when `data` is not
+    given); `train`: every TrainConfig setting but model/datasets/output_dir, which the run fills in."""
 
+    title = "invalid run config"
     name: str = "run"
     output_dir: str = "runs/run"
-    skills: SkillsSettings = field(default_factory=SkillsSettings)
+    skills: SuiteConfig = field(default_factory=SuiteConfig)
     data: DataSettings | None = None
     model: ModelSettings = field(default_factory=ModelSettings)
-    train: Any = None  # a mapping, checked by building a TrainConfig (problems prefixed `train.`)
+    train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     suites: SuitesSettings = field(default_factory=SuitesSettings)  # ifeval, zeroshot, mt_bench, judge
 
-    @staticmethod
-    def check(v: Mapping[str, Any]) -> list[str]:
-        return []
-
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-ready dict; API keys are redacted (it is saved in config.yaml and results.json)."""
-        return _redact(json.loads(json.dumps(asdict(self))))
+        return _redact(super().to_dict())
 
 
 def _redact(value: Any) -> Any:
@@ -126,45 +112,14 @@ def _redact(value: Any) -> Any:
     return value
 
 
-_RESERVED_TRAIN_KEYS = ("model", "datasets", "output_dir")
-
-
 def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """A RunConfig from a mapping; every problem (unknown keys included) reported at once."""
-    from instillm.train.config import _build
-
-    problems: list[str] = []
-    raw = dict(data)
-    train = raw.pop("train", None) or {}
-    cfg = _build(RunConfig, raw, "", problems)  # `train` is checked apart, below
-    if not isinstance(train, Mapping):
-        problems.append(f"train: expected a mapping of training settings, got {type(train).__name__}")
-        train = {}
-    problems += [f"train.{k}: set by instillm run; remove it" for k in _RESERVED_TRAIN_KEYS if k in train]
-    problems += _train_problems({k: v for k, v in train.items() if k not in _RESERVED_TRAIN_KEYS})
-    if problems:
-        raise ConfigError("invalid run config:\n" + "\n".join(f"  - {p}" for p in problems))
-    return RunConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "train": dict(train)})
-
-
-def _train_problems(train: Mapping[str, Any]) -> list[str]:
-    """Check the train section by building a TrainConfig around it."""
-    from instillm.train.config import config_from_dict
-
-    try:
-        config_from_dict({**train, "model": "m", "datasets": ["d"], "output_dir": "o"})
-    except ConfigError as e:
-        return [f"train.{line.strip()[2:]}" for line in str(e).splitlines()[1:]]
-    return []
+    return RunConfig.from_dict(data)
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = (), output_dir: str | None = None) -> RunConfig:
     """Read a run YAML, apply KEY=VALUE overrides (dotted) and an optional output_dir."""
-    from instillm.train.config import apply_overrides, read_yaml_mapping
-
-    data = read_yaml_mapping(path)
-    data = apply_overrides(data, list(overrides) + ([f"output_dir={output_dir}"] if output_dir else []))
-    return run_config_from_dict(data)
+    return RunConfig.load(path, list(overrides) + ([f"output_dir={output_dir}"] if output_dir else []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +159,7 @@ class RunContext:
     progress: Callable[[str, int | None], Any]
     keys: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    device: str = "auto"  # where evaluations run ("auto": CUDA when available); not part of stage keys
 
 
 def _stage(ctx: RunContext, name: str, key: str, outputs: Sequence[Path], fn: Callable[[], None]) -> None:
@@ -242,9 +198,9 @@ def stage_data(ctx: RunContext) -> tuple[list[Path], dict[str, Path]]:
     paths = {s: out / f"{s}.jsonl" for s in ("train", *EVAL_SPLITS)}
 
     def build() -> None:
-        from instillm.data.skills import SuiteConfig, build_suite, write_suite
+        from instillm.data.skills import build_suite, write_suite
 
-        write_suite(build_suite(SuiteConfig(**asdict(cfg.skills))), out)
+        write_suite(build_suite(cfg.skills), out)
 
     _stage(ctx, "data", _hash("skills", asdict(cfg.skills)), list(paths.values()), build)
     return [paths.pop("train")], paths
@@ -293,15 +249,13 @@ def stage_eval(ctx: RunContext, stage: str, model_path: str | Path, splits: Mapp
     e = ctx.config.eval
 
     def run() -> None:
-        from instillm.data.render import RenderConfig, Renderer
         from instillm.evaluate.heldout import evaluate_model
-        from instillm.models.loading import load_tokenizer
+        from instillm.models.loading import load_local
 
-        model, tok = _load_for_eval(model_path), load_tokenizer(model_path)
-        renderer = Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
+        lm = load_local(model_path, template, ctx.device)
         total = sum(len(v) for v in splits.values())
         with ctx.progress(f"{stage}: generating", total) as advance:
-            res = evaluate_model(model, tok, splits, renderer, e.max_new_tokens, e.batch_size, advance)
+            res = evaluate_model(lm.model, lm.tokenizer, splits, lm.renderer, e.max_new_tokens, e.batch_size, advance)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({k: v.to_dict() for k, v in res.items()}, indent=1))
 
@@ -318,12 +272,10 @@ def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: s
 
     def lm() -> LocalLM:  # loaded once, and only when some suite is not up to date
         if not loaded:
-            from instillm.data.render import RenderConfig, Renderer
-            from instillm.models.loading import load_tokenizer
+            from instillm.models.loading import load_local
 
-            tok = load_tokenizer(model_path)
-            renderer = Renderer(tok, RenderConfig(template=template, max_length=1 << 30))
-            loaded.append(LocalLM(_load_for_eval(model_path), tok, renderer, f"{ctx.config.name}-{when}"))
+            local = load_local(model_path, template, ctx.device)
+            loaded.append(LocalLM(local.model, local.tokenizer, local.renderer, f"{ctx.config.name}-{when}"))
         return loaded[0]
 
     results = {}
@@ -340,24 +292,11 @@ def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: s
     return results
 
 
-def _load_for_eval(path: str | Path):
-    """A model for generation: a full model, or a LoRA adapter applied to its base."""
-    from instillm.models.loading import load_model
-
-    if (Path(path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(str(path)).eval()
-    return load_model(path)
-
-
 def stage_train(ctx: RunContext, model_path: str, train_files: Sequence[Path]) -> tuple[Path, dict[str, Any]]:
     """Fine-tune with the `train` settings; returns the final model dir and the training summary."""
-    from instillm.train.config import config_from_dict
-
     out = ctx.out / "train"
-    tcfg = config_from_dict({**ctx.config.train, "model": model_path, "output_dir": str(out),
-                             "datasets": [{"path": str(p)} for p in train_files]})
+    tcfg = TrainConfig.of(ctx.config.train, model=model_path, output_dir=str(out),
+                          datasets=[{"path": str(p)} for p in train_files])
     summary_path = out / "summary.json"
 
     def run() -> None:
@@ -422,19 +361,21 @@ def _data_stats(train_files: Sequence[Path], splits: Mapping[str, list]) -> dict
 
 
 def run(config: RunConfig, say: Callable[[str], None] = print,
-        progress: Callable[[str, int | None], Any] | None = None) -> dict[str, Any]:
-    """The whole loop; returns results.json's content (also written to output_dir with the report)."""
+        progress: Callable[[str, int | None], Any] | None = None, device: str = "auto") -> dict[str, Any]:
+    """The whole loop; returns results.json's content (also written to output_dir with the report).
+
+    `device` is where the evaluations run ("auto": CUDA when available); training places itself."""
     from instillm.report import write_report
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    ctx = RunContext(config, out, Stages(out), say, progress or _no_progress)
+    ctx = RunContext(config, out, Stages(out), say, progress or _no_progress, device=device)
     train_files, eval_paths = stage_data(ctx)
     # the suite's splits may be empty (no held-out families); a user's eval file may not
     splits = load_eval_splits(eval_paths, config.eval.max_examples_per_split, empty_ok=config.data is None)
     model_path = stage_model(ctx, train_files)
-    template = config.train.get("template", "auto")
+    template = config.train.template
     before = {}
     if config.eval.before:
         before = stage_eval(ctx, "eval_before", model_path, splits, template, ctx.keys["model"] + ctx.keys["data"])

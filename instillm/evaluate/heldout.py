@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from instillm.data.schema import Example
-from instillm.evaluate.metrics import exact_match, max_rouge_l
+from instillm.llm.backend import reply_text
+from instillm.metrics import exact_match, max_rouge_l
 
 Checker = Callable[[Example, str], "bool | None"]
 N_SAMPLES = 5  # sample predictions kept per task in results.json
@@ -133,7 +134,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], renderer: A
             max_new_tokens: int = 64, batch_size: int = 64,
             progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers to each example's prompt (everything before its last turn), in order."""
-    from instillm.generation import GenerateOptions, Generator
+    from instillm.llm.generation import GenerateOptions, Generator
 
     gen = Generator(model, tokenizer, renderer)
     opts = GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -141,7 +142,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], renderer: A
     preds: list[str] = []
     chunk = max(batch_size * 4, 1)  # progress granularity; the generator buckets inside a chunk
     for i in range(0, len(prompts), chunk):
-        preds += [o.text.strip() for o in gen.generate_texts(prompts[i:i + chunk], opts)]
+        preds += [reply_text(o) for o in gen.generate_texts(prompts[i:i + chunk], opts)]
         if progress:
             progress(len(prompts[i:i + chunk]))
     return preds

@@ -1,7 +1,7 @@
 """Pairwise LLM judge, AlpacaEval-style: which of two outputs to an instruction is better.
 
 Every pair (reference output, model output) is judged **twice**, once in each order, through any
-`instillm.synth.llm.Backend`: LLM judges prefer one position, and asking both ways cancels that
+`instillm.llm.backend.Backend`: LLM judges prefer one position, and asking both ways cancels that
 bias. A verdict names the preferred position; it is mapped back to the outputs and the two
 orders are averaged, so when they disagree the pair is a tie (1.5).
 
@@ -29,29 +29,34 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from instillm.config import Config, check_choice, check_min, check_min_int
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.winrate import WinRate, length_controlled, win_rate
-from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
+from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams
 
 PROMPT_STYLES = ("identifier", "ranking")
 FIRST, SECOND, TIE = 1.0, 2.0, 1.5  # preference of a position, in AlpacaEval's 1..2 convention
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(Config):
     """How to ask the judge: prompt `style`, sampling (`max_tokens`, `temperature`, `seed`)."""
 
+    path_prefix = "judge"
     style: str = "identifier"
     max_tokens: int = 100
     temperature: float = 0.0
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.style not in PROMPT_STYLES:
-            raise ConfigError(f"judge.style: {self.style!r} is not one of {', '.join(PROMPT_STYLES)}")
-        SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_choice(problems, "style", v["style"], PROMPT_STYLES)
+        check_min_int(problems, "max_tokens", v["max_tokens"])
+        check_min(problems, "temperature", v["temperature"], 0)
+        return problems
 
     def params(self) -> SamplingParams:
         """Sampling settings of every judge request."""

@@ -6,7 +6,7 @@ with `instillm.models.loading` (safetensors only, no remote code, a fast tokeniz
 - `loglikelihood`: lm-eval's own tokenization of (context, continuation) (`TemplateLM`: trailing
   spaces of the context move to the continuation, the pair is encoded whole and split at the
   context's length; an empty context is the BOS, else EOS, token), so the numbers compare with
-  lm-eval's Hugging Face backend. Scoring is `instillm.evaluate.loglikelihood.score_requests`,
+  lm-eval's Hugging Face backend. Scoring is `instillm.llm.loglikelihood.score_requests`,
   the same code as the zero-shot option ranker. Inputs longer than `max_length` lose context
   tokens from the left.
 - `loglikelihood_rolling`: lm-eval's disjoint rolling windows, each window's tokens scored once.
@@ -32,7 +32,7 @@ except ImportError as e:  # the optional extra is not installed
         "lm-evaluation-harness is not installed; install the extra: pip install 'instillm[lmeval]'"
     ) from e
 
-from instillm.evaluate.loglikelihood import ScoreRequest, score_requests
+from instillm.llm.loglikelihood import ScoreRequest, score_requests
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -58,17 +58,17 @@ class InstillmLM(TemplateLM):
                  **ignored: Any) -> None:
         """Load `pretrained` (a directory or hub id), or wrap an already loaded `model` + `tokenizer`."""
         super().__init__()
-        from instillm.data.render import RenderConfig, Renderer
-        from instillm.models.loading import load_model, load_tokenizer
+        from instillm.models.loading import inference_renderer, load_local
 
         if model is None:
             if not pretrained:
                 raise ConfigError("model_args: give pretrained=MODEL_DIR (or pass model and tokenizer)")
-            tokenizer, model = load_tokenizer(pretrained), load_model(pretrained, device=device)
+            local = load_local(pretrained, template, device)
+            model, tokenizer = local.model, local.tokenizer
         elif tokenizer is None:
             raise ConfigError("InstillmLM: a model given without its tokenizer")
         self.model, self.tokenizer = model, tokenizer
-        self.renderer = Renderer(tokenizer, RenderConfig(template=template, max_length=1 << 30))
+        self.renderer = inference_renderer(tokenizer, template)
         self.batch_size = _int_setting("batch_size", batch_size)
         model_max = getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_length = _int_setting("max_length", max_length) if max_length is not None else int(model_max)
@@ -140,7 +140,7 @@ class InstillmLM(TemplateLM):
         """Greedy (or sampled) completions, cut at the first `until` string."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
-        from instillm.generation import GenerateOptions, Generator
+        from instillm.llm.generation import GenerateOptions, Generator
 
         gen = Generator(self.model, self.tokenizer, self.renderer, max_length=self.max_length)
         out = []

@@ -26,10 +26,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from instillm.config import Config, check_min, check_min_int
 from instillm.errors import ConfigError, DataError
-from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
+from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams, reply_text
 
 QUESTION_FILE = "question.jsonl"
 REFERENCE_FILE = "reference_answer_gpt4.jsonl"
@@ -155,7 +156,7 @@ Respond = Callable[[Sequence[Sequence[dict[str, str]]], float], list[str]]
 def local_responder(model: Any, tokenizer: Any, renderer: Any = None, max_new_tokens: int = 1024,
                     batch_size: int = 32, seed: int = 0) -> Respond:
     """Replies from a local model through instillm's Generator (the model's saved chat template)."""
-    from instillm.generation import GenerateOptions, Generator
+    from instillm.llm.generation import GenerateOptions, Generator
 
     gen = Generator(model, tokenizer, renderer)
 
@@ -163,7 +164,7 @@ def local_responder(model: Any, tokenizer: Any, renderer: Any = None, max_new_to
         """Greedy at temperature 0 (FastChat: below 1e-4), else sampled with the seed."""
         opts = GenerateOptions.sampling(temperature, greedy_at=1e-4, max_new_tokens=max_new_tokens,
                                         batch_size=batch_size, seed=seed)
-        return [o.text.strip() for o in gen.generate_chat(conversations, opts)]
+        return [reply_text(o) for o in gen.generate_chat(conversations, opts)]
 
     return respond
 
@@ -175,7 +176,7 @@ def backend_responder(backend: Backend, max_tokens: int = 1024, seed: int | None
         """One chat request per conversation, answered in order."""
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
         replies = backend.generate([LLMRequest(messages=tuple(c), params=params) for c in conversations])
-        return [r.text.strip() for r in replies]
+        return [reply_text(r) for r in replies]
 
     return respond
 
@@ -225,14 +226,18 @@ def _answer_row(question: Question, turns: list[str], model_id: str) -> dict[str
 
 
 @dataclass(frozen=True)
-class GradeConfig:
+class GradeConfig(Config):
     """Judge sampling: FastChat asks for at most 2048 tokens at temperature 0."""
 
     max_tokens: int = 2048
     temperature: float = 0.0
 
-    def __post_init__(self) -> None:
-        SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_min_int(problems, "max_tokens", v["max_tokens"])
+        check_min(problems, "temperature", v["temperature"], 0)
+        return problems
 
 
 def judge_prompt_name(category: str, multi_turn: bool) -> str:

@@ -3,7 +3,7 @@
 A run config's optional `suites:` section turns each suite on by giving its settings (absent:
 off). The keys follow `instillm eval`'s flags (`--inputs`, `--data`, `--heldout-clusters`,
 `--limit`, `--max-new-tokens`, `--batch-size`, `--length-normalize`, `--reference`,
-`--judge-style`, `--judge-max-tokens`); a judge is an `instillm.synth.llm.BackendConfig`, key
+`--judge-style`, `--judge-max-tokens`); a judge is an `instillm.llm.backend.BackendConfig`, key
 for key (`kind`, `model`, `base_url`, `api_key`, `cache`, ...):
 
     suites:
@@ -34,8 +34,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from instillm.config import Config, check_choice, check_min
 from instillm.errors import ConfigError, DataError
-from instillm.synth.llm import BackendConfig
+from instillm.llm.backend import BackendConfig, reply_text
 
 SUITES = ("ifeval", "zeroshot", "mt_bench", "judge")
 
@@ -46,7 +47,10 @@ SUITES = ("ifeval", "zeroshot", "mt_bench", "judge")
 
 def _limit_problems(v: Mapping[str, Any], *names: str) -> list[str]:
     """`name: must be >= 1` for each of `names` that is set below 1."""
-    return [f"{n}: must be >= 1" for n in names if v.get(n) is not None and v[n] < 1]
+    problems: list[str] = []
+    for name in names:
+        check_min(problems, name, v[name], 1)
+    return problems
 
 
 def _file_problem(key: str, value: Any, what: str = "file") -> list[str]:
@@ -59,22 +63,10 @@ def _file_problem(key: str, value: Any, what: str = "file") -> list[str]:
 
 
 @dataclass(frozen=True)
-class JudgeBackend(BackendConfig):
-    """The judge: `instillm.synth.llm.BackendConfig`, key for key (kind, model, base_url, api_key, cache...)."""
-
-    @staticmethod
-    def check(v: Mapping[str, Any]) -> list[str]:
-        try:
-            BackendConfig(**v)
-        except ConfigError as e:
-            return [p.removeprefix("backend.") for p in str(e).split("; ")]
-        return []
-
-
-@dataclass(frozen=True)
-class IFEvalSuite:
+class IFEvalSuite(Config):
     """IFEval: greedy answers to the first `limit` prompts of `inputs` (IFEval's input_data.jsonl)."""
 
+    path_prefix = "suites.ifeval"
     inputs: str
     limit: int | None = None
     max_new_tokens: int = 256
@@ -86,9 +78,11 @@ class IFEvalSuite:
 
 
 @dataclass(frozen=True)
-class ZeroShotSuite:
-    """Zero-shot T0 templates: `data` (a directory of template files, or one file), clusters to score."""
+class ZeroShotSuite(Config):
+    """Zero-shot T0 templates: `data` (a directory of template files, or one file), clusters to score;
+    the other keys are `instillm.evaluate.zeroshot.ZeroShotConfig`'s, checked by its rules."""
 
+    path_prefix = "suites.zeroshot"
     data: str
     heldout_clusters: tuple[str, ...] | None = None
     limit: int | None = None
@@ -100,31 +94,40 @@ class ZeroShotSuite:
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
-        from instillm.evaluate.t0_clusters import parse_clusters
-        from instillm.evaluate.zeroshot import ZeroShotConfig, select_templates
+        from instillm.evaluate.zeroshot import ZeroShotConfig
 
-        problems = _file_problem("data", v["data"], "path")
-        for check in (lambda: ZeroShotConfig(**{k: v[k] for k in ("limit", "length_normalize", "max_options",
-                                                                   "max_new_tokens", "batch_size", "max_length")}),
-                      lambda: parse_clusters(v["heldout_clusters"] or ())):
-            try:
-                check()
-            except ConfigError as e:  # messages name the field (`limit: ...`, `heldout_clusters: ...`)
-                problems += str(e).split("; ")
-        if not problems:
-            try:
-                select_templates(v["data"], v["heldout_clusters"])
-            except DataError as e:
-                problems.append(f"data: {e}")
-        return problems
+        problems = _file_problem("data", v["data"], "path") + ZeroShotConfig.check(v) + _cluster_problems(v)
+        return problems or _template_problems(v)
+
+
+def _cluster_problems(v: Mapping[str, Any]) -> list[str]:
+    from instillm.evaluate.t0_clusters import parse_clusters
+
+    try:
+        parse_clusters(v["heldout_clusters"] or ())
+    except ConfigError as e:  # its problems name the field (`heldout_clusters: ...`)
+        return e.problems
+    return []
+
+
+def _template_problems(v: Mapping[str, Any]) -> list[str]:
+    from instillm.evaluate.zeroshot import select_templates
+
+    try:
+        select_templates(v["data"], v["heldout_clusters"])
+    except DataError as e:
+        return [f"data: {e}"]
+    return []
 
 
 @dataclass(frozen=True)
-class MTBenchSuite:
-    """MT-Bench: answer the first `limit` questions of `data` (FastChat's folder), graded 1-10 by `judge`."""
+class MTBenchSuite(Config):
+    """MT-Bench: answer the first `limit` questions of `data` (FastChat's folder), graded 1-10 by `judge`
+    (a `BackendConfig`, key for key)."""
 
+    path_prefix = "suites.mt_bench"
     data: str
-    judge: JudgeBackend
+    judge: BackendConfig
     limit: int | None = None
     max_new_tokens: int = 1024
     batch_size: int = 32
@@ -143,11 +146,13 @@ class MTBenchSuite:
 
 
 @dataclass(frozen=True)
-class JudgeSuite:
-    """Pairwise judge: the model answers the instructions of `reference` (AlpacaEval outputs), judged both orders."""
+class JudgeSuite(Config):
+    """Pairwise judge: the model answers the instructions of `reference` (AlpacaEval outputs), judged both
+    orders by `judge` (a `BackendConfig`, key for key)."""
 
+    path_prefix = "suites.judge"
     reference: str
-    judge: JudgeBackend
+    judge: BackendConfig
     limit: int | None = None
     max_new_tokens: int = 512
     batch_size: int = 32
@@ -159,23 +164,19 @@ class JudgeSuite:
         from instillm.evaluate.judge import PROMPT_STYLES
 
         problems = _file_problem("reference", v["reference"])
-        if v["judge_style"] not in PROMPT_STYLES:
-            problems.append(f"judge_style: {v['judge_style']!r} is not one of {', '.join(PROMPT_STYLES)}")
+        check_choice(problems, "judge_style", v["judge_style"], PROMPT_STYLES)
         return problems + _limit_problems(v, "limit", "max_new_tokens", "batch_size", "judge_max_tokens")
 
 
 @dataclass(frozen=True)
-class SuitesSettings:
+class SuitesSettings(Config):
     """Suites evaluated before and after training, next to the held-out splits; each off unless set."""
 
+    path_prefix = "suites"
     ifeval: IFEvalSuite | None = None
     zeroshot: ZeroShotSuite | None = None
     mt_bench: MTBenchSuite | None = None
     judge: JudgeSuite | None = None
-
-    @staticmethod
-    def check(v: Mapping[str, Any]) -> list[str]:
-        return []
 
     def configured(self) -> dict[str, Any]:
         """Suite name → settings of every suite that is on, in SUITES order."""
@@ -209,12 +210,12 @@ Advance = Callable[[int], None]
 
 def chat_replies(lm: LocalLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy replies to single user turns, rendered with the model's chat template."""
-    from instillm.generation import GenerateOptions, Generator
+    from instillm.llm.generation import GenerateOptions, Generator
 
     gen = Generator(lm.model, lm.tokenizer, lm.renderer)
     outs = gen.generate_chat([[{"role": "user", "content": p}] for p in prompts],
                              GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size))
-    return [o.text.strip() for o in outs]
+    return [reply_text(o) for o in outs]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -262,7 +263,7 @@ def run_zeroshot(s: ZeroShotSuite, lm: LocalLM, out: Path, advance: Advance) -> 
 def run_mt_bench(s: MTBenchSuite, lm: LocalLM, out: Path, advance: Advance) -> dict[str, Any]:
     """Answer MT-Bench's questions, grade every turn with the judge; FastChat's files into `out`."""
     from instillm.evaluate import mt_bench
-    from instillm.synth.llm import make_backend
+    from instillm.llm.backend import make_backend
 
     bench = mt_bench.load_mt_bench(s.data)
     respond = mt_bench.local_responder(lm.model, lm.tokenizer, lm.renderer, s.max_new_tokens, s.batch_size)
@@ -277,7 +278,7 @@ def run_mt_bench(s: MTBenchSuite, lm: LocalLM, out: Path, advance: Advance) -> d
 def run_judge(s: JudgeSuite, lm: LocalLM, out: Path, advance: Advance) -> dict[str, Any]:
     """The model's outputs to the reference's instructions, judged pairwise against the reference outputs."""
     from instillm.evaluate import judge
-    from instillm.synth.llm import make_backend
+    from instillm.llm.backend import make_backend
 
     refs = judge.load_outputs(s.reference)[:s.limit]
     instructions = [r["instruction"] for r in refs]

@@ -35,13 +35,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from instillm.data.schema import Example, Message
-from instillm.evaluate.loglikelihood import ScoreRequest, TokenScore, score_requests
-from instillm.evaluate.metrics import exact_match, max_rouge_l
+from instillm.llm.loglikelihood import ScoreRequest, TokenScore, score_requests
+from instillm.metrics import exact_match, max_rouge_l
 from instillm.evaluate.t0_clusters import TemplateFile, parse_clusters, template_files
-from instillm.errors import ConfigError, DataError, RenderError, check_min_int
+from instillm.config import Config, check_min, check_min_int
+from instillm.errors import DataError, RenderError
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -50,7 +51,7 @@ N_SAMPLES = 3  # predictions kept per template in the results
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(Config):
     """How to evaluate: rows per template (`limit`, None: all), option scoring, generation budget."""
 
     limit: int | None = None
@@ -60,16 +61,14 @@ class ZeroShotConfig:
     batch_size: int = 16
     max_length: int | None = None  # tokens per row (prompt + option); None: the model's max positions
 
-    def __post_init__(self) -> None:
-        problems = []
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
         for name in ("limit", "max_length"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                problems.append(f"{name}: must be an integer >= 1 or None, got {v!r}")
-        for name in ("max_options", "max_new_tokens", "batch_size"):
-            check_min_int(problems, name, getattr(self, name), minimum=2 if name == "max_options" else 1)
-        if problems:
-            raise ConfigError("; ".join(problems))
+            check_min(problems, name, v[name], 1, note=" or None")
+        for name, low in (("max_options", 2), ("max_new_tokens", 1), ("batch_size", 1)):
+            check_min_int(problems, name, v[name], minimum=low)
+        return problems
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,20 @@
 What they add: safetensors only and never remote code, a clear ModelError (with the command that
 makes a model) for a path that does not exist, a fast tokenizer guaranteed (instillm's label
 masks need character offsets), and a pad token always set.
+
+`load_local(path, template, device)` is the one way every command that runs a local model (eval,
+run, serve, the local teacher backend, IFD scoring, the lm-eval adapter) gets it: model (a LoRA
+adapter folder is applied to its base), tokenizer and the renderer of the saved chat template, on
+the device `resolve_device` picks ("auto": CUDA when available).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,3 +111,63 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """"auto" (or None) → "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ModelError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: no CUDA device is available here; use --device cpu or auto")
+    return device
+
+
+@dataclass
+class LocalModel:
+    """A loaded model with its tokenizer and the renderer of its chat template (for inference)."""
+
+    model: Any
+    tokenizer: Any
+    renderer: Any
+    path: str
+    template: str = "auto"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fresh_tokenizer(self) -> tuple[Any, Any]:
+        """A second (tokenizer, renderer) from the same files: tokenizers are not shared across threads."""
+        tok = load_tokenizer(self.path)
+        return tok, inference_renderer(tok, self.template)
+
+
+def inference_renderer(tokenizer: Any, template: str = "auto") -> Any:
+    """The renderer inference uses: the training template, no length limit (generation caps length)."""
+    from instillm.data.render import RenderConfig, Renderer
+
+    return Renderer(tokenizer, RenderConfig(template=template, max_length=1 << 30))
+
+
+def load_local(path: str | Path, template: str = "auto", device: str | None = "auto",
+               dtype: torch.dtype | None = None) -> LocalModel:
+    """Model + tokenizer + renderer from a model directory, a LoRA adapter directory or a hub id."""
+    target = resolve_device(device)
+    tok = load_tokenizer(path)
+    model = _load_any(path, dtype, target)
+    return LocalModel(model, tok, inference_renderer(tok, template), str(path), template)
+
+
+def _load_any(path: str | Path, dtype: torch.dtype | None, device: str) -> Any:
+    """A full model, or a LoRA adapter applied to its base (peft), in eval mode on `device`."""
+    if not (Path(path) / "adapter_config.json").is_file():
+        return load_model(path, dtype=dtype, device=device)
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the LoRA adapter in {path} with its base model: {e}") from e
+    return model.to(device).eval()

@@ -80,27 +80,26 @@ def create_app(
     max_length: int | None = None,
     template: str = "auto",
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    device: str = "auto",
 ) -> FastAPI:
     """An OpenAI-compatible app serving `model` (a saved model directory or hub id).
 
     `max_length` caps prompt + completion tokens (default: the model's max_position_embeddings);
     `batch_wait_ms` is how long the worker waits for more requests before decoding a batch of up
-    to `max_batch_size` rows. `app.state.stats` counts requests and Generator calls.
+    to `max_batch_size` rows. `app.state.stats` counts requests and Generator calls. `device`:
+    "auto" (CUDA when available), "cpu", "cuda:N"; `app.state.device` says where the model runs.
     """
-    from instillm.data.render import RenderConfig, Renderer
-    from instillm.generation import Generator
-    from instillm.models.loading import load_model, load_tokenizer
+    from instillm.llm.generation import Generator
+    from instillm.models.loading import load_local
 
     _check_settings(max_batch_size, batch_wait_ms, max_length, default_max_tokens)
-    lm = load_model(model)
-    handler_tok = load_tokenizer(model)
-    renderer = Renderer(handler_tok, RenderConfig(template=template, max_length=1 << 30))
+    local = load_local(model, template, device)
     # The worker's own tokenizer and renderer (same files): tokenizers are not shared across threads.
-    worker_tok = load_tokenizer(model)
-    worker_renderer = Renderer(worker_tok, RenderConfig(template=template, max_length=1 << 30))
-    generator = Generator(lm, worker_tok, worker_renderer, max_length=max_length)
+    worker_tok, worker_renderer = local.fresh_tokenizer()
+    generator = Generator(local.model, worker_tok, worker_renderer, max_length=max_length)
     engine = Engine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
-    served = ServedModel(_served_name(model, model_name), engine, renderer, generator.max_length, default_max_tokens)
+    served = ServedModel(_served_name(model, model_name), engine, local.renderer, generator.max_length,
+                         default_max_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +112,7 @@ def create_app(
     app = FastAPI(title="instillm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served = served
     app.state.stats = engine.stats
+    app.state.device = str(local.device)
     app.state.created = int(time.time())
     install_error_handlers(app)
     _routes(app, served, api_key)

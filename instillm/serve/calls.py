@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from instillm.generation import GenerateOptions, GenerationOutput, sample_seed
+from instillm.llm.generation import GenerateOptions, GenerationOutput, sample_seed
 from instillm.serve.engine import Engine, Job
 from instillm.serve.errors import APIError
 

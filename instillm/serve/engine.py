@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from instillm.generation import GenerateOptions, GenerationOutput, Generator
+from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator
 
 logger = logging.getLogger(__name__)
 

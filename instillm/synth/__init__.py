@@ -1,7 +1,5 @@
-"""Dataset creation and curation: dedup (exact, MinHash-LSH, greedy ROUGE-L), decontamination, filters.
-
-Every curation step reads canonical JSONL, writes the kept examples to OUT and every removed
-row, with its reason, to OUT.rejects.jsonl (the importer's rejects format), so that
-`n_kept + rejected == n_in`. See `curate` (shared plumbing), `dedup`, `decontaminate` and
-`filters`.
+"""Dataset creation with a teacher LLM: Self-Instruct (bootstrapped from seed tasks, the published
+filters and ROUGE-L rejection) and Evol-Instruct (in-depth and in-breadth evolution with
+elimination), both on one resumable, journaled pipeline (`pipeline`). The teacher is any
+`instillm.llm` backend; curation of the output lives in `instillm.curate`.
 """

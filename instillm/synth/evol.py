@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from instillm.data.schema import Example, Message
-from instillm.errors import ConfigError, DataError, RowError, check_min_int
-from instillm.synth.curate import iter_canonical
+from instillm.config import Config, check_choice, check_min, check_min_int, check_range
+from instillm.errors import DataError, RowError
+from instillm.curate.common import iter_canonical
 from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
-from instillm.synth.filters import EN_STOPWORDS, word_count
-from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
+from instillm.curate.filters import EN_STOPWORDS, word_count
+from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams, reply_text
 from instillm.synth.pipeline import Journal, batches, count_by, request_seed, step_rng, work_dir_for, write_outputs
 
 DEFAULT_INPUT_FORMATS = ("XML data", "SQL database", "Python code", "HTML page", "JSON data", "Shell cmd",
@@ -59,9 +60,10 @@ _EQUAL = re.compile(r"\bequal\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class EvolConfig:
+class EvolConfig(Config):
     """Every setting of an Evol-Instruct run; defaults as published (see the module docstring)."""
 
+    title = "invalid evol config"
     rounds: int = 4
     operations: tuple[str, ...] = OPERATIONS
     input_formats: tuple[str, ...] = DEFAULT_INPUT_FORMATS
@@ -78,15 +80,10 @@ class EvolConfig:
     request_batch_size: int = 32
     seed: int = 42
 
-    def __post_init__(self) -> None:
-        problems = self.check(asdict(self))
-        if problems:
-            raise ConfigError("invalid evol config: " + "; ".join(problems))
-
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
         """Problems with the values, each `field: message`."""
-        p = []
+        p: list[str] = []
         for name in ("rounds", "max_tokens", "response_max_tokens", "judge_max_tokens", "request_batch_size",
                      "sorry_max_words"):
             check_min_int(p, name, v[name])
@@ -95,12 +92,9 @@ class EvolConfig:
             p.append(f"operations: {bad or 'none'} — choose from {list(OPERATIONS)}")
         if "complicate_input" in v["operations"] and not v["input_formats"]:
             p.append("input_formats: complicate_input needs at least one data format")
-        if v["on_unclear_judgement"] not in UNCLEAR_RULES:
-            p.append(f"on_unclear_judgement: {v['on_unclear_judgement']!r} is not one of {list(UNCLEAR_RULES)}")
-        if v["temperature"] < 0:
-            p.append(f"temperature: must be >= 0, got {v['temperature']}")
-        if not 0 < v["top_p"] <= 1:
-            p.append(f"top_p: must be in (0, 1], got {v['top_p']}")
+        check_choice(p, "on_unclear_judgement", v["on_unclear_judgement"], UNCLEAR_RULES)
+        check_min(p, "temperature", v["temperature"], 0)
+        check_range(p, "top_p", v["top_p"], 0, 1, "(]")
         return p
 
 
@@ -224,7 +218,7 @@ def _evolve_batch(backend: Backend, cfg: EvolConfig, r: int, start: int, batch: 
                   temperature=cfg.temperature, top_p=cfg.top_p, seed=request_seed(cfg.seed, "evol", r, x["lineage"]))
             for x in recs]
     for x, resp in zip(recs, backend.generate(reqs, progress)):
-        x["evolved"] = resp.text.strip()
+        x["evolved"] = reply_text(resp)
         _fail(x, evolution_problem(x["evolved"], cfg))
     if cfg.judge:
         live = [x for x in recs if x["reason"] is None]
@@ -237,7 +231,7 @@ def _evolve_batch(backend: Backend, cfg: EvolConfig, r: int, start: int, batch: 
     reqs = [_chat(cfg, x["evolved"], max_tokens=cfg.response_max_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, seed=request_seed(cfg.seed, "response", r, x["lineage"])) for x in live]
     for x, resp in zip(live, backend.generate(reqs, progress)):
-        x["response"] = resp.text.strip()
+        x["response"] = reply_text(resp)
         _fail(x, response_problem(x["response"], cfg.sorry_max_words))
     for x, lin in zip(recs, batch):
         x["kept"] = x["reason"] is None

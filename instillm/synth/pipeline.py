@@ -24,6 +24,14 @@ fingerprint of the settings (config, inputs, model): resuming with different set
 ConfigError naming the directory and the settings that differ. The final files (`OUT.jsonl`,
 `OUT.rejects.jsonl`, `OUT.stats.json`) are written from the journal at the end, each atomically.
 
+One writer per run dir: a `Journal` holds an exclusive `flock` on the directory itself (no lock
+file) until `close()` or the end of the process (the OS drops it when the process dies, SIGKILL
+included); a second process opening it gets a ConfigError at once. Journals of one process share
+the lock. Records are JSON lines in UTF-8; one holding a lone surrogate (which UTF-8 cannot hold)
+is written with `\\uXXXX` escapes instead, and lines are split on `\\n` only, so any string
+round-trips (journals of older versions, with surrogates passed through as bytes, still read).
+A damaged `state.json` or committed record is a DataError naming the file and what to do.
+
 Test hook: with `INSTILLM_TEST_KILL_AFTER=K` the process SIGKILLs itself once the journal holds
 at least K records — right after a commit, or, with `INSTILLM_TEST_KILL_POINT=append`, after the
 records are appended but before the state is written (the torn-step case).
@@ -31,14 +39,18 @@ records are appended but before the state is written (the torn-step case).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import signal
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
+from instillm.config import Config, apply_overrides, build, read_yaml_mapping
 from instillm.data.importer import rejects_path_for
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError
@@ -50,6 +62,7 @@ STATE = "state.json"
 FORMAT_VERSION = 1
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Config)
 
 
 def work_dir_for(output: str | Path) -> Path:
@@ -81,28 +94,38 @@ class Journal:
     """`items.jsonl` + `state.json` in `directory`; see the module docstring for the commit protocol."""
 
     def __init__(self, directory: str | Path, fingerprint: Mapping[str, Any]) -> None:
-        """Open (resume) or create the journal; ConfigError when it belongs to other settings."""
+        """Open (resume) or create the journal; ConfigError when it belongs to other settings or
+        another process has it open, DataError when its files are damaged."""
         self.dir = Path(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
         self.records: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
         self.resumed = False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._unlock = weakref.finalize(self, _unlock_dir, _lock_dir(self.dir))
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        """Resume the journal in the (locked) directory, or start an empty one."""
         if (self.dir / STATE).exists():
             self._resume()
         else:
-            self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / ITEMS).write_bytes(b"")
             self._write_state(0)
 
+    def close(self) -> None:
+        """Release the run dir's lock (once the last journal of this process on it closes)."""
+        self._unlock()
+
     def _resume(self) -> None:
         """Load the committed state and records, cutting off anything appended after the last commit."""
-        try:
-            saved = json.loads((self.dir / STATE).read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(f"{self.dir / STATE}: unreadable run state ({e}); delete {self.dir} to start over") from e
+        saved, committed = self._read_state()
         if saved.get("fingerprint") != self.fingerprint:
             raise ConfigError(_mismatch(self.dir, saved.get("fingerprint") or {}, self.fingerprint))
-        committed = int(saved["committed_bytes"])
         items = self.dir / ITEMS
         with open(items, "r+b") as f:
             data = f.read(committed)
@@ -110,15 +133,27 @@ class Journal:
                 raise DataError(f"{items}: shorter than its committed length {committed}; delete {self.dir}")
             f.truncate(committed)
             os.fsync(f.fileno())
-        self.records = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+        self.records = [_parse_record(items, n, line) for n, line in enumerate(data.split(b"\n")[:-1], 1)]
         self.state = saved.get("state", {})
         self._committed = committed
         self.resumed = True
 
+    def _read_state(self) -> tuple[dict[str, Any], int]:
+        """state.json and its committed length; DataError naming the file when it is damaged."""
+        path = self.dir / STATE
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable run state ({e}); delete {self.dir} to start over") from e
+        committed = saved.get("committed_bytes") if isinstance(saved, dict) else None
+        if type(committed) is not int or committed < 0 or not isinstance(saved.get("state", {}), dict):
+            raise DataError(f"{path}: damaged run state (no valid committed_bytes and state); "
+                            f"delete {self.dir} to start over")
+        return saved, committed
+
     def commit(self, records: Sequence[Mapping[str, Any]], **state: Any) -> None:
         """Append `records` and make them durable together with the updated `state` (one step)."""
-        data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
-                        for r in records)
+        data = b"".join(_record_line(r) for r in records)
         with open(self.dir / ITEMS, "ab") as f:
             f.write(data)
             f.flush()
@@ -139,6 +174,57 @@ class Journal:
     def of_stage(self, stage: str) -> list[dict[str, Any]]:
         """The committed records of one stage, in commit order."""
         return [r for r in self.records if r.get("stage") == stage]
+
+
+def _record_line(record: Mapping[str, Any]) -> bytes:
+    """One journal line in UTF-8; with `\\uXXXX` escapes when the record holds a lone surrogate."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
+def _parse_record(items: Path, line_no: int, line: bytes) -> dict[str, Any]:
+    """One committed line (surrogates passed through as bytes, as older versions wrote, are read too)."""
+    try:
+        return json.loads(line.decode("utf-8", "surrogatepass"))
+    except ValueError as e:
+        raise DataError(f"{items}:{line_no}: damaged committed record ({e}); delete {items.parent} to start "
+                        "over") from e
+
+
+_HELD: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) of a locked run dir -> [fd, open journals]
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_dir(directory: Path) -> tuple[int, int]:
+    """Take (or share, within this process) the exclusive flock of run dir `directory`; returns its key."""
+    st = directory.stat()
+    key = (st.st_dev, st.st_ino)
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return key
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{directory} is in use by another process (a run writing the same output); "
+                              "wait for it to end, or write to another output") from None
+        _HELD[key] = [fd, 1]
+    return key
+
+
+def _unlock_dir(key: tuple[int, int]) -> None:
+    """One journal less on a locked run dir; the last one releases the lock."""
+    with _HELD_GUARD:
+        entry = _HELD.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _HELD[key]
+                os.close(entry[0])  # closing the descriptor releases the flock
 
 
 def _mismatch(directory: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -202,20 +288,17 @@ def count_by(records: Iterable[Mapping[str, Any]], key: str = "reason") -> dict[
     return dict(sorted(out.items()))
 
 
-def config_from_mapping(cls: type[T], data: Mapping[str, Any], what: str) -> T:
-    """A frozen config dataclass from a plain mapping (YAML); ConfigError lists every problem (unknown keys too)."""
-    from instillm.train.config import _build
-
+def config_from_mapping(cls: type[C], data: Mapping[str, Any], what: str) -> C:
+    """A config from a plain mapping (YAML); ConfigError lists every problem (unknown keys too)
+    under `invalid <what> config`."""
     problems: list[str] = []
-    config = _build(cls, data, "", problems)
-    if problems:
-        raise ConfigError(f"invalid {what} config:\n" + "\n".join(f"  - {p}" for p in problems))
+    config = build(cls, data, "", problems)
+    if problems or config is None:
+        raise ConfigError.of(problems, f"invalid {what} config")
     return config
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str], what: str) -> T:
+def load_config(cls: type[C], path: str | Path | None, overrides: Sequence[str], what: str) -> C:
     """`cls` from a YAML file (or defaults) plus `key=value` overrides, as `instillm train` reads its config."""
-    from instillm.train.config import apply_overrides, read_yaml_mapping
-
     data = read_yaml_mapping(path) if path is not None else {}
     return config_from_mapping(cls, apply_overrides(data, overrides), what)

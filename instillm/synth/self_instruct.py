@@ -59,13 +59,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from instillm.data.formats import _user_turn
+from instillm.data.formats import alpaca_user_turn
 from instillm.data.io import read_rows
 from instillm.data.schema import Example, from_prompt_completion
-from instillm.errors import ConfigError, DataError, RowError, check_min_int
-from instillm.synth.dedup import RougeLFilter
-from instillm.synth.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
-from instillm.synth.llm import Backend, LLMRequest, Progress, SamplingParams
+from instillm.config import Config, check_choice, check_min, check_min_int, check_range
+from instillm.errors import DataError, RowError
+from instillm.curate.dedup import RougeLFilter
+from instillm.curate.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
+from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams
 from instillm.synth.pipeline import (
     Journal, batches, count_by, request_seed, step_rng, work_dir_for, write_outputs,
 )
@@ -78,9 +79,10 @@ CLF_YES = ("Yes", "yes", "YES")
 
 
 @dataclass(frozen=True)
-class SelfInstructConfig:
+class SelfInstructConfig(Config):
     """Every setting of a Self-Instruct run; defaults are the published ones (see the module docstring)."""
 
+    title = "invalid self-instruct config"
     num_instructions: int = 100
     num_prompt_instructions: int = 8
     num_machine_instructions: int = 2
@@ -110,39 +112,28 @@ class SelfInstructConfig:
     max_batches: int | None = None
     seed: int = 42
 
-    def __post_init__(self) -> None:
-        problems = self.check(asdict(self))
-        if problems:
-            raise ConfigError("invalid self-instruct config: " + "; ".join(problems))
-
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
         """Problems with the values, each `field: message`."""
-        p = []
+        p: list[str] = []
         for name in ("num_instructions", "num_prompt_instructions", "request_batch_size", "max_tokens",
                      "clf_max_tokens", "instance_max_tokens", "clf_instance_max_tokens", "max_instances"):
             check_min_int(p, name, v[name])
         if not 0 <= v["num_machine_instructions"] <= v["num_prompt_instructions"]:
             p.append("num_machine_instructions: must be between 0 and num_prompt_instructions")
-        if v["prompt_mode"] not in PROMPT_MODES:
-            p.append(f"prompt_mode: {v['prompt_mode']!r} is not one of {list(PROMPT_MODES)}")
-        if v["on_truncated"] not in TRUNCATION_RULES:
-            p.append(f"on_truncated: {v['on_truncated']!r} is not one of {list(TRUNCATION_RULES)}")
+        check_choice(p, "prompt_mode", v["prompt_mode"], PROMPT_MODES)
+        check_choice(p, "on_truncated", v["on_truncated"], TRUNCATION_RULES)
         for name in ("temperature", "instance_temperature"):
-            if v[name] < 0:
-                p.append(f"{name}: must be >= 0, got {v[name]}")
-        if not 0 < v["top_p"] <= 1:
-            p.append(f"top_p: must be in (0, 1], got {v['top_p']}")
-        if not 0 <= v["rouge_threshold"] <= 1:
-            p.append(f"rouge_threshold: must be in [0, 1], got {v['rouge_threshold']}")
+            check_min(p, name, v[name], 0)
+        check_range(p, "top_p", v["top_p"], 0, 1, "(]")
+        check_range(p, "rouge_threshold", v["rouge_threshold"], 0, 1)
         for name in ("clf_template", "input_first_template", "output_first_template"):
             if not v[name].strip():
                 p.append(f"{name}: must not be empty")
         if v["min_words"] > v["max_words"]:
             p.append(f"min_words: {v['min_words']} is larger than max_words {v['max_words']}")
         for name in ("max_stalled_batches", "max_batches"):
-            if v[name] is not None and v[name] < 1:
-                p.append(f"{name}: must be >= 1 or null (no limit), got {v[name]}")
+            check_min(p, name, v[name], 1, note=" or null (no limit)")
         return p
 
 
@@ -579,7 +570,7 @@ def assemble(journal: Journal, teacher: str) -> tuple[list[Example], list[dict[s
 
 def _example(task: Mapping[str, Any], t: int, k: int, inp: str, outp: str, clf: bool, teacher: str) -> Example:
     """The canonical Example of instance k of task t."""
-    user, meta = _user_turn(task["instruction"], inp)
+    user, meta = alpaca_user_turn(task["instruction"], inp)
     meta = {"instruction": task["instruction"], "input": inp, **meta, "is_classification": clf,
             "instance": k, "task_index": t, "round": task["batch"], "teacher": teacher}
     return from_prompt_completion(user, outp, id=f"self-instruct-{t:05d}-{k}", source="self_instruct",

@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "TrainConfig": "instillm.train.config",
+    "TrainSettings": "instillm.train.config",
     "DatasetSpec": "instillm.train.config",
     "LoraSettings": "instillm.train.config",
     "MixingSettings": "instillm.train.config",

@@ -14,8 +14,16 @@ Output layout (`output_dir/`):
   tokens_per_s, epoch) and per evaluation (step, eval_loss)
 - `tb/` — the same scalars for TensorBoard
 - `checkpoints/step-N/` — see `instillm.train.checkpoint`; `resume: auto` continues from the newest
+  complete one (verified against its manifest; newer incomplete ones are moved aside, logged)
 - `final/` — the model (full fine-tuning) or the LoRA adapter, with the tokenizer whose chat
   template is the one used in training; `export()` merges an adapter into a full model.
+- `.instillm.lock` — held (flock, with the pid) by the run writing the dir: a second run on the
+  same dir fails at once naming that pid; only the main process of a DDP run takes it.
+
+An output_dir that holds files but no checkpoints and no `run.json` of this run (same config but
+`output_dir`/`resume`) is someone else's: training refuses it unless `train(..., overwrite=True)`
+(`--overwrite`), which writes into it, replacing instillm's own files and leaving others alone.
+A torn last line of `metrics.jsonl` (a crash mid-write) is dropped, with a warning, on resume.
 
 Test hook: when the environment variable `INSTILLM_TEST_KILL_AFTER_STEP=N` is set, the process
 kills itself with SIGKILL right after the checkpoint of step N is written (used by the resume
@@ -31,6 +39,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -61,6 +70,9 @@ from instillm.train.loss import TokenLoss, split_causal_lm, step_scale, token_lo
 
 KILL_HOOK = "INSTILLM_TEST_KILL_AFTER_STEP"
 FINAL = "final"
+RUN_FILE = "run.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,13 +107,7 @@ class TrainResult:
 # data
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = ckpt.sha256_file  # hex SHA-256 of a file's bytes
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[dict[str, Any]], dict[str, float]]:
@@ -446,12 +452,28 @@ class RunLog:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only metrics lines of steps <= `step` (all of them are rewritten on resume)."""
+    """Keep only metrics lines of steps <= `step` (all of them are rewritten on resume), atomically.
+
+    Unreadable lines (a torn last line of a crashed run) are dropped with a warning."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    rows = [_metrics_row(ln) for ln in lines]
+    if None in rows:
+        logger.warning("%s: dropped %d unreadable line(s) (a crash mid-write)", path, rows.count(None))
+    kept = [ln for ln, row in zip(lines, rows) if row is not None and row.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _metrics_row(line: str) -> dict[str, Any] | None:
+    """One metrics line as a dict, or None when it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step", 0), int) else None
 
 
 def git_sha() -> str | None:
@@ -497,7 +519,7 @@ def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_fro
         "resumed_from": resumed_from,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    path = Path(config.output_dir) / "run.json"
+    path = Path(config.output_dir) / RUN_FILE
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -543,19 +565,72 @@ class Run:
     trained_tokens: int = 0
     last_loss: float | None = None
     resumed_from: int | None = None
+    lock: ckpt.OutputLock | None = None  # the output dir's lock (main process only)
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def release(self) -> None:
+        """Release the output dir's lock (end of the run)."""
+        if self.lock is not None:
+            self.lock.release()
 
-def find_resume(config: TrainConfig) -> Path | None:
-    """The checkpoint to continue from (`resume: auto`), or None for a fresh run."""
+
+def find_resume(config: TrainConfig, accelerator: Any = None) -> Path | None:
+    """The checkpoint to continue from (`resume: auto`): the newest complete one, or None for a fresh run.
+
+    The main process verifies the checkpoints (see `ckpt.newest_complete`) and tells the others."""
     latest = ckpt.latest_checkpoint(config.output_dir)
     if latest is not None and config.resume == "never":
         raise ConfigError(f"resume: never, but output_dir {config.output_dir} already holds checkpoints "
                           f"({latest.name}); use resume: auto to continue, or a new output_dir")
-    return latest if config.resume == "auto" else None
+    if latest is None or config.resume != "auto":
+        return None
+    if accelerator is None or accelerator.num_processes == 1:
+        return ckpt.newest_complete(config.output_dir)
+    from accelerate.utils import broadcast_object_list
+
+    chosen = [ckpt.newest_complete(config.output_dir) if accelerator.is_main_process else None]
+    return broadcast_object_list(chosen, from_process=0)[0]
+
+
+def check_output_dir(config: TrainConfig, overwrite: bool = False) -> None:
+    """ConfigError when output_dir holds files of something other than this run, unless `overwrite`.
+
+    This run's dir: absent, empty, holding checkpoints (resume decides), or a `run.json` of the same config."""
+    out = Path(config.output_dir)
+    if overwrite or not out.is_dir() or (out / ckpt.CHECKPOINTS).is_dir() or _same_run(out, config):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != ckpt.LOCK_FILE)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ConfigError(f"output_dir: {out} is not empty ({shown}) and holds no checkpoints or run.json of this "
+                          "run; use a new or empty output_dir, or --overwrite (train(..., overwrite=True)) to "
+                          "write into it anyway")
+
+
+def claim_output_dir(config: TrainConfig, overwrite: bool, lock: ckpt.OutputLock) -> None:
+    """Check output_dir is this run's and lock it when it exists (a new dir is locked once created).
+
+    A lock file already there is tried first, so a dir in use reports its holder's pid."""
+    if lock.path.exists():
+        lock.acquire()
+    check_output_dir(config, overwrite)
+    if lock.directory.is_dir():
+        lock.acquire()
+
+
+def _same_run(out: Path, config: TrainConfig) -> bool:
+    """Whether `out/run.json` was written by a run of `config` (output_dir and resume aside)."""
+    try:
+        saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    ours = json.loads(json.dumps(config.to_dict()))
+    ignore = {"output_dir", "resume"}
+    return isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in ignore} == \
+        {k: v for k, v in ours.items() if k not in ignore}
 
 
 def data_fingerprint(data: TrainData) -> str:
@@ -577,25 +652,45 @@ def restore(run: Run, path: Path) -> None:
     run.last_loss, run.resumed_from = state.get("loss"), state["step"]
 
 
-def setup(config: TrainConfig) -> Run:
-    """Check and build everything: data, plan, model, optimizer, scheduler, resumed state."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def setup(config: TrainConfig, device: str = "auto", overwrite: bool = False) -> Run:
+    """Check and build everything: data, plan, model, optimizer, scheduler, resumed state.
 
-    from instillm.models.loading import load_tokenizer
+    `device`: "auto" lets Accelerate place the model (CUDA when available); "cpu" keeps it on the CPU.
+    `overwrite`: write into a non-empty output_dir of something else (see `check_output_dir`).
+    The main process holds the output dir's lock from here on: `Run.release()` (train() does) frees it."""
+    from accelerate import Accelerator
+
+    from instillm.models.loading import resolve_device
 
     # mixed_precision stays "no": Accelerate fixes it once per process (a singleton), while
     # bf16 here is a plain torch.autocast, so train() can run with either precision any time.
     # Accelerate starts a gloo process group for torchrun's CPU processes only when told cpu=True.
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision="no", cpu=cpu_ddp)
-    resume_from = find_resume(config)
+    accelerator = Accelerator(mixed_precision="no", cpu=cpu_ddp or resolve_device(device) == "cpu")
+    lock = ckpt.OutputLock(config.output_dir)
+    try:
+        if accelerator.is_main_process:
+            claim_output_dir(config, overwrite, lock)
+        return _build(config, accelerator, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(config: TrainConfig, accelerator: Any, lock: ckpt.OutputLock) -> Run:
+    """`setup` once the output dir is checked (and locked when it exists)."""
+    from accelerate.utils import set_seed
+
+    from instillm.models.loading import load_tokenizer
+
+    resume_from = find_resume(config, accelerator)
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config, tokenizer)
     n_rows = count_rows([len(r) for r in data.train], config.max_length, config.packing)
     plan = resolve(config, n_rows, accelerator.num_processes)
     if accelerator.is_main_process:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        lock.acquire()
         report(data, plan, config)
     set_seed(config.seed)
     model = build_model(config)
@@ -604,7 +699,7 @@ def setup(config: TrainConfig) -> Run:
     loss_module = accelerator.prepare(TokenLoss(model))  # moves to the device, wraps DDP
     optimizer = build_optimizer(model, config)
     run = Run(config, accelerator, tokenizer, data, plan, model, loss_module, optimizer,
-              build_scheduler(optimizer, config, plan))
+              build_scheduler(optimizer, config, plan), lock=lock if lock.held else None)
     if resume_from is not None:
         restore(run, resume_from)
     if run.is_main:
@@ -696,16 +791,22 @@ def save_final(run: Run) -> Path:
     return final
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Fine-tune `config.model` on `config.datasets`; resumes from the newest checkpoint (resume: auto)."""
-    run = setup(config)
+def train(config: TrainConfig, progress: bool = True, device: str = "auto", overwrite: bool = False) -> TrainResult:
+    """Fine-tune `config.model` on `config.datasets`; resumes from the newest checkpoint (resume: auto).
+
+    `device` "auto" trains on CUDA when available (Accelerate places the model), "cpu" on the CPU.
+    `overwrite`: train into a non-empty output_dir that holds no run of this config (`--overwrite`)."""
+    run = setup(config, device, overwrite)
     out = Path(config.output_dir)
-    log = RunLog(out, run.plan.total_steps, run.start_step, enabled=run.is_main, progress=progress)
     try:
-        eval_loss, tokens_per_s = run_loop(run, log)
+        log = RunLog(out, run.plan.total_steps, run.start_step, enabled=run.is_main, progress=progress)
+        try:
+            eval_loss, tokens_per_s = run_loop(run, log)
+        finally:
+            log.close()
+        final = save_final(run)
     finally:
-        log.close()
-    final = save_final(run)
+        run.release()
     return TrainResult(out, final, run.plan, run.plan.total_steps, run.last_loss, eval_loss,
                        run.trained_tokens, tokens_per_s, dict(run.data.mix.counts), run.resumed_from)
 
@@ -744,21 +845,21 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = True) -> Path
 
 def _base_model(run_dir: Path, adapter_dir: Path) -> str:
     """The base model of an adapter: the run's config.model, else what peft recorded."""
-    manifest = run_dir / "run.json"
+    manifest = run_dir / RUN_FILE
     if manifest.is_file():
         return json.loads(manifest.read_text(encoding="utf-8"))["config"]["model"]
     return json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m instillm.train.loop CONFIG.yaml [--set] KEY=VALUE ...` (also under torchrun)."""
+    """`python -m instillm.train.loop CONFIG.yaml [--overwrite] [--set] KEY=VALUE ...` (also under torchrun)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m instillm.train.loop CONFIG.yaml [--set KEY=VALUE ...]", file=sys.stderr)
+        print("usage: python -m instillm.train.loop CONFIG.yaml [--overwrite] [--set KEY=VALUE ...]", file=sys.stderr)
         return 2
-    overrides = [a for a in args[1:] if a != "--set"]
+    overrides = [a for a in args[1:] if a not in ("--set", "--overwrite")]
     try:
-        result = train(load_config(args[0], overrides))
+        result = train(load_config(args[0], overrides), overwrite="--overwrite" in args[1:])
     except InstillmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

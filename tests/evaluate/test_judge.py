@@ -116,7 +116,7 @@ class RuleJudge:
         self.model, self.rule, self.seen = f"rule-{rule}", rule, []
 
     def generate(self, requests, progress=None):
-        from instillm.synth.llm import LLMResponse, LLMSample
+        from instillm.llm.backend import LLMResponse, LLMSample
 
         out = []
         for r in requests:
@@ -220,7 +220,7 @@ def _shortest_pairs(shared_data, k: int):
 
 
 def test_judge_pairwise_end_to_end_against_tiny_server(tiny_server, shared_data, tmp_path):
-    from instillm.synth.llm import BackendConfig, make_backend
+    from instillm.llm.backend import BackendConfig, make_backend
 
     instructions, outs, refs = _shortest_pairs(shared_data, 3)
     instructions.append("Say hi.")

@@ -174,7 +174,7 @@ def test_grading_refuses_missing_answers_and_references(bench):
     import dataclasses
 
     from instillm.evaluate.mt_bench import grade_answers
-    from instillm.synth.llm import BackendConfig, make_backend
+    from instillm.llm.backend import BackendConfig, make_backend
 
     nowhere = make_backend(BackendConfig(kind="openai", model="j", base_url="http://127.0.0.1:9/v1"))
     math = next(q for q in bench.questions if q.category == "math")
@@ -193,7 +193,7 @@ def test_mt_bench_end_to_end_with_tiny_models(bench, tiny_model_dir, tiny_server
     import torch
 
     from instillm.models.loading import load_model, load_tokenizer
-    from instillm.synth.llm import BackendConfig, make_backend
+    from instillm.llm.backend import BackendConfig, make_backend
 
     torch.set_num_threads(1)
     # short questions, so judge prompts fit the tiny model's 1024 positions; 104 needs a reference

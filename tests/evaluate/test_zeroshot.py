@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from instillm.data.render import RenderConfig, Renderer
 from instillm.data.schema import from_prompt_completion
-from instillm.evaluate.loglikelihood import TokenScore
+from instillm.llm.loglikelihood import TokenScore
 from instillm.evaluate.t0_clusters import template_files
 from instillm.evaluate.zeroshot import (
     CLASSIFICATION, GENERATION, ZeroShotConfig, aggregate, infer_options, pick, rank_options, read_template,

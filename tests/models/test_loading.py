@@ -147,3 +147,60 @@ def test_count_parameters_tied_and_trainable(tiny_model_dir: Path) -> None:
     assert total == sum(t.numel() for t in state.values()) - embed
     model.get_input_embeddings().weight.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == total - embed
+
+
+# --------------------------------------------------------------------------------------------
+# load_local: the one loader of eval, run, serve, the local backend, IFD scoring and lm-eval
+
+
+def test_resolve_device_auto_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from instillm.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ModelError, match="no CUDA device"):
+        resolve_device("cuda:0")
+    with pytest.raises(ModelError, match="expected auto, cpu"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+
+
+def test_load_local_gives_model_tokenizer_and_saved_template_renderer(tiny_model_dir: Path) -> None:
+    from instillm.models.loading import load_local
+
+    local = load_local(tiny_model_dir, device="cpu")
+    assert local.device.type == "cpu" and not local.model.training
+    conv = [{"role": "user", "content": "hi"}]
+    expected = local.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert local.renderer.prompt_text(conv) == expected
+    tok2, renderer2 = local.fresh_tokenizer()
+    assert tok2 is not local.tokenizer and renderer2.prompt_text(conv) == expected
+    with pytest.raises(ModelError, match="does not exist"):
+        load_local(tiny_model_dir / "missing")
+
+
+def test_load_local_applies_a_lora_adapter_to_its_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from instillm.models.loading import load_local
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_model(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                      init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+    local = load_local(tmp_path / "adapter", device="cpu")
+    with torch.no_grad():
+        want = peft_model.eval()(IDS).logits
+        got = local.model(IDS).logits
+        base = load_model(tiny_model_dir)(IDS).logits
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, base, atol=1e-4)  # the adapter is applied, not dropped
+
+
+@pytest.mark.gpu
+def test_load_local_auto_picks_cuda(tiny_model_dir: Path) -> None:
+    from instillm.models.loading import load_local
+
+    assert load_local(tiny_model_dir).device.type == "cuda"

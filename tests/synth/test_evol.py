@@ -16,7 +16,7 @@ from instillm.synth.evol import (
     read_lineages, response_problem, run_evol,
 )
 from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
-from instillm.synth.llm import BackendConfig, LLMResponse, LLMSample, make_backend
+from instillm.llm.backend import BackendConfig, LLMResponse, LLMSample, make_backend
 from instillm.synth.pipeline import config_from_mapping
 
 

@@ -17,7 +17,7 @@ import yaml
 from instillm.data.schema import Example, Message
 from instillm.errors import ConfigError
 from instillm.synth.evol import EvolConfig, run_evol
-from instillm.synth.llm import BackendConfig, make_backend
+from instillm.llm.backend import BackendConfig, make_backend
 from instillm.synth.pipeline import (
     ITEMS, KILL_HOOK, KILL_POINT_HOOK, STATE, Journal, config_from_mapping, request_seed, step_rng, work_dir_for,
 )

@@ -11,7 +11,7 @@ import pytest
 
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError
-from instillm.synth.llm import BackendConfig, LLMResponse, LLMSample, make_backend
+from instillm.llm.backend import BackendConfig, LLMResponse, LLMSample, make_backend
 from instillm.synth.pipeline import config_from_mapping, load_config
 from instillm.synth.self_instruct import (
     DEFAULT_SEEDS, InstructionFilter, InstructionPool, SelfInstructConfig, clf_prompt, encode_prompt,

@@ -60,3 +60,23 @@ def test_saved_adapter_and_merged_export_give_the_same_logits(lora_run, tiny_mod
     assert not torch.allclose(merged, untrained, atol=1e-3)  # the adapter did something
     adapter_only = export(tmp / "out", tmp / "adapter", merge=False)
     assert (adapter_only / "adapter_config.json").is_file()
+
+
+def test_gguf_export_of_a_lora_run_merges_the_adapter(lora_run):
+    # `instillm export RUN --gguf`: the adapter is merged into its base first, so the GGUF re-imports
+    # to the trained model's logits, not the base's
+    from transformers import AutoModelForCausalLM
+
+    from instillm.models.gguf import import_gguf
+    from instillm.train.to_gguf import export_run_gguf
+
+    run, _, tmp = lora_run
+    info = export_run_gguf(tmp / "out", tmp / "run.gguf", "f32")
+    assert info["outtype"] == "f32" and (tmp / "run.gguf").is_file()
+    import_gguf(tmp / "run.gguf", tmp / "reimported")
+    ids = torch.tensor([run.data.train[0].input_ids])
+    run.model.eval()
+    with torch.no_grad():
+        trained = run.model(input_ids=ids).logits
+        back = AutoModelForCausalLM.from_pretrained(tmp / "reimported").eval()(input_ids=ids).logits
+    torch.testing.assert_close(back, trained, atol=1e-5, rtol=0)

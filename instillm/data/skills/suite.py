@@ -19,8 +19,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from instillm.config import Config, check_min
 from instillm.data.importer import write_examples
 from instillm.data.schema import Example, Message
 from instillm.data.skills.families import DEFAULT_HELDOUT_FAMILIES, FAMILIES, FRAMES, Family, render
@@ -32,10 +33,12 @@ SOURCE = "instillm-skills"
 
 
 @dataclass(frozen=True)
-class SuiteConfig:
+class SuiteConfig(Config):
     """Sizes and held-out choices. `heldout_families`: names, a count (seeded pick among
-    compositions/relatives of selected families), or None for the default names that are selected."""
+    compositions/relatives of selected families), or None for the default names that are selected.
+    It is the `skills:` section of a run config; problems are named `skills.<field>`."""
 
+    path_prefix = "skills"
     seed: int = 0
     n_train_per_family: int = 400
     n_eval_per_family: int = 40
@@ -46,33 +49,41 @@ class SuiteConfig:
     # trains on all it has left after its eval inputs (at least one) instead of failing.
     cap_to_input_space: bool = False
 
-    def __post_init__(self) -> None:
-        if self.n_train_per_family < 1:
-            raise ConfigError(f"skills.n_train_per_family: must be >= 1, got {self.n_train_per_family}")
-        if self.n_eval_per_family < 0:
-            raise ConfigError(f"skills.n_eval_per_family: must be >= 0, got {self.n_eval_per_family}")
-        if self.families is not None and (isinstance(self.families, str) or not self.families):
-            raise ConfigError("skills.families: give a non-empty tuple of family names (or None for all)")
-        unknown = sorted(set(self.families or ()) - set(FAMILIES))
-        if unknown:
-            raise ConfigError(f"skills.families: unknown family {unknown}; see list_families()")
-        held = self.heldout_families
-        if isinstance(held, str):
-            raise ConfigError("skills.heldout_families: give a tuple of family names, a count or None")
-        if isinstance(held, int) and held < 0:
-            raise ConfigError(f"skills.heldout_families: a count must be >= 0, got {held}")
-        if isinstance(held, (tuple, list)) and set(held) - set(FAMILIES):
-            raise ConfigError(f"skills.heldout_families: unknown family {sorted(set(held) - set(FAMILIES))}")
-        fewest = min(len(FAMILIES[n].phrasings) for n in self.selected())
-        if not 0 <= self.heldout_phrasings_per_family < fewest:
-            raise ConfigError(f"skills.heldout_phrasings_per_family: must be in 0..{fewest - 1}, "
-                              f"got {self.heldout_phrasings_per_family}")
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_min(problems, "n_train_per_family", v["n_train_per_family"], 1)
+        check_min(problems, "n_eval_per_family", v["n_eval_per_family"], 0)
+        return problems + _family_problems(v) + _heldout_problems(v)
 
     def selected(self) -> tuple[str, ...]:
         """Names of the families in the suite, in FAMILIES order."""
         if self.families is None:
             return tuple(FAMILIES)
         return tuple(n for n in FAMILIES if n in set(self.families))
+
+
+def _family_problems(v: Mapping[str, Any]) -> list[str]:
+    """`families` names known families; `heldout_phrasings_per_family` leaves each a trained phrasing."""
+    families = v["families"]
+    if families is not None and not families:
+        return ["families: give a non-empty tuple of family names (or None for all)"]
+    unknown = sorted(set(families or ()) - set(FAMILIES))
+    if unknown:
+        return [f"families: unknown family {unknown}; see list_families()"]
+    fewest = min(len(FAMILIES[n].phrasings) for n in (families or FAMILIES))
+    if not 0 <= v["heldout_phrasings_per_family"] < fewest:
+        return [f"heldout_phrasings_per_family: must be in 0..{fewest - 1}, got {v['heldout_phrasings_per_family']}"]
+    return []
+
+
+def _heldout_problems(v: Mapping[str, Any]) -> list[str]:
+    held = v["heldout_families"]
+    if isinstance(held, int) and held < 0:
+        return [f"heldout_families: a count must be >= 0, got {held}"]
+    if isinstance(held, tuple) and set(held) - set(FAMILIES):
+        return [f"heldout_families: unknown family {sorted(set(held) - set(FAMILIES))}"]
+    return []
 
 
 def heldout_family_names(config: SuiteConfig) -> tuple[str, ...]:
