@@ -19,7 +19,7 @@ def require(*modules: str) -> None:
     names = ", ".join(OPTIONAL.get(m, (m, "bench"))[0] for m in missing)
     extras = ",".join(sorted({OPTIONAL.get(m, (m, "bench"))[1] for m in missing}))
     script = Path(sys.argv[0]).name or "this benchmark"
-    print(f"{script} needs {names}, which is not installed: pip install -e \".[{extras}]\"", file=sys.stderr)
+    print(f'{script} needs {names}, which is not installed: pip install -e ".[{extras}]"', file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -46,9 +46,16 @@ def _peak_rss_mib() -> float:
 
 
 def _row(i: int, user: str, answer: str) -> str:
-    return json.dumps({"id": f"syn-{i}", "source": "synthetic", "task": "synthetic", "category": "",
-                       "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-                       "meta": {}})
+    return json.dumps(
+        {
+            "id": f"syn-{i}",
+            "source": "synthetic",
+            "task": "synthetic",
+            "category": "",
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+            "meta": {},
+        }
+    )
 
 
 def _vary(text: str, rng: random.Random) -> str:
@@ -118,8 +125,11 @@ def main() -> None:
         exact, near = generate(inp, n)
         t_gen = time.perf_counter() - t0
         rss_before = _peak_rss_mib()
-        print(f"generated {n} rows ({len(exact)} exact, {len(near)} near duplicates planted) in {t_gen:.1f}s, "
-              f"{inp.stat().st_size / 2**20:.0f} MiB", flush=True)
+        print(
+            f"generated {n} rows ({len(exact)} exact, {len(near)} near duplicates planted) in {t_gen:.1f}s, "
+            f"{inp.stat().st_size / 2**20:.0f} MiB",
+            flush=True,
+        )
         load_before = os.getloadavg()
         t0 = time.perf_counter()
         s = dedup_file(inp, out, exact=True, minhash=args.threshold)
@@ -138,28 +148,53 @@ def main() -> None:
         bands, rows = lsh_params(args.threshold, 128)
         predicted = sum(1 - (1 - j**rows) ** bands for j in near.values()) / max(len(near), 1)
         result = {
-            "rows": n, "quick": args.quick, "threshold": args.threshold, "lsh_bands_rows": [bands, rows],
-            "kept": s.n_kept, "rejected_by_reason": s.rejected_by_reason, "accounted": s.n_kept + s.n_rejected == n,
-            "planted_exact": len(exact), "exact_found": exact_found,
-            "planted_near": len(near), "near_found": near_found, "near_recall": round(near_found / max(len(near), 1), 4),
+            "rows": n,
+            "quick": args.quick,
+            "threshold": args.threshold,
+            "lsh_bands_rows": [bands, rows],
+            "kept": s.n_kept,
+            "rejected_by_reason": s.rejected_by_reason,
+            "accounted": s.n_kept + s.n_rejected == n,
+            "planted_exact": len(exact),
+            "exact_found": exact_found,
+            "planted_near": len(near),
+            "near_found": near_found,
+            "near_recall": round(near_found / max(len(near), 1), 4),
             "near_recall_predicted": round(predicted, 4),
-            "near_jaccard_min_mean_max": [round(min(near.values()), 3), round(sum(near.values()) / len(near), 3),
-                                          round(max(near.values()), 3)] if near else [],
-            "planted_near_jaccard_ge_0_9": len(high), "near_recall_jaccard_ge_0_9": round(high_found / max(len(high), 1), 4),
+            "near_jaccard_min_mean_max": [
+                round(min(near.values()), 3),
+                round(sum(near.values()) / len(near), 3),
+                round(max(near.values()), 3),
+            ]
+            if near
+            else [],
+            "planted_near_jaccard_ge_0_9": len(high),
+            "near_recall_jaccard_ge_0_9": round(high_found / max(len(high), 1), 4),
             "false_positives": false_pos,
-            "dedup_s": round(t_dedup, 1), "rows_per_s": round(n / t_dedup), "generate_s": round(t_gen, 1),
-            "peak_rss_mib": round(peak), "rss_before_dedup_mib": round(rss_before),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "loadavg_before": [round(x, 2) for x in load_before],
-                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+            "dedup_s": round(t_dedup, 1),
+            "rows_per_s": round(n / t_dedup),
+            "generate_s": round(t_gen, 1),
+            "peak_rss_mib": round(peak),
+            "rss_before_dedup_mib": round(rss_before),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            },
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    ok = (result["accounted"] and exact_found == len(exact) and result["near_recall_jaccard_ge_0_9"] >= 0.9
-          and abs(result["near_recall"] - predicted) < 0.05 and false_pos <= n * 1e-4)
+    ok = (
+        result["accounted"]
+        and exact_found == len(exact)
+        and result["near_recall_jaccard_ge_0_9"] >= 0.9
+        and abs(result["near_recall"] - predicted) < 0.05
+        and false_pos <= n * 1e-4
+    )
     if not ok:
         sys.exit("planted duplicates were missed or originals wrongly removed")
 

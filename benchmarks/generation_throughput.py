@@ -105,19 +105,30 @@ def conversations(n: int) -> list[list[dict]]:
         base.append(msgs + [{"role": "user", "content": text}])
     for i, text in enumerate(WITH_INPUT):
         base.append([{"role": "user", "content": f"{text}\n\n{PASSAGES[i % len(PASSAGES)]}"}])
-    base.append([
-        {"role": "user", "content": "What is a prime number?"},
-        {"role": "assistant", "content": "A whole number greater than 1 whose only divisors are 1 and itself."},
-        {"role": "user", "content": "List the prime numbers below 30."},
-    ])
-    base.append([
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": "Recommend a classic novel."},
-        {"role": "assistant", "content": "Pride and Prejudice by Jane Austen."},
-        {"role": "user", "content": "Why is it considered a classic, and who would enjoy it?"},
-    ])
-    base.append([{"role": "user", "content": "Proofread this text and list every correction:\n\n"
-                  + PASSAGES[0].replace("council", "counsil").replace("their", "there")}])
+    base.append(
+        [
+            {"role": "user", "content": "What is a prime number?"},
+            {"role": "assistant", "content": "A whole number greater than 1 whose only divisors are 1 and itself."},
+            {"role": "user", "content": "List the prime numbers below 30."},
+        ]
+    )
+    base.append(
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Recommend a classic novel."},
+            {"role": "assistant", "content": "Pride and Prejudice by Jane Austen."},
+            {"role": "user", "content": "Why is it considered a classic, and who would enjoy it?"},
+        ]
+    )
+    base.append(
+        [
+            {
+                "role": "user",
+                "content": "Proofread this text and list every correction:\n\n"
+                + PASSAGES[0].replace("council", "counsil").replace("their", "there"),
+            }
+        ]
+    )
     base.append([{"role": "user", "content": "Hi!"}])
     base.append([{"role": "user", "content": "Write a limerick about a cat who learns to code."}])
     assert len(base) >= 32
@@ -145,9 +156,10 @@ def run_naive(model, tok, prompts, max_new, eos, limit=None):
     out = []
     for p in prompts[:limit]:
         enc = tok(p, add_special_tokens=False, return_tensors="pt")
-        seq = model.generate(**enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
-                             pad_token_id=tok.pad_token_id)
-        out.append(seq[0, enc["input_ids"].shape[1]:].tolist())
+        seq = model.generate(
+            **enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
+        )
+        out.append(seq[0, enc["input_ids"].shape[1] :].tolist())
     return out
 
 
@@ -158,18 +170,21 @@ def run_hf_batched(model, tok, prompts, max_new, eos, batch_size):
     try:
         for b in range(0, len(prompts), batch_size):
             enc = tok(prompts[b : b + batch_size], add_special_tokens=False, return_tensors="pt", padding=True)
-            seq = model.generate(**enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
-                                 pad_token_id=tok.pad_token_id)
+            seq = model.generate(
+                **enc, do_sample=False, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
+            )
             # rows that stopped are padded after their stop token: cut there, count no padding
-            out += [_cut(row, set(eos)) for row in seq[:, enc["input_ids"].shape[1]:].tolist()]
+            out += [_cut(row, set(eos)) for row in seq[:, enc["input_ids"].shape[1] :].tolist()]
     finally:
         tok.padding_side = side
     return out
 
 
 def run_instillm(gen, prompts, options):
-    return [o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else [])
-            for o in gen.generate_texts(prompts, options)]
+    return [
+        o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else [])
+        for o in gen.generate_texts(prompts, options)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +214,7 @@ def machine_info() -> dict:
 
 def cpu_idle_fraction(seconds: float = 1.0) -> float | None:
     """Fraction of CPU time idle over `seconds` (Linux /proc/stat), None elsewhere."""
+
     def read():
         v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         return v[3] + v[4], sum(v)
@@ -230,7 +246,9 @@ def timed(fn):
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repeats: about 3 min with 2 threads, 4 with one (64 prompts)")
+    ap.add_argument(
+        "--quick", action="store_true", help="3 repeats: about 3 min with 2 threads, 4 with one (64 prompts)"
+    )
     ap.add_argument("--model", type=Path, help="a model directory (default: build the `small` preset)")
     ap.add_argument("--n-prompts", type=int, default=64, help="prompts (the 32 base ones, then with a suffix)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -238,8 +256,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5, --quick 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--ablations", action="store_true", help="also time instillm variants (prefill chunking)")
-    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                    help="before each repeat wait up to S seconds for other processes to leave the CPUs idle")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each repeat wait up to S seconds for other processes to leave the CPUs idle",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -264,10 +287,12 @@ def main(argv: list[str] | None = None) -> dict:
     eos = sorted(gen.end_ids)
     opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {model_dir if args.model else 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
-          f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
-          f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
-          flush=True)
+    print(
+        f"model: {model_dir if args.model else 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
+        f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
+        f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     methods = {
         "naive": lambda: run_naive(model, tok, prompts, args.max_new_tokens, eos),
@@ -277,11 +302,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ablations:
         big = 1 << 30
         methods["instillm_padded_prefill"] = lambda: run_instillm(
-            gen, prompts, GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                          prefill_tokens=big))
+            gen,
+            prompts,
+            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, prefill_tokens=big),
+        )
         methods["instillm_prefill_1_prompt"] = lambda: run_instillm(
-            gen, prompts, GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                          prefill_tokens=1))
+            gen,
+            prompts,
+            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, prefill_tokens=1),
+        )
 
     load_before = os.getloadavg()
     t_start = time.perf_counter()
@@ -304,8 +333,10 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{name}: greedy outputs changed between repeats")
             outputs[name] = out
         idle = f" (CPU idle before: {idle_seen[-1]:.0%})" if idle_seen[-1] is not None else ""
-        print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()) + idle,
-              flush=True)
+        print(
+            f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()) + idle,
+            flush=True,
+        )
     load_after = os.getloadavg()
 
     tokens = {name: sum(len(x) for x in out) for name, out in outputs.items()}
@@ -331,7 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
             "dtype": "float32",
             "attn_implementation": "sdpa",
             "n_prompts": len(prompts),
-            "prompt_tokens": {"min": min(lens), "median": statistics.median(lens), "max": max(lens), "total": sum(lens)},
+            "prompt_tokens": {
+                "min": min(lens),
+                "median": statistics.median(lens),
+                "max": max(lens),
+                "total": sum(lens),
+            },
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "stop_token_ids": eos,
@@ -340,9 +376,12 @@ def main(argv: list[str] | None = None) -> dict:
             "quick": args.quick,
             "instillm_options": {k: v for k, v in vars(opts).items()},
         },
-        "machine": {**machine_info(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after],
-                    "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in idle_seen]},
+        "machine": {
+            **machine_info(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+            "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in idle_seen],
+        },
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "command": "python benchmarks/generation_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -357,8 +396,10 @@ def main(argv: list[str] | None = None) -> dict:
         med, cpu = statistics.median(seconds[name]), statistics.median(cpu_seconds[name])
         same = "yes" if outputs[name] == naive else "NO"
         print(f"{name:<28}{tps[name]:>10.1f}{med:>10.2f}{cpu:>8.2f}{tps[name] / tps['naive']:>9.2f}x  {same}")
-    print(f"\ninstillm vs HF batched generate: {result['speedup_vs_hf_batched']:.2f}x; "
-          f"load average before/after: {result['machine']['loadavg_before'][0]} / {result['machine']['loadavg_after'][0]}")
+    print(
+        f"\ninstillm vs HF batched generate: {result['speedup_vs_hf_batched']:.2f}x; "
+        f"load average before/after: {result['machine']['loadavg_before'][0]} / {result['machine']['loadavg_after'][0]}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -73,7 +73,7 @@ def rows_for(lengths: list[int], row_length: int, rng: random.Random) -> torch.T
     for r, b in enumerate(chosen):
         start = 0
         for k, i in enumerate(b, start=1):
-            seg[r, start:start + lengths[i]] = k
+            seg[r, start : start + lengths[i]] = k
             start += lengths[i]
     return seg
 
@@ -96,8 +96,10 @@ def measure(seg: torch.Tensor, repeats: int) -> dict[str, Any]:
 
     batch, length = seg.shape
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, h, length, HEAD_DIM, generator=g).bfloat16().requires_grad_()
-               for h in (HEADS, KV_HEADS, KV_HEADS))
+    q, k, v = (
+        torch.randn(batch, h, length, HEAD_DIM, generator=g).bfloat16().requires_grad_()
+        for h in (HEADS, KV_HEADS, KV_HEADS)
+    )
     grad = torch.randn(batch, length, HEADS, HEAD_DIM, generator=g).bfloat16()
     mask = packed_attention_mask(seg, torch.bfloat16)
     pieces = segment_lengths(seg)
@@ -113,9 +115,16 @@ def measure(seg: torch.Tensor, repeats: int) -> dict[str, Any]:
         diff = float(((masked().float() - segments().float()).abs() * real).max())
     mask_ms, seg_ms = time_call(masked, grad, repeats), time_call(segments, grad, repeats)
     sizes = [int(n) for n in (seg.max(dim=1).values)]
-    return {"row_length": length, "rows": batch, "examples": sum(sizes), "real_tokens": int((seg > 0).sum()),
-            "mask_ms": mask_ms, "segments_ms": seg_ms, "speedup": round(mask_ms / seg_ms, 2),
-            "max_abs_output_diff": diff}
+    return {
+        "row_length": length,
+        "rows": batch,
+        "examples": sum(sizes),
+        "real_tokens": int((seg > 0).sum()),
+        "mask_ms": mask_ms,
+        "segments_ms": seg_ms,
+        "speedup": round(mask_ms / seg_ms, 2),
+        "max_abs_output_diff": diff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,17 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     lengths, source = example_lengths()
     rng = random.Random("packed-attention-0")
     rows = [measure(rows_for(lengths, n, rng), args.repeats) for n in (512, 1024, 2048)]
-    result = {"command": "python " + " ".join(["benchmarks/packed_attention.py", *sys.argv[1:]]),
-              "threads": args.threads, "data": source, "examples": len(lengths),
-              "mean_tokens": round(sum(lengths) / len(lengths), 1), "torch": torch.__version__,
-              "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "results": rows}
+    result = {
+        "command": "python " + " ".join(["benchmarks/packed_attention.py", *sys.argv[1:]]),
+        "threads": args.threads,
+        "data": source,
+        "examples": len(lengths),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "torch": torch.__version__,
+        "heads": HEADS,
+        "kv_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "results": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("| row length | rows | examples | real tokens | mask ms | segments ms | speedup |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['row_length']} | {r['rows']} | {r['examples']} | {r['real_tokens']} | {r['mask_ms']} "
-              f"| {r['segments_ms']} | {r['speedup']}x |")
+        print(
+            f"| {r['row_length']} | {r['rows']} | {r['examples']} | {r['real_tokens']} | {r['mask_ms']} "
+            f"| {r['segments_ms']} | {r['speedup']}x |"
+        )
     print(f"\nwrote {args.out}")
     return 0
 

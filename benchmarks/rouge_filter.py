@@ -99,12 +99,21 @@ def run(name: str, texts: list[str], threshold: float) -> dict:
         pairs += k
         k += keep
     result = {
-        "n": len(texts), "kept": kept, "same_decisions": not mismatches, "mismatches": mismatches[:20],
-        "reference_s": round(t_ref, 3), "instillm_s": round(t_ours, 4), "speedup": round(t_ref / t_ours, 1),
-        "pairs_scored_by_reference": pairs, "pairs_with_exact_lcs": exact_pairs,
+        "n": len(texts),
+        "kept": kept,
+        "same_decisions": not mismatches,
+        "mismatches": mismatches[:20],
+        "reference_s": round(t_ref, 3),
+        "instillm_s": round(t_ours, 4),
+        "speedup": round(t_ref / t_ours, 1),
+        "pairs_scored_by_reference": pairs,
+        "pairs_with_exact_lcs": exact_pairs,
     }
-    print(f"{name:12s} n={len(texts)} kept={kept} same_decisions={not mismatches} reference={t_ref:.1f}s "
-          f"instillm={t_ours:.3f}s speedup={t_ref / t_ours:.0f}x exact LCS on {exact_pairs}/{pairs} pairs", flush=True)
+    print(
+        f"{name:12s} n={len(texts)} kept={kept} same_decisions={not mismatches} reference={t_ref:.1f}s "
+        f"instillm={t_ours:.3f}s speedup={t_ref / t_ours:.0f}x exact LCS on {exact_pairs}/{pairs} pairs",
+        flush=True,
+    )
     return result
 
 
@@ -127,11 +136,19 @@ def main() -> None:
     load_before = os.getloadavg()
     inputs = {"real": run("real", real, args.threshold), "conformance": run("conformance", conformance, args.threshold)}
     out = {
-        "n": inputs["real"]["n"], "same_decisions": all(r["same_decisions"] for r in inputs.values()),
-        "speedup": inputs["real"]["speedup"], "threshold": args.threshold, "quick": args.quick, "inputs": inputs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "n": inputs["real"]["n"],
+        "same_decisions": all(r["same_decisions"] for r in inputs.values()),
+        "speedup": inputs["real"]["speedup"],
+        "threshold": args.threshold,
+        "quick": args.quick,
+        "inputs": inputs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")

@@ -18,6 +18,18 @@ finished requests over wall time; tokens/s counts `usage.completion_tokens`; lat
 request. `identical_outputs` is true when both modes gave every request the same text (greedy
 batched == one at a time). Results, with the load average (the machine may be shared), go to
 benchmarks/results/serve_load.json (`--quick`: serve_load_quick.json).
+
+    .venv/bin/python benchmarks/serve_load.py --hostile [--quick] [--clients 4] [--requests-per-client 40]
+
+`--hostile` measures instead what one hostile client does to everybody else. One batched server
+(default limits: 4 MiB bodies, 256 rows); `--clients` threads send small greedy chat requests
+(`--max-tokens`) back to back, first alone ("quiet"), then while one hostile thread loops over:
+a maximum-size chat body (refused from its length, untokenized), a maximum-size completions body
+(256 prompts that are each short enough to be tokenized, then refused for their token count),
+and a maximum-size stream (n=128, max_tokens up to the context) abandoned at its first text.
+Reported: the small requests' p50/p99 latency in both phases and p99 hostile / quiet (the
+target: within 2x), and what the hostile client got. Results go to
+benchmarks/results/serve_load_hostile.json (`--quick`: serve_load_hostile_quick.json).
 """
 
 from __future__ import annotations
@@ -42,6 +54,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "serve_load.json"
 RESULTS_QUICK = REPO / "benchmarks" / "results" / "serve_load_quick.json"
+RESULTS_HOSTILE = REPO / "benchmarks" / "results" / "serve_load_hostile.json"
+RESULTS_HOSTILE_QUICK = REPO / "benchmarks" / "results" / "serve_load_hostile_quick.json"
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the server's default --max-request-bytes
+MAX_ROWS = 256  # and --max-rows
 MODES = {"batched": 32, "serial": 1}
 
 TOPICS = ["the ocean", "bread", "a binary search", "autumn rain", "Python tuples", "the moon", "chess",
@@ -151,6 +167,155 @@ def print_table(rows: list[dict]) -> None:
               f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} {r['p95_latency_s']:7.3f}")
 
 
+# --------------------------------------------------------------------------------------------
+# --hostile
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def small_latencies(url: str, clients: int, per_client: int, max_tokens: int) -> list[float]:
+    """Latencies of `clients` threads each sending `per_client` small chat requests back to back."""
+    lat: list[float] = []
+
+    def client_loop(c: int) -> None:
+        with httpx.Client() as client:
+            for k in range(per_client):
+                lat.append(one_request(client, url, c * per_client + k, max_tokens)[0])
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(lat) != clients * per_client:
+        raise SystemExit(f"only {len(lat)} of {clients * per_client} small requests succeeded")
+    return lat
+
+
+def summary(lat: list[float]) -> dict:
+    return {"requests": len(lat), "p50_latency_s": round(percentile(lat, 0.5), 3),
+            "p99_latency_s": round(percentile(lat, 0.99), 3), "max_latency_s": round(max(lat), 3)}
+
+
+def big_chat_body() -> bytes:
+    """A chat request of MAX_REQUEST_BYTES: one message far longer than any context."""
+    def body(text: str) -> bytes:
+        return json.dumps({"model": "bench", "messages": [{"role": "user", "content": text}], "max_tokens": 8}).encode()
+
+    room, unit = MAX_REQUEST_BYTES - len(body("")), "All work and no play makes a dull server. "
+    return body((unit * (room // len(unit) + 1))[:room])
+
+
+def big_prompts_body() -> bytes:
+    """A completions request of about MAX_REQUEST_BYTES: MAX_ROWS prompts of ~16k characters each."""
+    prompt = "the quick brown fox jumps over the lazy dog " * ((MAX_REQUEST_BYTES - 4096) // MAX_ROWS // 44)
+    return json.dumps({"model": "bench", "prompt": [prompt] * MAX_ROWS, "max_tokens": 8}).encode()
+
+
+class Hostile:
+    """One client looping over maximum-size bodies and abandoned maximum-size streams until stopped."""
+
+    def __init__(self, url: str, context: int) -> None:
+        self.url, self.context = url, context
+        self.bodies = {"chat": big_chat_body(), "prompts": big_prompts_body()}
+        self.stop = threading.Event()
+        self.counts: dict[str, int] = {}
+        self.first_text_s: list[float] = []
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def post_big(self, client: httpx.Client, kind: str) -> None:
+        path = "/chat/completions" if kind == "chat" else "/completions"
+        r = client.post(self.url + path, content=self.bodies[kind], headers={"Content-Type": "application/json"},
+                        timeout=120)
+        self.count(f"{kind}_body_{r.status_code}")
+
+    def abandon_stream(self, client: httpx.Client) -> None:
+        body = {"model": "bench", "messages": [{"role": "user", "content": "Write a long story."}], "n": 128,
+                "max_tokens": self.context - 64, "temperature": 0, "stream": True}
+        t0 = time.perf_counter()
+        with client.stream("POST", self.url + "/chat/completions", json=body, timeout=120) as r:
+            lines = r.iter_lines()
+            next((x for x in lines if '"content": "' in x and '"content": ""' not in x), None)
+            self.first_text_s.append(time.perf_counter() - t0)
+        self.count(f"stream_{r.status_code}_abandoned")
+
+    def run(self) -> None:
+        with httpx.Client() as client:
+            while not self.stop.is_set():
+                for step in (lambda: self.post_big(client, "chat"), lambda: self.post_big(client, "prompts"),
+                             lambda: self.abandon_stream(client)):
+                    if not self.stop.is_set():
+                        step()
+
+
+def hostile_phase(url: str, args: argparse.Namespace) -> tuple[list[float], Hostile]:
+    """Small requests' latencies while a Hostile client runs beside them."""
+    context = httpx.get(url + "/models", timeout=10).json()["data"][0]["max_model_len"]
+    hostile = Hostile(url, context)
+    thread = threading.Thread(target=hostile.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # let it get going
+    lat = small_latencies(url, args.clients, args.requests_per_client, args.max_tokens)
+    hostile.stop.set()
+    thread.join(300)
+    return lat, hostile
+
+
+def run_hostile(model: Path, args: argparse.Namespace, log: Path) -> dict:
+    """Quiet, then hostile; the small requests' latencies of both."""
+    proc, url = start_server(model, MODES["batched"], args.threads, log)
+    try:
+        with httpx.Client() as client:  # warm-up
+            for i in range(2):
+                one_request(client, url, 10_000 + i, args.max_tokens)
+        quiet = small_latencies(url, args.clients, args.requests_per_client, args.max_tokens)
+        loud, hostile = hostile_phase(url, args)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ratio = percentile(loud, 0.99) / percentile(quiet, 0.99)
+    return {"quiet": summary(quiet), "hostile": summary(loud), "p99_ratio": round(ratio, 2),
+            "target_met": ratio <= 2.0, "hostile_client": hostile.counts,
+            "hostile_stream_first_text_s": round(statistics.median(hostile.first_text_s), 3)
+            if hostile.first_text_s else None}
+
+
+def print_hostile(res: dict) -> None:
+    for phase in ("quiet", "hostile"):
+        r = res[phase]
+        print(f"{phase:8s} {r['requests']:4d} small requests  p50 {r['p50_latency_s']:7.3f} s  "
+              f"p99 {r['p99_latency_s']:7.3f} s  max {r['max_latency_s']:7.3f} s")
+    print(f"p99 hostile / quiet: {res['p99_ratio']} (target <= 2: {'met' if res['target_met'] else 'NOT met'})")
+    print(f"hostile client: {res['hostile_client']}")
+
+
+def machine(load_before: tuple) -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+
+
+def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
+    res = run_hostile(model, args, tmp / "serve-hostile.log")
+    print_hostile(res)
+    path = RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "benchmark": "serve_load_hostile", "quick": args.quick, "model": str(args.model or f"preset:{args.preset}"),
+        "max_tokens": args.max_tokens, "clients": args.clients, "requests_per_client": args.requests_per_client,
+        "server_threads": args.threads, "max_request_bytes": MAX_REQUEST_BYTES, "max_rows": MAX_ROWS, **res,
+        "machine": machine(load_before)}, indent=1))
+    print(f"→ {path}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, help="a saved model directory (default: build --preset)")
@@ -160,26 +325,37 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
     p.add_argument("--quick", action="store_true", help="tiny preset, fewer and shorter requests (~1-2 min)")
+    p.add_argument("--hostile", action="store_true", help="small requests' latency beside a hostile client")
+    p.add_argument("--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2)")
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "small")
     args.max_tokens = args.max_tokens or (16 if args.quick else 32)
-    args.requests_per_client = args.requests_per_client or (3 if args.quick else 4)
+    per_client = (25, 40) if args.hostile else (3, 4)
+    args.requests_per_client = args.requests_per_client or per_client[0 if args.quick else 1]
+    args.clients = args.clients or (2 if args.quick else 4)
     return args
+
+
+def build_model(args: argparse.Namespace, tmp: Path) -> Path:
+    """--model, or the --preset built (random weights) in `tmp`."""
+    if args.model is not None:
+        return args.model
+    import torch
+
+    from instillm.models.factory import init_model
+
+    torch.set_num_threads(args.threads)
+    init_model(preset=args.preset, output_dir=tmp / args.preset, seed=0)
+    return tmp / args.preset
 
 
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            import torch
-
-            from instillm.models.factory import init_model
-
-            torch.set_num_threads(args.threads)
-            model = Path(tmp) / args.preset
-            init_model(preset=args.preset, output_dir=model, seed=0)
+        model = build_model(args, Path(tmp))
+        if args.hostile:
+            return main_hostile(args, model, Path(tmp), load_before)
         rows = [r for mode in MODES for r in run_mode(model, mode, args, Path(tmp) / f"serve-{mode}.log")]
     by_mode = {m: [r for r in rows if r["mode"] == m] for m in MODES}
     identical = all(a["texts"] == b["texts"] for a, b in zip(by_mode["batched"], by_mode["serial"]))

@@ -109,20 +109,24 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "capability": torch.backends.cpu.get_cpu_capability(),
-            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
 
 
 def busy_processes() -> list[str]:
     """Other processes using CPU right now (`ps`), to say how loaded the machine was."""
     try:
-        out = subprocess.run(["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu"], capture_output=True, text=True,
-                             timeout=10).stdout.splitlines()[1:]
+        out = subprocess.run(
+            ["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[1:]
     except (OSError, subprocess.SubprocessError):
         return []
     me = os.getpid()
-    rows = [ln.strip()[:120] for ln in out if ln.split() and float(ln.split()[0]) >= 5.0
-            and int(ln.split()[1]) != me]
+    rows = [ln.strip()[:120] for ln in out if ln.split() and float(ln.split()[0]) >= 5.0 and int(ln.split()[1]) != me]
     return rows[:8]
 
 
@@ -187,9 +191,14 @@ def build_data(work: Path, rows_per_file: int) -> tuple[Path, dict[str, Any]]:
         src = work / "t0_sample.jsonl"
         src.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
         summary = import_files([src], out)
-        info = {"source": "t0_multitask", "files": len(files), "rows_per_file": rows_per_file,
-                "rows": summary.rows_read, "imported": summary.rows_imported,
-                "rejected": dict(summary.rejects_by_reason)}
+        info = {
+            "source": "t0_multitask",
+            "files": len(files),
+            "rows_per_file": rows_per_file,
+            "rows": summary.rows_read,
+            "imported": summary.rows_imported,
+            "rejected": dict(summary.rejects_by_reason),
+        }
     else:
         from instillm.data.skills import build_suite
 
@@ -199,15 +208,38 @@ def build_data(work: Path, rows_per_file: int) -> tuple[Path, dict[str, Any]]:
     return out, info
 
 
-def instillm_config(model_dir: Path, data: Path, out: Path, precision: str, packing: bool, group: bool,
-                    batch_size: int, total_steps: int, **extra: Any):
+def instillm_config(
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    precision: str,
+    packing: bool,
+    group: bool,
+    batch_size: int,
+    total_steps: int,
+    **extra: Any,
+):
     from instillm.train.config import TrainConfig
 
-    return TrainConfig(model=str(model_dir), datasets=({"path": str(data)},), output_dir=str(out),
-                       max_length=MAX_LENGTH, truncation="drop", packing=packing, group_by_length=group,
-                       batch_size=batch_size, learning_rate=LR, lr_scheduler="constant", weight_decay=0.0,
-                       max_grad_norm=1.0, max_steps=total_steps, seed=SEED, precision=precision,
-                       logging_interval=10_000, **extra)
+    return TrainConfig(
+        model=str(model_dir),
+        datasets=({"path": str(data)},),
+        output_dir=str(out),
+        max_length=MAX_LENGTH,
+        truncation="drop",
+        packing=packing,
+        group_by_length=group,
+        batch_size=batch_size,
+        learning_rate=LR,
+        lr_scheduler="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_steps=total_steps,
+        seed=SEED,
+        precision=precision,
+        logging_interval=10_000,
+        **extra,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,29 +255,58 @@ def fresh_accelerate() -> None:
     GradientState._reset_state()
 
 
-def summarize(name: str, side: str, precision: str, step_ends: list[float], t_start: float,
-              tokens: list[int], losses: list[float], trained: list[int], warmup: int,
-              load: tuple[float, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(
+    name: str,
+    side: str,
+    precision: str,
+    step_ends: list[float],
+    t_start: float,
+    tokens: list[int],
+    losses: list[float],
+    trained: list[int],
+    warmup: int,
+    load: tuple[float, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Row of one run: tokens/s over the measured steps (after `warmup`), losses per step."""
     ends = [t_start] + step_ends
     measured = len(step_ends) - warmup
     seconds = ends[-1] - ends[warmup]
-    n_tok = sum(tokens[warmup:warmup + measured])
-    row = {"name": name, "side": side, "precision": precision, "threads": torch.get_num_threads(),
-           "warmup_steps": warmup, "measured_steps": measured, "seconds": round(seconds, 3),
-           "tokens": n_tok, "tokens_per_s": round(n_tok / seconds, 2) if seconds > 0 else None,
-           "tokens_per_step": tokens, "step_seconds": [round(b - a, 3) for a, b in zip(ends, ends[1:])],
-           "losses": [round(x, 5) for x in losses], "trained_tokens_per_step": trained,
-           "load_avg_1min": [round(load[0], 2), round(load[1], 2)]}
+    n_tok = sum(tokens[warmup : warmup + measured])
+    row = {
+        "name": name,
+        "side": side,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "warmup_steps": warmup,
+        "measured_steps": measured,
+        "seconds": round(seconds, 3),
+        "tokens": n_tok,
+        "tokens_per_s": round(n_tok / seconds, 2) if seconds > 0 else None,
+        "tokens_per_step": tokens,
+        "step_seconds": [round(b - a, 3) for a, b in zip(ends, ends[1:])],
+        "losses": [round(x, 5) for x in losses],
+        "trained_tokens_per_step": trained,
+        "load_avg_1min": [round(load[0], 2), round(load[1], 2)],
+    }
     row.update(extra or {})
-    log(f"{side:8s} {precision:4s} {name:34s} {row['tokens_per_s']} tok/s "
-        f"({n_tok} tokens / {seconds:.1f} s, threads {row['threads']})")
+    log(
+        f"{side:8s} {precision:4s} {name:34s} {row['tokens_per_s']} tok/s "
+        f"({n_tok} tokens / {seconds:.1f} s, threads {row['threads']})"
+    )
     return row
 
 
-def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | None = None,
-                 optimizer: str = "fused", compile_decoder: bool = False,
-                 profile_to: Path | None = None) -> dict[str, Any]:
+def run_instillm(
+    name: str,
+    cfg: Any,
+    warmup: int,
+    *,
+    replay: list[list[int]] | None = None,
+    optimizer: str = "fused",
+    compile_decoder: bool = False,
+    profile_to: Path | None = None,
+) -> dict[str, Any]:
     """`cfg.max_steps` optimizer steps of instillm's engine (setup + train_step), timed per step.
 
     replay: the example indices of each step (another run's), trained in that order instead of
@@ -261,8 +322,9 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
         run = L.setup(dataclasses.replace(cfg, compile=compile_decoder))  # TrainConfig.compile
     if optimizer != "fused":  # lever: the optimizer implementation instillm used before (per-parameter loop)
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in run.optimizer.param_groups]
-        run.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                          foreach=optimizer == "foreach")
+        run.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=optimizer == "foreach"
+        )
         run.scheduler = L.build_scheduler(run.optimizer, cfg, run.plan)
     items, pad = run.data.train, run.tokenizer.pad_token_id
     lengths = [len(r) for r in items]
@@ -287,8 +349,9 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
         else:
             epoch = step // run.plan.steps_per_epoch
             if epoch != cached:
-                epoch_batches = epoch_micro_batches(lengths, cfg.batch_size, cfg.max_length, cfg.packing,
-                                                    cfg.group_by_length, cfg.seed, epoch)
+                epoch_batches = epoch_micro_batches(
+                    lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
+                )
                 cached = epoch
             batches = L.step_batches(run, epoch_batches, step)
         stats = L.train_step(run.loss_module, batches, run.optimizer, run.scheduler, run.accelerator, cfg)
@@ -299,12 +362,27 @@ def run_instillm(name: str, cfg: Any, warmup: int, *, replay: list[list[int]] | 
     if prof is not None:
         prof.__exit__(None, None, None)
         write_profile(profile_to, prof, name, cfg, ends[-1] - t_prof, tokens[-1])
-    return summarize(name, "instillm", cfg.precision, ends, t_start, tokens, losses, trained, warmup,
-                     (load0, os.getloadavg()[0]),
-                     {"packing": cfg.packing, "group_by_length": cfg.group_by_length, "batch_size": cfg.batch_size,
-                      "attn_implementation": L.unwrap(run.model).config._attn_implementation,
-                      "optimizer": optimizer, "compile": compile_decoder,
-                      "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device("cpu"))})
+    return summarize(
+        name,
+        "instillm",
+        cfg.precision,
+        ends,
+        t_start,
+        tokens,
+        losses,
+        trained,
+        warmup,
+        (load0, os.getloadavg()[0]),
+        {
+            "packing": cfg.packing,
+            "group_by_length": cfg.group_by_length,
+            "batch_size": cfg.batch_size,
+            "attn_implementation": L.unwrap(run.model).config._attn_implementation,
+            "optimizer": optimizer,
+            "compile": compile_decoder,
+            "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device("cpu")),
+        },
+    )
 
 
 def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, tokens: int) -> None:
@@ -312,30 +390,59 @@ def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, to
     total = sum(e.self_cpu_time_total for e in events)
     # bmm and softmax are attention's: the per-example kernel (packed_attention: segments) is two
     # bmm's and a softmax forward; the decoder's other bmm (rotary angles) is (B, 32, 1) @ (B, 1, L).
-    groups = {"matmul (mm/addmm)": ("aten::mm", "aten::addmm"),
-              "attention (sdpa, or bmm + softmax)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
-                                                     "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
-                                                     "aten::bmm", "aten::baddbmm", "aten::_softmax",
-                                                     "aten::_softmax_backward_data"),
-              "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone"),
-              "optimizer (fused AdamW)": ("aten::_fused_adamw_",),
-              "elementwise and reductions": ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sum",
-                                             "aten::pow", "aten::silu", "aten::silu_backward", "aten::fill_",
-                                             "aten::div", "aten::neg", "aten::rsqrt", "aten::mean", "aten::cat",
-                                             "aten::linalg_vector_norm", "aten::_log_softmax",
-                                             "aten::_log_softmax_backward_data", "aten::nll_loss_forward",
-                                             "aten::masked_fill_", "aten::index", "aten::index_put_"),
-              "compiled (inductor) kernels": ("## Call CompiledFxGraph",)}
-    lines = [f"torch.profiler, one instillm optimizer step: {name} ({cfg.precision}, packing={cfg.packing}, "
-             f"group_by_length={cfg.group_by_length}, batch_size={cfg.batch_size}), {tokens} real tokens, "
-             f"{seconds:.2f} s under the profiler, torch threads {torch.get_num_threads()}, "
-             f"load average {os.getloadavg()[0]:.2f}", "", "self CPU time by group:"]
+    groups = {
+        "matmul (mm/addmm)": ("aten::mm", "aten::addmm"),
+        "attention (sdpa, or bmm + softmax)": (
+            "aten::_scaled_dot_product_flash_attention_for_cpu",
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+            "aten::bmm",
+            "aten::baddbmm",
+            "aten::_softmax",
+            "aten::_softmax_backward_data",
+        ),
+        "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone"),
+        "optimizer (fused AdamW)": ("aten::_fused_adamw_",),
+        "elementwise and reductions": (
+            "aten::mul",
+            "aten::mul_",
+            "aten::add",
+            "aten::add_",
+            "aten::sum",
+            "aten::pow",
+            "aten::silu",
+            "aten::silu_backward",
+            "aten::fill_",
+            "aten::div",
+            "aten::neg",
+            "aten::rsqrt",
+            "aten::mean",
+            "aten::cat",
+            "aten::linalg_vector_norm",
+            "aten::_log_softmax",
+            "aten::_log_softmax_backward_data",
+            "aten::nll_loss_forward",
+            "aten::masked_fill_",
+            "aten::index",
+            "aten::index_put_",
+        ),
+        "compiled (inductor) kernels": ("## Call CompiledFxGraph",),
+    }
+    lines = [
+        f"torch.profiler, one instillm optimizer step: {name} ({cfg.precision}, packing={cfg.packing}, "
+        f"group_by_length={cfg.group_by_length}, batch_size={cfg.batch_size}), {tokens} real tokens, "
+        f"{seconds:.2f} s under the profiler, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        "",
+        "self CPU time by group:",
+    ]
     for label, names in groups.items():
-        t = sum(e.self_cpu_time_total for e in events if e.key in names or any(
-            e.key.startswith(n) for n in names if n.startswith("## ")))
+        t = sum(
+            e.self_cpu_time_total
+            for e in events
+            if e.key in names or any(e.key.startswith(n) for n in names if n.startswith("## "))
+        )
         lines.append(f"  {label:36s} {t / 1e6:8.3f} s  {100 * t / max(total, 1):5.1f}%")
-    lines += [f"  {'all ops':36s} {total / 1e6:8.3f} s", "",
-              events.table(sort_by="self_cpu_time_total", row_limit=30)]
+    lines += [f"  {'all ops':36s} {total / 1e6:8.3f} s", "", events.table(sort_by="self_cpu_time_total", row_limit=30)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -356,15 +463,26 @@ class _CountingCollator:
             bounds = list(f["seq_lengths"]) if "seq_lengths" in f else [len(seq)]
             start = 0
             for length in bounds:
-                ids.append(self.index.get(tuple(seq[start:start + length]), -1))
+                ids.append(self.index.get(tuple(seq[start : start + length]), -1))
                 start += length
         self.tokens.append(n)
         self.examples.append(ids)
         return self.inner(features)
 
 
-def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, model_dir: Path, work: Path,
-            batch: int, warmup: int, steps: int, compile: bool = False) -> dict[str, Any]:
+def run_trl(
+    name: str,
+    mode: str,
+    precision: str,
+    items: list,
+    tokenizer: Any,
+    model_dir: Path,
+    work: Path,
+    batch: int,
+    warmup: int,
+    steps: int,
+    compile: bool = False,
+) -> dict[str, Any]:
     """`warmup + steps` optimizer steps of TRL's SFTTrainer.train(), timed per step by a callback.
 
     compile: TrainingArguments.torch_compile (the whole model, inductor).
@@ -380,15 +498,37 @@ def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, m
     load0 = os.getloadavg()[0]
     fresh_accelerate()
     datasets.disable_progress_bars()
-    ds = Dataset.from_dict({"input_ids": [list(r.input_ids) for r in items],
-                            "completion_mask": [[int(x != IGNORE_INDEX) for x in r.labels] for r in items]})
+    ds = Dataset.from_dict(
+        {
+            "input_ids": [list(r.input_ids) for r in items],
+            "completion_mask": [[int(x != IGNORE_INDEX) for x in r.labels] for r in items],
+        }
+    )
     kwargs: dict[str, Any] = dict(
-        output_dir=str(work / f"trl-{name}"), max_steps=warmup + steps, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, bf16=precision == "bf16", fp16=False, activation_checkpointing=False,
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-        seed=SEED, data_seed=SEED, dataloader_num_workers=0, use_cpu=True, completion_only_loss=True,
-        max_length=MAX_LENGTH)
+        output_dir=str(work / f"trl-{name}"),
+        max_steps=warmup + steps,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=precision == "bf16",
+        fp16=False,
+        activation_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=SEED,
+        data_seed=SEED,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        completion_only_loss=True,
+        max_length=MAX_LENGTH,
+    )
     if compile:
         kwargs["torch_compile"] = True
     if mode == "grouped":
@@ -424,12 +564,27 @@ def run_trl(name: str, mode: str, precision: str, items: list, tokenizer: Any, m
     trained = []
     for ids in counting.examples[:n]:
         trained.append(sum(items[i].n_trained - (items[i].labels[0] != IGNORE_INDEX) for i in ids if i >= 0))
-    return summarize(name, "trl", precision, clock.ends, t_start, counting.tokens[:n], clock.losses[:n],
-                     trained, warmup, (load0, os.getloadavg()[0]),
-                     {"mode": mode + (" + torch_compile" if compile else ""), "per_device_train_batch_size": batch, "step_examples": counting.examples[:n],
-                      "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
-                      "optim": str(args.optim), "activation_checkpointing": args.activation_checkpointing,
-                      "torch_compile": bool(args.torch_compile)})
+    return summarize(
+        name,
+        "trl",
+        precision,
+        clock.ends,
+        t_start,
+        counting.tokens[:n],
+        clock.losses[:n],
+        trained,
+        warmup,
+        (load0, os.getloadavg()[0]),
+        {
+            "mode": mode + (" + torch_compile" if compile else ""),
+            "per_device_train_batch_size": batch,
+            "step_examples": counting.examples[:n],
+            "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
+            "optim": str(args.optim),
+            "activation_checkpointing": args.activation_checkpointing,
+            "torch_compile": bool(args.torch_compile),
+        },
+    )
 
 
 def tail_loss(losses: list[float], trained: list[int], examples_per_step: list[int], frac: float = 0.2) -> float:
@@ -441,7 +596,7 @@ def tail_loss(losses: list[float], trained: list[int], examples_per_step: list[i
         k -= 1
         acc += examples_per_step[k]
     w = trained[k:]
-    return sum(l * t for l, t in zip(losses[k:], w)) / max(sum(w), 1)
+    return sum(loss * t for loss, t in zip(losses[k:], w)) / max(sum(w), 1)
 
 
 def optimizer_step_ms(model_dir: Path, rounds: int) -> dict[str, float]:
@@ -501,17 +656,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="auto", choices=("auto", "1", "2"))
     ap.add_argument("--warmup", type=int, default=None, help="warm-up optimizer steps (default 2, quick 1)")
     ap.add_argument("--steps", type=int, default=None, help="measured optimizer steps (default 16, quick 2)")
-    ap.add_argument("--slow-steps", type=int, default=None,
-                    help="measured steps of runs with emulated (slow) bf16 matmuls, after 1 warm-up (default 2, quick 1)")
+    ap.add_argument(
+        "--slow-steps",
+        type=int,
+        default=None,
+        help="measured steps of runs with emulated (slow) bf16 matmuls, after 1 warm-up (default 2, quick 1)",
+    )
     ap.add_argument("--seqs", type=int, default=None, help="sequences per optimizer step (default 8, quick 2)")
     ap.add_argument("--rows-per-file", type=int, default=None, help="T0 rows sampled per file (default 4, quick 2)")
     ap.add_argument("--no-levers", action="store_true", help="skip the instillm lever runs")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
-    ap.add_argument("--no-trl-compile", action="store_true",
-                    help=f"skip TRL with torch_compile=True ({', '.join(TRL_COMPILED_MODES)}; never with --quick)")
+    ap.add_argument(
+        "--no-trl-compile",
+        action="store_true",
+        help=f"skip TRL with torch_compile=True ({', '.join(TRL_COMPILED_MODES)}; never with --quick)",
+    )
     ap.add_argument("--fp32", action="store_true", help="also compare in fp32 (instillm vs the four TRL modes)")
-    ap.add_argument("--out", default=None, help="default results/train_throughput.json "
-                                                  "(--quick: results/train_throughput_quick.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="default results/train_throughput.json (--quick: results/train_throughput_quick.json)",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
@@ -525,10 +690,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS / ("train_throughput_quick.json" if q else "train_throughput.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     emulated_bf16 = not machine_info()["onednn_bf16"]  # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops
-    result: dict[str, Any] = {"command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
-                              "quick": q, "machine": machine_info(), "versions": versions(),
-                              "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-                              "busy_processes_start": busy_processes()}
+    result: dict[str, Any] = {
+        "command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
+        "quick": q,
+        "machine": machine_info(),
+        "versions": versions(),
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "busy_processes_start": busy_processes(),
+    }
     from instillm.models.factory import init_model
     from instillm.models.loading import count_parameters, load_model, load_tokenizer
     from instillm.train.loop import prepare_data
@@ -547,14 +716,27 @@ def main(argv: list[str] | None = None) -> int:
         lengths = [len(r) for r in items]
         mean_len = sum(lengths) / len(lengths)
         rows = max(1, round(seqs * mean_len / MAX_LENGTH))
-        data_info.update({"examples": len(items), "dropped_over_512": dict(td.render_stats.dropped),
-                          "mean_tokens": round(mean_len, 1), "trained_fraction": round(
-                              sum(r.n_trained for r in items) / sum(lengths), 4)})
-        result.update({"params": n_params, "data": data_info,
-                       "batch": {"sequences_per_step": seqs, "packed_rows_per_step": rows,
-                                 "approx_tokens_per_step": round(seqs * mean_len),
-                                 "note": "same real tokens per optimizer step on every side"},
-                       "optimizer": {"lr": LR, "schedule": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0}})
+        data_info.update(
+            {
+                "examples": len(items),
+                "dropped_over_512": dict(td.render_stats.dropped),
+                "mean_tokens": round(mean_len, 1),
+                "trained_fraction": round(sum(r.n_trained for r in items) / sum(lengths), 4),
+            }
+        )
+        result.update(
+            {
+                "params": n_params,
+                "data": data_info,
+                "batch": {
+                    "sequences_per_step": seqs,
+                    "packed_rows_per_step": rows,
+                    "approx_tokens_per_step": round(seqs * mean_len),
+                    "note": "same real tokens per optimizer step on every side",
+                },
+                "optimizer": {"lr": LR, "schedule": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0},
+            }
+        )
         log(f"{len(items)} examples, mean {mean_len:.0f} tokens; {seqs} sequences or {rows} packed rows per step")
 
         if args.threads == "auto":
@@ -569,8 +751,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"matmul GFLOP/s: {result['matmul_peak']}")
 
         def cfg(name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any):
-            return instillm_config(model_dir, data_path, work / f"i-{name}-{time.perf_counter_ns()}", precision,
-                                   packing, group, rows if packing else seqs, total, **extra)
+            return instillm_config(
+                model_dir,
+                data_path,
+                work / f"i-{name}-{time.perf_counter_ns()}",
+                precision,
+                packing,
+                group,
+                rows if packing else seqs,
+                total,
+                **extra,
+            )
 
         # ---- instillm levers (bf16 unless named): batching, optimizer, threads, native bf16, compile
         levers: list[dict[str, Any]] = []
@@ -579,8 +770,9 @@ def main(argv: list[str] | None = None) -> int:
             for label, packing, group in (("packed", True, False), ("length-grouped", False, True)):
                 levers.append(run_instillm(f"{label}", cfg(label, "bf16", packing, group, warmup + steps), warmup))
             if not q:
-                levers.append(run_instillm("unpacked (random order)", cfg("u", "bf16", False, False, warmup + steps),
-                                           warmup))
+                levers.append(
+                    run_instillm("unpacked (random order)", cfg("u", "bf16", False, False, warmup + steps), warmup)
+                )
             top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
             best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
             bl = "packed" if best["packing"] else "length-grouped"
@@ -588,47 +780,88 @@ def main(argv: list[str] | None = None) -> int:
             log(f"AdamW step, ms: {result['optimizer_step_ms']}")
             if not q:
                 if best["packing"]:  # the packed lever above attends per example (packed_attention: auto)
-                    levers.append(run_instillm("packed, block-diagonal mask over whole rows (packed_attention: mask)",
-                                               cfg("m", "bf16", True, False, warmup + steps, packed_attention="mask"),
-                                               warmup))
-                levers.append(run_instillm(f"{bl}, per-parameter AdamW (old default)",
-                                           cfg("o", "bf16", best["packing"], best["group"], warmup + steps),
-                                           warmup, optimizer="for-loop"))
+                    levers.append(
+                        run_instillm(
+                            "packed, block-diagonal mask over whole rows (packed_attention: mask)",
+                            cfg("m", "bf16", True, False, warmup + steps, packed_attention="mask"),
+                            warmup,
+                        )
+                    )
+                levers.append(
+                    run_instillm(
+                        f"{bl}, per-parameter AdamW (old default)",
+                        cfg("o", "bf16", best["packing"], best["group"], warmup + steps),
+                        warmup,
+                        optimizer="for-loop",
+                    )
+                )
                 other = 2 if threads == 1 else 1
                 torch.set_num_threads(other)
-                levers.append(run_instillm(f"{bl}, {other} thread(s) (4 measured steps)",
-                                           cfg("t", "bf16", best["packing"], best["group"], 1 + 4), 1))
+                levers.append(
+                    run_instillm(
+                        f"{bl}, {other} thread(s) (4 measured steps)",
+                        cfg("t", "bf16", best["packing"], best["group"], 1 + 4),
+                        1,
+                    )
+                )
                 torch.set_num_threads(threads)
                 if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
-                    levers.append(run_instillm(f"{bl}, native bf16 kernels",
-                                               cfg("n", "bf16", best["packing"], best["group"], 1 + slow,
-                                                   cpu_bf16_matmul="native"), 1))
+                    levers.append(
+                        run_instillm(
+                            f"{bl}, native bf16 kernels",
+                            cfg("n", "bf16", best["packing"], best["group"], 1 + slow, cpu_bf16_matmul="native"),
+                            1,
+                        )
+                    )
                 else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
-                    levers.append(run_instillm(f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
-                                               cfg("f", "bf16", best["packing"], best["group"], warmup + steps,
-                                                   cpu_bf16_matmul="fp32"), warmup))
+                    levers.append(
+                        run_instillm(
+                            f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
+                            cfg("f", "bf16", best["packing"], best["group"], warmup + steps, cpu_bf16_matmul="fp32"),
+                            warmup,
+                        )
+                    )
                 if not args.no_compile:
                     cprec = "fp32" if emulated_bf16 else "bf16"
                     try:  # 3 warm-up steps: compilation (and a recompile for the second shape)
-                        levers.append(run_instillm(f"{bl}, {cprec}, torch.compile(decoder)",
-                                                   cfg("c", cprec, best["packing"], best["group"], 3 + steps),
-                                                   3, compile_decoder=True))
+                        levers.append(
+                            run_instillm(
+                                f"{bl}, {cprec}, torch.compile(decoder)",
+                                cfg("c", cprec, best["packing"], best["group"], 3 + steps),
+                                3,
+                                compile_decoder=True,
+                            )
+                        )
                     except Exception as e:  # report why, keep going
-                        levers.append({"name": f"{bl}, {cprec}, torch.compile(decoder)", "side": "instillm",
-                                       "error": f"{type(e).__name__}: {str(e)[:300]}"})
-                    levers.append(run_instillm(f"{bl}, {cprec}, eager (same steps as compile)",
-                                               cfg("e", cprec, best["packing"], best["group"], 3 + steps), 3))
+                        levers.append(
+                            {
+                                "name": f"{bl}, {cprec}, torch.compile(decoder)",
+                                "side": "instillm",
+                                "error": f"{type(e).__name__}: {str(e)[:300]}",
+                            }
+                        )
+                    levers.append(
+                        run_instillm(
+                            f"{bl}, {cprec}, eager (same steps as compile)",
+                            cfg("e", cprec, best["packing"], best["group"], 3 + steps),
+                            3,
+                        )
+                    )
                     comp, eager = levers[-2], levers[-1]
                     # adopted when it measured faster (bf16 only: the comparison is in bf16)
-                    best["compile"] = (cprec == "bf16" and "error" not in comp
-                                       and comp["tokens_per_s"] > eager["tokens_per_s"])
+                    best["compile"] = (
+                        cprec == "bf16" and "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
+                    )
         result["levers"] = levers
         best_label = "packed" if best["packing"] else "length-grouped"
-        result["instillm_best_setting"] = {"batching": best_label, "optimizer": "fused AdamW",
-                                           "packed_attention": "segments (auto)" if best["packing"] else None,
-                                           "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else
-                                                                          "native oneDNN bf16") + ")",
-                                           "threads": threads, "torch_compile": best["compile"]}
+        result["instillm_best_setting"] = {
+            "batching": best_label,
+            "optimizer": "fused AdamW",
+            "packed_attention": "segments (auto)" if best["packing"] else None,
+            "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else "native oneDNN bf16") + ")",
+            "threads": threads,
+            "torch_compile": best["compile"],
+        }
         if best["compile"]:
             best_label += " + torch.compile"
         iw = 3 if best["compile"] else warmup  # compiled: the first steps compile (and recompile once)
@@ -642,14 +875,31 @@ def main(argv: list[str] | None = None) -> int:
             if not (q or args.no_trl_compile or (prec == "bf16" and emulated_bf16)):
                 modes += [(m, True) for m in TRL_COMPILED_MODES]
             for mode, trl_compile in modes:
-                comparison[prec]["instillm"].append(run_instillm(
-                    f"{best_label}", cfg(f"cmp-{prec}", prec, best["packing"], best["group"], iw + steps), iw,
-                    compile_decoder=best["compile"] and prec == "bf16"))
+                comparison[prec]["instillm"].append(
+                    run_instillm(
+                        f"{best_label}",
+                        cfg(f"cmp-{prec}", prec, best["packing"], best["group"], iw + steps),
+                        iw,
+                        compile_decoder=best["compile"] and prec == "bf16",
+                    )
+                )
                 slow_bf16 = prec == "bf16" and emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
                 w, m = (1, slow) if slow_bf16 else (3 if trl_compile else warmup, steps)
-                comparison[prec]["trl"].append(run_trl(
-                    mode + ("-compiled" if trl_compile else ""), mode, prec, items, tokenizer, model_dir, work,
-                    rows if mode == "packed" else seqs, w, m, compile=trl_compile))
+                comparison[prec]["trl"].append(
+                    run_trl(
+                        mode + ("-compiled" if trl_compile else ""),
+                        mode,
+                        prec,
+                        items,
+                        tokenizer,
+                        model_dir,
+                        work,
+                        rows if mode == "packed" else seqs,
+                        w,
+                        m,
+                        compile=trl_compile,
+                    )
+                )
         result["comparison"] = comparison
 
         def med(rs: list[dict[str, Any]]) -> float:
@@ -658,9 +908,12 @@ def main(argv: list[str] | None = None) -> int:
         summary: dict[str, Any] = {}
         for prec in precisions:
             trl_best = max(comparison[prec]["trl"], key=lambda r: r["tokens_per_s"])
-            summary[prec] = {"instillm": med(comparison[prec]["instillm"]), "trl_best": trl_best["tokens_per_s"],
-                             "trl_best_config": trl_best["mode"],
-                             "trl": {r["mode"]: r["tokens_per_s"] for r in comparison[prec]["trl"]}}
+            summary[prec] = {
+                "instillm": med(comparison[prec]["instillm"]),
+                "trl_best": trl_best["tokens_per_s"],
+                "trl_best_config": trl_best["mode"],
+                "trl": {r["mode"]: r["tokens_per_s"] for r in comparison[prec]["trl"]},
+            }
             summary[prec]["ratio"] = round(summary[prec]["instillm"] / summary[prec]["trl_best"], 3)
 
         # ---- loss check: instillm replays TRL's best run example for example (bf16, and fp32)
@@ -668,68 +921,95 @@ def main(argv: list[str] | None = None) -> int:
         for prec in precisions:
             trl_best_run = max(comparison[prec]["trl"], key=lambda r: r["tokens_per_s"])
             replay = trl_best_run["step_examples"]
-            rep = run_instillm(f"replay of TRL {trl_best_run['mode']}",
-                               cfg(f"replay-{prec}", prec, best["packing"], best["group"], len(replay)), 0,
-                               replay=replay, compile_decoder=best["compile"] and prec == "bf16")
+            rep = run_instillm(
+                f"replay of TRL {trl_best_run['mode']}",
+                cfg(f"replay-{prec}", prec, best["packing"], best["group"], len(replay)),
+                0,
+                replay=replay,
+                compile_decoder=best["compile"] and prec == "bf16",
+            )
             n_ex = [len(ids) for ids in replay]
             trl_tail = tail_loss(trl_best_run["losses"], trl_best_run["trained_tokens_per_step"], n_ex)
             ins_tail = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
-            loss_checks[prec] = {"trl_config": trl_best_run["mode"], "steps": len(replay), "examples": sum(n_ex),
-                                 "trl_losses": trl_best_run["losses"], "instillm_losses": rep["losses"],
-                                 "trl_trained_tokens": trl_best_run["trained_tokens_per_step"],
-                                 "instillm_trained_tokens": rep["trained_tokens_per_step"],
-                                 "trl_tail_loss": trl_tail, "instillm_tail_loss": ins_tail,
-                                 "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6)}
+            loss_checks[prec] = {
+                "trl_config": trl_best_run["mode"],
+                "steps": len(replay),
+                "examples": sum(n_ex),
+                "trl_losses": trl_best_run["losses"],
+                "instillm_losses": rep["losses"],
+                "trl_trained_tokens": trl_best_run["trained_tokens_per_step"],
+                "instillm_trained_tokens": rep["trained_tokens_per_step"],
+                "trl_tail_loss": trl_tail,
+                "instillm_tail_loss": ins_tail,
+                "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6),
+            }
         result["loss_check"] = loss_checks
         loss_rel_diff = loss_checks["bf16"]["rel_diff"]
 
         # ---- one profiled instillm bf16 step
         prof_path = out.parent / "train_profile.txt"
         if not q:
-            run_instillm(f"{best_label} (profiled)", cfg("prof", "bf16", best["packing"], best["group"], iw + 1), iw,
-                         profile_to=prof_path, compile_decoder=best["compile"])
+            run_instillm(
+                f"{best_label} (profiled)",
+                cfg("prof", "bf16", best["packing"], best["group"], iw + 1),
+                iw,
+                profile_to=prof_path,
+                compile_decoder=best["compile"],
+            )
             if best["compile"]:  # and the eager step, to show what compilation changed
-                run_instillm(f"{best_label.replace(' + torch.compile', '')} eager (profiled)",
-                             cfg("prof-e", "bf16", best["packing"], best["group"], 2), 1,
-                             profile_to=prof_path.with_name("train_profile_eager.txt"))
+                run_instillm(
+                    f"{best_label.replace(' + torch.compile', '')} eager (profiled)",
+                    cfg("prof-e", "bf16", best["packing"], best["group"], 2),
+                    1,
+                    profile_to=prof_path.with_name("train_profile_eager.txt"),
+                )
 
         peak_bf16 = result["matmul_peak"]["bf16_peak_gflops"] * 1e9
         peak_fp32 = result["matmul_peak"]["fp32_peak_gflops"] * 1e9
         ins = summary["bf16"]["instillm"]
         best_any_trl = max(summary[p]["trl_best"] for p in precisions)
         best_any_ins = max(summary[p]["instillm"] for p in precisions)
-        result.update({
-            "instillm_tokens_per_s": ins,
-            "trl_best_tokens_per_s": summary["bf16"]["trl_best"],
-            "trl_best_config": summary["bf16"]["trl_best_config"],
-            "ratio": summary["bf16"]["ratio"],
-            "loss_rel_diff": round(loss_rel_diff, 6),
-            "mfu": round(6 * n_params * ins / peak_bf16, 4),
-            "mfu_vs_fp32_peak": round(6 * n_params * ins / peak_fp32, 4),
-            "trl_mfu": round(6 * n_params * summary["bf16"]["trl_best"] / peak_bf16, 4),
-            "mfu_note": ("6·params·tokens/s over the measured matmul peak (one large torch.matmul, best operand "
-                         "layout, same threads). 6·params counts the LM head at every token, while instillm "
-                         "projects only trained positions, so it overstates the matmul FLOPs instillm executes by ~16%; "
-                         "attention FLOPs are not counted. " + (
-                             "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
-                             "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
-                             if emulated_bf16 else
-                             "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
-                             "the meaningful utilisation.")),
-            "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary["bf16"]["trl"].items()},
-            "ratio_best_any_precision": round(best_any_ins / best_any_trl, 3),
-            "summary": summary,
-            "emulated_bf16": emulated_bf16,
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-            "busy_processes_end": busy_processes(),
-            "wall_seconds": round(time.perf_counter() - t_begin, 1),
-        })
+        result.update(
+            {
+                "instillm_tokens_per_s": ins,
+                "trl_best_tokens_per_s": summary["bf16"]["trl_best"],
+                "trl_best_config": summary["bf16"]["trl_best_config"],
+                "ratio": summary["bf16"]["ratio"],
+                "loss_rel_diff": round(loss_rel_diff, 6),
+                "mfu": round(6 * n_params * ins / peak_bf16, 4),
+                "mfu_vs_fp32_peak": round(6 * n_params * ins / peak_fp32, 4),
+                "trl_mfu": round(6 * n_params * summary["bf16"]["trl_best"] / peak_bf16, 4),
+                "mfu_note": (
+                    "6·params·tokens/s over the measured matmul peak (one large torch.matmul, best operand "
+                    "layout, same threads). 6·params counts the LM head at every token, while instillm "
+                    "projects only trained positions, so it overstates the matmul FLOPs instillm executes by ~16%; "
+                    "attention FLOPs are not counted. "
+                    + (
+                        "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
+                        "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
+                        if emulated_bf16
+                        else "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
+                        "the meaningful utilisation."
+                    )
+                ),
+                "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary["bf16"]["trl"].items()},
+                "ratio_best_any_precision": round(best_any_ins / best_any_trl, 3),
+                "summary": summary,
+                "emulated_bf16": emulated_bf16,
+                "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                "busy_processes_end": busy_processes(),
+                "wall_seconds": round(time.perf_counter() - t_begin, 1),
+            }
+        )
         if "fp32" in summary:
             result["loss_rel_diff_fp32"] = loss_checks["fp32"]["rel_diff"]
-            result["fp32"] = {"instillm_tokens_per_s": summary["fp32"]["instillm"],
-                              "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
-                              "trl_best_config": summary["fp32"]["trl_best_config"], "ratio": summary["fp32"]["ratio"],
-                              "mfu_vs_fp32_peak": round(6 * n_params * summary["fp32"]["instillm"] / peak_fp32, 4)}
+            result["fp32"] = {
+                "instillm_tokens_per_s": summary["fp32"]["instillm"],
+                "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
+                "trl_best_config": summary["fp32"]["trl_best_config"],
+                "ratio": summary["fp32"]["ratio"],
+                "mfu_vs_fp32_peak": round(6 * n_params * summary["fp32"]["instillm"] / peak_fp32, 4),
+            }
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)
     print(f"\nwrote {out}")
@@ -737,30 +1017,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch threads {r['threads']['used']}, "
-          f"load avg {r['load_avg_start'][0]} → {r['load_avg_end'][0]}")
+    print(
+        f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch threads {r['threads']['used']}, "
+        f"load avg {r['load_avg_start'][0]} → {r['load_avg_end'][0]}"
+    )
     print(f"matmul peak GFLOP/s: bf16 {r['matmul_peak']['bf16']}, fp32 {r['matmul_peak']['fp32']}")
-    print(f"batch: {r['batch']['sequences_per_step']} sequences or {r['batch']['packed_rows_per_step']} packed rows "
-          f"(≈{r['batch']['approx_tokens_per_step']} real tokens) per optimizer step\n")
+    print(
+        f"batch: {r['batch']['sequences_per_step']} sequences or {r['batch']['packed_rows_per_step']} packed rows "
+        f"(≈{r['batch']['approx_tokens_per_step']} real tokens) per optimizer step\n"
+    )
     print("| side | precision | configuration | real tokens/s | runs |")
     print("|---|---|---|---|---|")
     for prec, s in r["summary"].items():
         runs = r["comparison"][prec]["instillm"]
-        print(f"| instillm | {prec} | {runs[0]['name']} (median) | {s['instillm']:.1f} | "
-              f"{', '.join(str(x['tokens_per_s']) for x in runs)} |")
+        print(
+            f"| instillm | {prec} | {runs[0]['name']} (median) | {s['instillm']:.1f} | "
+            f"{', '.join(str(x['tokens_per_s']) for x in runs)} |"
+        )
         for mode, v in s["trl"].items():
             print(f"| TRL | {prec} | {mode} | {v:.1f} | 1 |")
     for lv in r["levers"]:
-        print(f"| instillm lever | {lv.get('precision', '')} | {lv['name']} | {lv.get('tokens_per_s', lv.get('error'))}"
-              f" | 1 |")
+        print(
+            f"| instillm lever | {lv.get('precision', '')} | {lv['name']} | {lv.get('tokens_per_s', lv.get('error'))}"
+            f" | 1 |"
+        )
     if r.get("optimizer_step_ms"):
         print(f"\nAdamW step over the model's parameters, ms: {r['optimizer_step_ms']}")
     fp32 = r.get("fp32")
-    print(f"\nratio (bf16, vs TRL's best: {r['trl_best_config']}) {r['ratio']}  vs each TRL config "
-          f"{r['ratio_vs_each_trl_config']}" + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
-          + f"\nloss_rel_diff (bf16) {r['loss_rel_diff']}" + (f"  (fp32) {r['loss_rel_diff_fp32']}" if fp32 else "")
-          + f"\nmfu (bf16 peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu (bf16 peak) "
-          f"{r['trl_mfu']}")
+    print(
+        f"\nratio (bf16, vs TRL's best: {r['trl_best_config']}) {r['ratio']}  vs each TRL config "
+        f"{r['ratio_vs_each_trl_config']}"
+        + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
+        + f"\nloss_rel_diff (bf16) {r['loss_rel_diff']}"
+        + (f"  (fp32) {r['loss_rel_diff_fp32']}" if fp32 else "")
+        + f"\nmfu (bf16 peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu (bf16 peak) "
+        f"{r['trl_mfu']}"
+    )
 
 
 if __name__ == "__main__":

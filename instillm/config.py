@@ -26,9 +26,10 @@ import difflib
 import functools
 import math
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, asdict, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -103,15 +104,17 @@ def field_values(config: Any) -> dict[str, Any]:
 # shared checks: each appends `name: message` to `problems`; None values are skipped
 
 
-def check_min(problems: list[str], name: str, value: float | None, low: float, *,
-              strict: bool = False, note: str = "") -> None:
+def check_min(
+    problems: list[str], name: str, value: float | None, low: float, *, strict: bool = False, note: str = ""
+) -> None:
     """`name: must be >= low` (`> low` when `strict`) unless `value` is None or is."""
     if value is not None and (value <= low if strict else value < low):
         problems.append(f"{name}: must be {'>' if strict else '>='} {low}{note}, got {value!r}")
 
 
-def check_range(problems: list[str], name: str, value: float | None, low: float, high: float,
-                bounds: str = "[]", note: str = "") -> None:
+def check_range(
+    problems: list[str], name: str, value: float | None, low: float, high: float, bounds: str = "[]", note: str = ""
+) -> None:
     """`name: must be in [low, high]`; `bounds` "[)", "(]" or "()" leaves an end open."""
     if value is None:
         return
@@ -165,8 +168,9 @@ def _as_mapping(cls: type, data: Any, path: str, problems: list[str]) -> Mapping
     return None
 
 
-def _field_values(cls: type, data: Mapping[str, Any], path: str,
-                  problems: list[str]) -> tuple[dict[str, Any], set[str]]:
+def _field_values(
+    cls: type, data: Mapping[str, Any], path: str, problems: list[str]
+) -> tuple[dict[str, Any], set[str]]:
     """(value per field, names of the fields that failed: left at their default, or None)."""
     hints = _hints(cls)
     values: dict[str, Any] = {}
@@ -215,10 +219,16 @@ def _join(path: str, key: str | int) -> str:
 
 # Names people bring from other trainers, mapped to ours (for "did you mean" hints).
 _ALIASES = {
-    "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
-    "model_name_or_path": "model", "bf16": "precision", "warmup": "warmup_ratio",
-    "gradient_accumulation": "gradient_accumulation_steps", "max_seq_length": "max_length",
+    "lr": "learning_rate",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "model_name_or_path": "model",
+    "bf16": "precision",
+    "warmup": "warmup_ratio",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "max_seq_length": "max_length",
 }
 
 
@@ -294,8 +304,10 @@ def _mapping(tp: Any, value: Any, path: str, problems: list[str]) -> dict[str, A
         problems.append(f"{path}: expected a mapping, got {_describe(value)}")
         return None
     key_tp, value_tp = get_args(tp) or (str, Any)
-    return {_coerce(key_tp, k, path, problems): _coerce(value_tp, v, _join(path, str(k)), problems)
-            for k, v in value.items()}
+    return {
+        _coerce(key_tp, k, path, problems): _coerce(value_tp, v, _join(path, str(k)), problems)
+        for k, v in value.items()
+    }
 
 
 def _scalar(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
@@ -304,7 +316,7 @@ def _scalar(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     out = _SCALARS[tp](value)
     if out is None:
         problems.append(f"{path}: expected {tp.__name__}, got {_describe(value)}")
-    elif tp is float and not math.isfinite(out):
+    elif isinstance(out, float) and not math.isfinite(out):  # only _as_float (tp is float) returns floats
         problems.append(f"{path}: must be a finite number, got {value!r}")
     return out
 
@@ -407,7 +419,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "build", "check_values", "field_values", "one_or_many",
-    "check_min_int", "check_min", "check_range", "check_choice",
-    "apply_overrides", "read_yaml_mapping",
+    "Config",
+    "ConfigError",
+    "build",
+    "check_values",
+    "field_values",
+    "one_or_many",
+    "check_min_int",
+    "check_min",
+    "check_range",
+    "check_choice",
+    "apply_overrides",
+    "read_yaml_mapping",
 ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -18,10 +18,16 @@ WEAK = 0.8  # a task or category below this "correct" rate is called out in "wha
 
 
 def load_metrics(path: Path | None) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file (empty when absent)."""
+    """Rows of a metrics.jsonl file (empty when absent); a torn line (a run killed mid-write) is skipped."""
     if path is None or not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for line in Path(path).read_text(errors="replace").split("\n"):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or torn by a kill mid-write
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def _plt():
@@ -139,15 +145,19 @@ def _markdown(results: dict[str, Any], plots: dict[str, Path], advice: list[str]
     baseline = results.get("baseline", {})
     md = [f"# instillm run report: {results.get('name', '')}".rstrip(), ""]
     md += ["## Held-out exact match", ""]
-    md += _table(["split", "before", "after", "most-frequent-answer baseline"],
-                 [[s, before.get(s, float("nan")), after[s], baseline.get(s, "—")] for s in after])
+    md += _table(
+        ["split", "before", "after", "most-frequent-answer baseline"],
+        [[s, before.get(s, float("nan")), after[s], baseline.get(s, "—")] for s in after],
+    )
     md += ["", f"![before vs after]({plots['before_after'].name})", ""]
     details = results.get("details", {}).get("after", {})
     if details:
         md += ["## After fine-tuning, per category", ""]
         cats = sorted({c for r in details.values() for c in r["per_category"]})
-        md += _table(["category", *details], [[c, *(details[s]["per_category"].get(c, {}).get("correct", float("nan"))
-                                                      for s in details)] for c in cats])
+        md += _table(
+            ["category", *details],
+            [[c, *(details[s]["per_category"].get(c, {}).get("correct", float("nan")) for s in details)] for c in cats],
+        )
         md += ["", f"![categories]({plots['categories'].name})", ""]
     if "loss" in plots:
         md += ["## Training loss", "", f"![loss]({plots['loss'].name})", ""]
@@ -158,8 +168,10 @@ def _markdown(results: dict[str, Any], plots: dict[str, Path], advice: list[str]
     fails = _failures(details)
     if fails:
         md += ["## Worst failures per task", ""]
-        md += _table(["split", "task", "prompt", "reference", "prediction"],
-                     [[s, t, _cell(x["prompt"]), _cell(x["reference"]), _cell(x["prediction"])] for s, t, x in fails])
+        md += _table(
+            ["split", "task", "prompt", "reference", "prediction"],
+            [[s, t, _cell(x["prompt"]), _cell(x["reference"]), _cell(x["prediction"])] for s, t, x in fails],
+        )
         md += [""]
     md += suites_markdown(results.get("suites") or {}, plots)
     md += ["## What to do next", ""] + [f"- {a}" for a in advice] + [""]
@@ -183,11 +195,14 @@ def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
         return nan if value is None else value
 
     header = ["cluster", *(f"accuracy {s}" for s in stages), *(f"ROUGE-L {s}" for s in stages)]
-    rows = [[c, *(cell(s, c, "accuracy") for s in stages), *(cell(s, c, "rouge_l") for s in stages)]
-            for c in clusters]
-    md = ["## Zero-shot T0 clusters", "",
-          "Rank-classification accuracy and ROUGE-L: median over templates per dataset, mean over a "
-          "cluster's datasets (nan: the cluster has no template of that kind).", ""]
+    rows = [[c, *(cell(s, c, "accuracy") for s in stages), *(cell(s, c, "rouge_l") for s in stages)] for c in clusters]
+    md = [
+        "## Zero-shot T0 clusters",
+        "",
+        "Rank-classification accuracy and ROUGE-L: median over templates per dataset, mean over a "
+        "cluster's datasets (nan: the cluster has no template of that kind).",
+        "",
+    ]
     return md + _table(header, rows) + [""]
 
 
@@ -214,9 +229,12 @@ def suite_categories(name: str, res: dict[str, Any]) -> dict[str, float | None]:
     if name == "ifeval":
         return {g: v["strict"] for g, v in res.get("per_group", {}).items()}
     if name == "zeroshot":
-        return {(c if v.get("accuracy") is not None else f"{c} (R-L)"):
-                (v["accuracy"] if v.get("accuracy") is not None else v.get("rouge_l"))
-                for c, v in res.get("clusters", {}).items()}
+        return {
+            (c if v.get("accuracy") is not None else f"{c} (R-L)"): (
+                v["accuracy"] if v.get("accuracy") is not None else v.get("rouge_l")
+            )
+            for c, v in res.get("clusters", {}).items()
+        }
     if name == "mt_bench":
         return {c: v["score"] for c, v in res.get("per_category", {}).items()}
     if name == "judge":
@@ -236,8 +254,12 @@ def suite_headline(name: str, res: dict[str, Any]) -> tuple[str, float | None]:
     return "win rate (%)", (res.get("win_rate") or {}).get("win_rate")
 
 
-_SCALE = {"ifeval": (1.0, "accuracy (strict)"), "zeroshot": (1.0, "accuracy / ROUGE-L"),
-          "mt_bench": (10.0, "score (1-10)"), "judge": (100.0, "win rate (%)")}
+_SCALE = {
+    "ifeval": (1.0, "accuracy (strict)"),
+    "zeroshot": (1.0, "accuracy / ROUGE-L"),
+    "mt_bench": (10.0, "score (1-10)"),
+    "judge": (100.0, "win rate (%)"),
+}
 _TITLES = {"ifeval": "IFEval", "zeroshot": "Zero-shot T0", "mt_bench": "MT-Bench", "judge": "Pairwise judge"}
 
 
@@ -277,17 +299,32 @@ def _stage_table(entry: dict[str, Any], rows: list[tuple[str, Any]]) -> list[str
 def ifeval_markdown(entry: dict[str, Any]) -> list[str]:
     """IFEval: the four accuracies, then strict / loose accuracy per instruction group."""
     stages = _stages(entry)
-    metrics = [(k.replace("_", " "), lambda r, k=k: _num(r.get(k))) for k in
-               ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")]
-    md = ["## IFEval", "", "Verifiable instruction following (Zhou et al., 2023): greedy answers, strict and "
-          "loose checks.", ""]
+    metrics = [
+        (k.replace("_", " "), lambda r, k=k: _num(r.get(k)))
+        for k in ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")
+    ]
+    md = [
+        "## IFEval",
+        "",
+        "Verifiable instruction following (Zhou et al., 2023): greedy answers, strict and loose checks.",
+        "",
+    ]
     md += _stage_table(entry, [*metrics, ("prompts", lambda r: r.get("num_prompts", 0))]) + [""]
     groups = sorted({g for s in stages for g in entry[s].get("per_group", {})})
     cell = lambda s, g, m: _num(entry[s].get("per_group", {}).get(g, {}).get(m))  # noqa: E731
     md += ["Per instruction group (the instruction id's prefix; n: instructions checked):", ""]
-    md += _table(["group", "n", *(f"strict {s}" for s in stages), *(f"loose {s}" for s in stages)],
-                 [[g, entry[stages[-1]].get("per_group", {}).get(g, {}).get("n", 0),
-                   *(cell(s, g, "strict") for s in stages), *(cell(s, g, "loose") for s in stages)] for g in groups])
+    md += _table(
+        ["group", "n", *(f"strict {s}" for s in stages), *(f"loose {s}" for s in stages)],
+        [
+            [
+                g,
+                entry[stages[-1]].get("per_group", {}).get(g, {}).get("n", 0),
+                *(cell(s, g, "strict") for s in stages),
+                *(cell(s, g, "loose") for s in stages),
+            ]
+            for g in groups
+        ],
+    )
     return md + [""]
 
 
@@ -295,31 +332,52 @@ def zeroshot_suite_markdown(entry: dict[str, Any]) -> list[str]:
     """Zero-shot T0: the per-cluster section (`zeroshot_markdown`), then the overall means and counts."""
     md = zeroshot_markdown(entry)
     md += ["Overall (mean over clusters):", ""]
-    md += _stage_table(entry, [
-        ("accuracy", lambda r: _num((r.get("overall") or {}).get("accuracy"))),
-        ("ROUGE-L", lambda r: _num((r.get("overall") or {}).get("rouge_l"))),
-        ("templates scored", lambda r: len(r.get("templates", {}))),
-        ("templates skipped", lambda r: len(r.get("skipped", {}))),
-    ])
+    md += _stage_table(
+        entry,
+        [
+            ("accuracy", lambda r: _num((r.get("overall") or {}).get("accuracy"))),
+            ("ROUGE-L", lambda r: _num((r.get("overall") or {}).get("rouge_l"))),
+            ("templates scored", lambda r: len(r.get("templates", {}))),
+            ("templates skipped", lambda r: len(r.get("skipped", {}))),
+        ],
+    )
     return md + [""]
 
 
 def mt_bench_markdown(entry: dict[str, Any]) -> list[str]:
     """MT-Bench: mean score, judgments and failures; then score per turn and per category."""
     stages = _stages(entry)
-    md = ["## MT-Bench", "", "Single-answer grading 1-10 by the judge (FastChat's prompts); judgments without a "
-          "rating are failures, left out of the means.", ""]
-    md += _stage_table(entry, [("score (1-10)", lambda r: _num(r.get("score"))),
-                               ("judgments", lambda r: r.get("n_judgments", 0)),
-                               ("failures", lambda r: r.get("n_failures", 0)),
-                               ("judge", lambda r: r.get("judge", ""))]) + [""]
+    md = [
+        "## MT-Bench",
+        "",
+        "Single-answer grading 1-10 by the judge (FastChat's prompts); judgments without a "
+        "rating are failures, left out of the means.",
+        "",
+    ]
+    md += _stage_table(
+        entry,
+        [
+            ("score (1-10)", lambda r: _num(r.get("score"))),
+            ("judgments", lambda r: r.get("n_judgments", 0)),
+            ("failures", lambda r: r.get("n_failures", 0)),
+            ("judge", lambda r: r.get("judge", "")),
+        ],
+    ) + [""]
     keys = [("per_turn", f"turn {t}", t) for t in sorted({t for s in stages for t in entry[s].get("per_turn", {})})]
     keys += [("per_category", c, c) for c in sorted({c for s in stages for c in entry[s].get("per_category", {})})]
     cell = lambda s, part, k, m: entry[s].get(part, {}).get(k, {}).get(m)  # noqa: E731
-    md += _table(["", *(f"score {s}" for s in stages), *(f"n {s}" for s in stages), *(f"failures {s}" for s in stages)],
-                 [[label, *(_num(cell(s, part, k, "score")) for s in stages),
-                   *(_num(cell(s, part, k, "n")) for s in stages),
-                   *(_num(cell(s, part, k, "n_failures")) for s in stages)] for part, label, k in keys])
+    md += _table(
+        ["", *(f"score {s}" for s in stages), *(f"n {s}" for s in stages), *(f"failures {s}" for s in stages)],
+        [
+            [
+                label,
+                *(_num(cell(s, part, k, "score")) for s in stages),
+                *(_num(cell(s, part, k, "n")) for s in stages),
+                *(_num(cell(s, part, k, "n_failures")) for s in stages),
+            ]
+            for part, label, k in keys
+        ],
+    )
     return md + [""]
 
 
@@ -337,26 +395,45 @@ def judge_markdown(entry: dict[str, Any]) -> list[str]:
     """Pairwise judge: win rate ± se, LC win rate, n and failures; then win rate per dataset."""
     stages = _stages(entry)
     last = entry[stages[-1]]
-    md = ["## Pairwise judge", "",
-          f"{last.get('model', 'model')} vs {last.get('reference', 'reference')}, judged by {last.get('judge', '?')} "
-          "in both orders (AlpacaEval conventions; a pair without both verdicts is a failure).", ""]
-    md += _stage_table(entry, [("win rate (%) ± se", _win_se),
-                               ("LC win rate (%)", lambda r: _win(r, "lc_win_rate")),
-                               ("discrete win rate (%)", lambda r: _win(r, "discrete_win_rate")),
-                               ("pairs judged / total", lambda r: f"{r.get('n_judged', 0)} / {r.get('n_pairs', 0)}"),
-                               ("failures (pairs; orders)",
-                                lambda r: f"{r.get('n_failures', 0)}; {r.get('n_failed_orders', 0)}")]) + [""]
+    md = [
+        "## Pairwise judge",
+        "",
+        f"{last.get('model', 'model')} vs {last.get('reference', 'reference')}, judged by {last.get('judge', '?')} "
+        "in both orders (AlpacaEval conventions; a pair without both verdicts is a failure).",
+        "",
+    ]
+    md += _stage_table(
+        entry,
+        [
+            ("win rate (%) ± se", _win_se),
+            ("LC win rate (%)", lambda r: _win(r, "lc_win_rate")),
+            ("discrete win rate (%)", lambda r: _win(r, "discrete_win_rate")),
+            ("pairs judged / total", lambda r: f"{r.get('n_judged', 0)} / {r.get('n_pairs', 0)}"),
+            ("failures (pairs; orders)", lambda r: f"{r.get('n_failures', 0)}; {r.get('n_failed_orders', 0)}"),
+        ],
+    ) + [""]
     datasets = sorted({d for s in stages for d in entry[s].get("per_dataset", {})})
     per = lambda s, d: entry[s].get("per_dataset", {}).get(d, {})  # noqa: E731
-    md += _table(["dataset", *(f"win rate {s}" for s in stages), *(f"judged / pairs {s}" for s in stages)],
-                 [[d, *(_win_se(per(s, d)) for s in stages),
-                   *(f"{per(s, d).get('n_judged', 0)} / {per(s, d).get('n_pairs', 0)}" for s in stages)]
-                  for d in datasets])
+    md += _table(
+        ["dataset", *(f"win rate {s}" for s in stages), *(f"judged / pairs {s}" for s in stages)],
+        [
+            [
+                d,
+                *(_win_se(per(s, d)) for s in stages),
+                *(f"{per(s, d).get('n_judged', 0)} / {per(s, d).get('n_pairs', 0)}" for s in stages),
+            ]
+            for d in datasets
+        ],
+    )
     return md + [""]
 
 
-_SECTIONS = {"ifeval": ifeval_markdown, "zeroshot": zeroshot_suite_markdown, "mt_bench": mt_bench_markdown,
-             "judge": judge_markdown}
+_SECTIONS = {
+    "ifeval": ifeval_markdown,
+    "zeroshot": zeroshot_suite_markdown,
+    "mt_bench": mt_bench_markdown,
+    "judge": judge_markdown,
+}
 
 
 def suites_markdown(suites: dict[str, Any], plots: dict[str, Path]) -> list[str]:
@@ -372,13 +449,19 @@ def suites_markdown(suites: dict[str, Any], plots: dict[str, Path]) -> list[str]
 
 
 _ADVICE = {
-    "ifeval": ("IFEval: weakest instruction groups (strict accuracy)", "Add training examples whose instructions carry "
-               "these verifiable constraints (formats, lengths, keywords)."),
-    "zeroshot": ("Zero-shot T0: weakest clusters", "Add training tasks related to these clusters, or more "
-                 "prompt templates of the trained ones."),
+    "ifeval": (
+        "IFEval: weakest instruction groups (strict accuracy)",
+        "Add training examples whose instructions carry these verifiable constraints (formats, lengths, keywords).",
+    ),
+    "zeroshot": (
+        "Zero-shot T0: weakest clusters",
+        "Add training tasks related to these clusters, or more prompt templates of the trained ones.",
+    ),
     "mt_bench": ("MT-Bench: weakest categories (1-10)", "Add multi-turn conversations of these categories."),
-    "judge": ("Pairwise judge: datasets losing to the reference (win rate %)",
-              "Add instructions resembling these datasets."),
+    "judge": (
+        "Pairwise judge: datasets losing to the reference (win rate %)",
+        "Add instructions resembling these datasets.",
+    ),
 }
 
 
@@ -410,9 +493,11 @@ def suite_advice(suites: dict[str, Any], k: int = 3, weak: float = WEAK) -> list
             advice.append(f"{line}. {hint}")
         if name in ("judge", "mt_bench") and res.get("n_failures"):
             total, unit = (res["n_pairs"], "pairs") if name == "judge" else (res.get("n_judgments"), "judgments")
-            advice.append(f"{_TITLES[name]}, {stages[-1]}: {res['n_failures']} of {total} {unit} have no readable "
-                          "verdict; check the judge model and its prompt (the raw judge texts are in "
-                          f"{name}_{stages[-1]}/).")
+            advice.append(
+                f"{_TITLES[name]}, {stages[-1]}: {res['n_failures']} of {total} {unit} have no readable "
+                "verdict; check the judge model and its prompt (the raw judge texts are in "
+                f"{name}_{stages[-1]}/)."
+            )
     return advice
 
 
@@ -428,7 +513,9 @@ def _html(markdown: str) -> str:
         if line.startswith("|") and not line.startswith("|---"):
             cells = [html.escape(c.strip()).replace("\\|", "|") for c in line.strip("|").split(" | ")]
             tag = "th" if not in_table else "td"
-            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            body.append(
+                ("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+            )
             in_table = True
             continue
         if line.startswith("|---"):
@@ -448,12 +535,17 @@ def _html(markdown: str) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>instillm report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
+    )
+    head = f"<head><meta charset='utf-8'><title>instillm report</title><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, metrics_path: str | Path | None = None) -> dict[str, Path]:
+def write_report(
+    results: dict[str, Any], out_dir: str | Path, metrics_path: str | Path | None = None
+) -> dict[str, Path]:
     """Write report.md, report.html and PNG plots into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -220,8 +221,14 @@ def stage_model(ctx: RunContext, train_files: Sequence[Path]) -> str:
 
         corpus = [msg.content for f in train_files for ex in read_examples(f) for msg in ex.messages]
         with ctx.progress(f"building the {m.init} model", None):
-            init_model(preset=m.init, output_dir=out, corpus=corpus, seed=m.seed, vocab_size=m.vocab_size,
-                       initializer_range=m.initializer_range)
+            init_model(
+                preset=m.init,
+                output_dir=out,
+                corpus=corpus,
+                seed=m.seed,
+                vocab_size=m.vocab_size,
+                initializer_range=m.initializer_range,
+            )
 
     _stage(ctx, "model", _hash(asdict(m), ctx.keys["data"]), [out / "config.json"], build)
     return str(out)
@@ -238,12 +245,15 @@ def load_eval_splits(paths: Mapping[str, Path], limit: int | None, empty_ok: boo
         splits[name] = examples[:limit] if limit else examples
     empty = [str(paths[name]) for name, examples in splits.items() if not examples]
     if empty and not empty_ok:
-        raise DataError(f"no examples to evaluate in {', '.join(empty)}; give canonical JSONL rows with a reference answer")
+        raise DataError(
+            f"no examples to evaluate in {', '.join(empty)}; give canonical JSONL rows with a reference answer"
+        )
     return splits
 
 
-def stage_eval(ctx: RunContext, stage: str, model_path: str | Path, splits: Mapping[str, list],
-               template: str, upstream: str) -> dict[str, Any]:
+def stage_eval(
+    ctx: RunContext, stage: str, model_path: str | Path, splits: Mapping[str, list], template: str, upstream: str
+) -> dict[str, Any]:
     """Greedy answers on every eval split, scored; results cached in <stage>/results.json."""
     out = ctx.out / stage / "results.json"
     e = ctx.config.eval
@@ -263,8 +273,9 @@ def stage_eval(ctx: RunContext, stage: str, model_path: str | Path, splits: Mapp
     return json.loads(out.read_text())
 
 
-def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: str,
-                 upstream: str) -> dict[str, dict[str, Any]]:
+def stage_suites(
+    ctx: RunContext, when: str, model_path: str | Path, template: str, upstream: str
+) -> dict[str, dict[str, Any]]:
     """Each configured suite as its own cached stage `<suite>_<when>`; suite name → its results dict."""
     from instillm.evaluate.suites import LocalLM, fingerprint, run_suite
 
@@ -286,7 +297,7 @@ def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: s
             with ctx.progress(f"{stage}: evaluating", None) as advance:
                 run_suite(name, settings, lm(), out, advance)
 
-        key = _hash(name, asdict(settings), fingerprint(settings), template, upstream)
+        key = _hash(name, _redact(asdict(settings)), fingerprint(settings), template, upstream)
         _stage(ctx, stage, key, [out / "results.json"], go)
         results[name] = json.loads((out / "results.json").read_text())
     return results
@@ -295,16 +306,22 @@ def stage_suites(ctx: RunContext, when: str, model_path: str | Path, template: s
 def stage_train(ctx: RunContext, model_path: str, train_files: Sequence[Path]) -> tuple[Path, dict[str, Any]]:
     """Fine-tune with the `train` settings; returns the final model dir and the training summary."""
     out = ctx.out / "train"
-    tcfg = TrainConfig.of(ctx.config.train, model=model_path, output_dir=str(out),
-                          datasets=[{"path": str(p)} for p in train_files])
+    tcfg = TrainConfig.of(
+        ctx.config.train, model=model_path, output_dir=str(out), datasets=[{"path": str(p)} for p in train_files]
+    )
     summary_path = out / "summary.json"
 
     def run() -> None:
         from instillm.train.loop import train
 
-        r = train(tcfg, progress=True)
-        summary = {"steps": r.steps, "final_loss": r.final_loss, "eval_loss": r.eval_loss,
-                   "trained_tokens": r.trained_tokens, "tokens_per_s": round(r.tokens_per_s, 1)}
+        r = train(tcfg, progress=True, overwrite=True, device=ctx.device)  # the stage owns train/
+        summary = {
+            "steps": r.steps,
+            "final_loss": r.final_loss,
+            "eval_loss": r.eval_loss,
+            "trained_tokens": r.trained_tokens,
+            "tokens_per_s": round(r.tokens_per_s, 1),
+        }
         summary_path.write_text(json.dumps(summary, indent=1))
 
     key = _hash(tcfg.to_dict(), ctx.keys["data"], ctx.keys["model"])
@@ -334,8 +351,9 @@ def baselines(train_files: Sequence[Path], splits: Mapping[str, list]) -> tuple[
     return per_split, per_family
 
 
-def build_results(ctx: RunContext, before: dict, after: dict, train_summary: dict,
-                  base: tuple[dict, dict], data_stats: dict) -> dict[str, Any]:
+def build_results(
+    ctx: RunContext, before: dict, after: dict, train_summary: dict, base: tuple[dict, dict], data_stats: dict
+) -> dict[str, Any]:
     """results.json: headline exact match per split before/after, baselines, details, timings."""
     return {
         "name": ctx.config.name,
@@ -356,12 +374,19 @@ def _data_stats(train_files: Sequence[Path], splits: Mapping[str, list]) -> dict
     from instillm.data.importer import read_examples
 
     train = [ex for f in train_files for ex in read_examples(f)]
-    return {"train_examples": len(train), "train_tasks": len({ex.task for ex in train}),
-            **{f"{k}_examples": len(v) for k, v in splits.items()}}
+    return {
+        "train_examples": len(train),
+        "train_tasks": len({ex.task for ex in train}),
+        **{f"{k}_examples": len(v) for k, v in splits.items()},
+    }
 
 
-def run(config: RunConfig, say: Callable[[str], None] = print,
-        progress: Callable[[str, int | None], Any] | None = None, device: str = "auto") -> dict[str, Any]:
+def run(
+    config: RunConfig,
+    say: Callable[[str], None] = print,
+    progress: Callable[[str, int | None], Any] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """The whole loop; returns results.json's content (also written to output_dir with the report).
 
     `device` is where the evaluations run ("auto": CUDA when available); training places itself."""
@@ -383,8 +408,9 @@ def run(config: RunConfig, say: Callable[[str], None] = print,
     final, train_summary = stage_train(ctx, model_path, train_files)
     after = stage_eval(ctx, "eval_after", final, splits, "auto", ctx.keys["train"])
     suites_after = stage_suites(ctx, "after", final, "auto", ctx.keys["train"])
-    results = build_results(ctx, before, after, train_summary, baselines(train_files, splits),
-                            _data_stats(train_files, splits))
+    results = build_results(
+        ctx, before, after, train_summary, baselines(train_files, splits), _data_stats(train_files, splits)
+    )
     results["suites"] = {name: {"before": suites_before.get(name), "after": res} for name, res in suites_after.items()}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out, metrics_path=out / "train" / "metrics.jsonl")

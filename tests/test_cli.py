@@ -28,8 +28,17 @@ def test_model_init_then_inspect_json(tmp_path: Path):
     res = run("data", "inspect", str(data), "--model", str(model), "--json", "--max-length", "256")
     assert res.exit_code == 0, res.output
     stats = json.loads(res.stdout)
-    assert set(stats) == {"n_examples", "n_tokens", "trained_token_fraction", "truncated", "dropped",
-                          "length_p50", "length_p95", "length_max", "packing_efficiency"}
+    assert set(stats) == {
+        "n_examples",
+        "n_tokens",
+        "trained_token_fraction",
+        "truncated",
+        "dropped",
+        "length_p50",
+        "length_p95",
+        "length_max",
+        "packing_efficiency",
+    }
     n_rows = sum(1 for _ in open(data))
     assert stats["n_examples"] == n_rows and 0 < stats["trained_token_fraction"] < 1
     res = run("data", "inspect", str(data), "--model", str(model), "--show", "1")
@@ -65,8 +74,9 @@ def test_train_with_overrides_then_export(tmp_path: Path, tiny_model_dir: Path):
 
     data = write_jsonl(tmp_path / "d.jsonl", make_examples(32))
     cfg = write_config(tmp_path / "c.yaml", base_config(tiny_model_dir, data, tmp_path / "run"))
-    res = run("train", str(cfg), "--set", "max_steps=2", "--set", "lora={r: 4, alpha: 8, dropout: 0.0}",
-              "--no-progress")
+    res = run(
+        "train", str(cfg), "--set", "max_steps=2", "--set", "lora={r: 4, alpha: 8, dropout: 0.0}", "--no-progress"
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["max_steps"] == 2
@@ -89,8 +99,9 @@ def test_data_skills_writes_splits(tmp_path: Path):
     # even_odd has 999 inputs: 2,000 per family fails unless capped to what each family has
     res = run("data", "skills", "-o", str(tmp_path / "big"), "--n-train", "2000", "--n-eval", "2")
     assert res.exit_code == 1 and "even_odd" in res.output
-    res = run("data", "skills", "-o", str(tmp_path / "big"), "--n-train", "2000", "--n-eval", "2",
-              "--cap-to-input-space")
+    res = run(
+        "data", "skills", "-o", str(tmp_path / "big"), "--n-train", "2000", "--n-eval", "2", "--cap-to-input-space"
+    )
     assert res.exit_code == 0, res.output
     tasks = [json.loads(x)["task"] for x in open(tmp_path / "big" / "train.jsonl")]
     assert tasks.count("even_odd") == 999 - 4 and tasks.count("word_add") == 2000
@@ -98,20 +109,41 @@ def test_data_skills_writes_splits(tmp_path: Path):
 
 def test_eval_ifeval_scores_responses_and_a_model(tmp_path: Path, shared_data: Path, tiny_model_dir: Path):
     inputs = shared_data / "ifeval" / "input_data.jsonl"
-    res = run("eval", "--suite", "ifeval", "--responses", str(shared_data / "ifeval" / "gpt4_responses.jsonl"),
-              "--inputs", str(inputs), "-o", str(tmp_path / "gpt4"))
+    res = run(
+        "eval",
+        "--suite",
+        "ifeval",
+        "--responses",
+        str(shared_data / "ifeval" / "gpt4_responses.jsonl"),
+        "--inputs",
+        str(inputs),
+        "-o",
+        str(tmp_path / "gpt4"),
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "gpt4" / "ifeval_summary.json").read_text())
     assert 0.7 < summary["prompt_level_strict"] < summary["prompt_level_loose"] < 0.9
-    res = run("eval", str(tiny_model_dir), "--suite", "ifeval", "--inputs", str(inputs), "--limit", "4",
-              "--max-new-tokens", "8", "-o", str(tmp_path / "tiny"))
+    res = run(
+        "eval",
+        str(tiny_model_dir),
+        "--suite",
+        "ifeval",
+        "--inputs",
+        str(inputs),
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "-o",
+        str(tmp_path / "tiny"),
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in open(tmp_path / "tiny" / "ifeval_strict.jsonl")]
     assert len(rows) == 4
     # the same replies as `instillm run`'s ifeval suite (stripped), so both score a model alike
+    from instillm.data.render import Renderer
     from instillm.evaluate.suites import LocalLM, chat_replies
     from instillm.models.loading import load_model, load_tokenizer
-    from instillm.data.render import Renderer
 
     tok = load_tokenizer(tiny_model_dir)
     lm = LocalLM(load_model(tiny_model_dir), tok, Renderer(tok), "tiny")
@@ -124,8 +156,16 @@ def test_eval_ifeval_scores_responses_and_a_model(tmp_path: Path, shared_data: P
 def test_eval_heldout_writes_results(tmp_path: Path, tiny_model_dir: Path):
     res = run("data", "skills", "-o", str(tmp_path / "s"), "--n-train", "2", "--n-eval", "1")
     assert res.exit_code == 0
-    res = run("eval", str(tiny_model_dir), "--data", str(tmp_path / "s" / "heldout_families.jsonl"),
-              "--max-new-tokens", "4", "-o", str(tmp_path / "r.json"))
+    res = run(
+        "eval",
+        str(tiny_model_dir),
+        "--data",
+        str(tmp_path / "s" / "heldout_families.jsonl"),
+        "--max-new-tokens",
+        "4",
+        "-o",
+        str(tmp_path / "r.json"),
+    )
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "r.json").read_text())
     split = saved["splits"]["heldout_families"]
@@ -137,12 +177,21 @@ def test_eval_heldout_writes_results(tmp_path: Path, tiny_model_dir: Path):
 
 
 def test_curation_commands(tmp_path: Path):
-    rows = ["Name a prime number above ten.", "Name a prime number above ten.", "Name a prime number above ten!",
-            "Draw a picture of a cat for me.", "Explain why the sky looks blue."]
+    rows = [
+        "Name a prime number above ten.",
+        "Name a prime number above ten.",
+        "Name a prime number above ten!",
+        "Draw a picture of a cat for me.",
+        "Explain why the sky looks blue.",
+    ]
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
-                            for i, q in enumerate(rows)))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}"}]})
+            + "\n"
+            for i, q in enumerate(rows)
+        )
+    )
     res = run("data", "dedup", str(data), "--rouge-l", "0.7", "--on", "instruction", "-o", str(tmp_path / "dd.jsonl"))
     assert res.exit_code == 0, res.output
     assert "kept 3 of 5" in res.stdout and "rouge_l_duplicate: 2" in res.stdout
@@ -173,3 +222,18 @@ def test_teacher_commands_check_their_input_before_creating_the_run_directory(tm
     res = run("data", "self-instruct", "--seeds", str(tmp_path / "no_seeds.jsonl"), "-o", str(out2), *teacher)
     assert res.exit_code == 1 and "no_seeds.jsonl" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT.run/, no cache.sqlite
+
+
+def test_train_into_a_non_empty_dir_needs_overwrite(tmp_path: Path, tiny_model_dir: Path):
+    from tests.train.helpers import base_config, make_examples, write_config, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", make_examples(16))
+    cfg = write_config(tmp_path / "c.yaml", base_config(tiny_model_dir, data, tmp_path / "run", max_steps=1))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    res = run("train", str(cfg), "--no-progress", "--device", "cpu")
+    assert res.exit_code == 1 and "--overwrite" in res.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+    res = run("train", str(cfg), "--no-progress", "--device", "cpu", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and (tmp_path / "run" / "final").is_dir()

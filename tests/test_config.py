@@ -90,13 +90,20 @@ def test_from_dict_reports_the_same_problems(cls, kwargs, path):
     assert loaded.value.problems == direct.value.problems
 
 
-@pytest.mark.parametrize("cls, kwargs, path", [
-    (EvalSettings, {"batch_size": "eight"}, "eval.batch_size"),
-    (SamplingParams, {"stop": [3]}, "stop"),
-    (TrainConfig, {"model": "m", "datasets": [{"path": "d", "weight": "x"}], "output_dir": "o"}, "datasets[0].weight"),
-    (SuiteConfig, {"heldout_families": "uppercase"}, "skills.heldout_families"),
-    (GenerateOptions, {"temperature": float("nan")}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, path",
+    [
+        (EvalSettings, {"batch_size": "eight"}, "eval.batch_size"),
+        (SamplingParams, {"stop": [3]}, "stop"),
+        (
+            TrainConfig,
+            {"model": "m", "datasets": [{"path": "d", "weight": "x"}], "output_dir": "o"},
+            "datasets[0].weight",
+        ),
+        (SuiteConfig, {"heldout_families": "uppercase"}, "skills.heldout_families"),
+        (GenerateOptions, {"temperature": float("nan")}, "temperature"),
+    ],
+)
 def test_a_wrong_type_is_refused_with_its_path(cls, kwargs, path):
     with pytest.raises(ConfigError) as e:
         cls(**kwargs)
@@ -120,11 +127,13 @@ def test_every_problem_at_once():
 
 def test_nested_field_paths():
     with pytest.raises(ConfigError) as e:
-        RunConfig.from_dict({
-            "skills": {"n_train_per_family": 0},
-            "train": {"lora": {"r": 0}, "model": "x"},
-            "suites": {"judge": {"reference": HERE, "judge": {"kind": "transformers", "model": ""}}},
-        })
+        RunConfig.from_dict(
+            {
+                "skills": {"n_train_per_family": 0},
+                "train": {"lora": {"r": 0}, "model": "x"},
+                "suites": {"judge": {"reference": HERE, "judge": {"kind": "transformers", "model": ""}}},
+            }
+        )
     assert _paths(e.value) == ["skills.n_train_per_family", "train.model", "train.lora.r", "suites.judge.judge.model"]
     assert "train.model: set by instillm run; remove it" in e.value.problems
 
@@ -150,17 +159,36 @@ def test_nested_values_are_coerced_and_instances_kept():
     assert SamplingParams(stop="\n").stop == ("\n",) and GenerateOptions(stop_token_ids=5).stop_token_ids == (5,)
 
 
-@pytest.mark.parametrize("config", [
-    TrainConfig(model="m", datasets=["a.jsonl", {"path": "b.jsonl", "weight": 2}], output_dir="o", lora=True,
-                warmup_steps=3, mixing={"cap": 10}),
-    RunConfig(skills={"families": ["even_odd", "sign"], "heldout_families": 0}, train={"max_steps": 2},
-              data={"train": ["t.jsonl"], "eval": ["e.jsonl"]}, model={"initializer_range": 0.06},
-              suites={"ifeval": {"inputs": HERE, "limit": 3},
-                      "judge": {"reference": HERE, "judge": {"model": "j", "base_url": "http://x/v1"}}}),
-    ScoreConfig(ifd=IFD, rating=RatingConfig(backend=BACKEND), top_k=3),
-    SelfInstructConfig(), EvolConfig(operations=["deepen"]), GenerateOptions(stop_strings=["x"]),
-    SamplingParams(stop=["\n"], seed=3), SuiteConfig(heldout_families=2),
-], ids=lambda c: type(c).__name__)
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(
+            model="m",
+            datasets=["a.jsonl", {"path": "b.jsonl", "weight": 2}],
+            output_dir="o",
+            lora=True,
+            warmup_steps=3,
+            mixing={"cap": 10},
+        ),
+        RunConfig(
+            skills={"families": ["even_odd", "sign"], "heldout_families": 0},
+            train={"max_steps": 2},
+            data={"train": ["t.jsonl"], "eval": ["e.jsonl"]},
+            model={"initializer_range": 0.06},
+            suites={
+                "ifeval": {"inputs": HERE, "limit": 3},
+                "judge": {"reference": HERE, "judge": {"model": "j", "base_url": "http://x/v1"}},
+            },
+        ),
+        ScoreConfig(ifd=IFD, rating=RatingConfig(backend=BACKEND), top_k=3),
+        SelfInstructConfig(),
+        EvolConfig(operations=["deepen"]),
+        GenerateOptions(stop_strings=["x"]),
+        SamplingParams(stop=["\n"], seed=3),
+        SuiteConfig(heldout_families=2),
+    ],
+    ids=lambda c: type(c).__name__,
+)
 def test_yaml_round_trip(config):
     data = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
     assert type(config).from_dict(data) == config
@@ -169,8 +197,10 @@ def test_yaml_round_trip(config):
 def test_unknown_keys_are_named_with_a_suggestion():
     with pytest.raises(ConfigError) as e:
         TrainConfig.from_dict({"model": "m", "datasets": ["d"], "output_dir": "o", "lerning_rate": 1, "lr": 2})
-    assert e.value.problems == ["lerning_rate: unknown key (did you mean 'learning_rate'?)",
-                                "lr: unknown key (did you mean 'learning_rate'?)"]
+    assert e.value.problems == [
+        "lerning_rate: unknown key (did you mean 'learning_rate'?)",
+        "lr: unknown key (did you mean 'learning_rate'?)",
+    ]
     assert str(e.value).startswith("invalid training config:\n  - lerning_rate")
     with pytest.raises(ConfigError, match=r"^backend\.modle: unknown key \(did you mean 'model'\?\)$"):
         BackendConfig.from_dict({"kind": "transformers", "modle": "m", "model": "m"})
@@ -191,8 +221,11 @@ def test_shared_checks():
     check_range(problems, "c", 1.0, 0, 1, "[)")
     check_range(problems, "d", 1.0, 0, 1)
     check_choice(problems, "e", "x", ("y", "z"))
-    assert problems == ["a: must be > 0 (or null), got 0", "c: must be in [0, 1), got 1.0",
-                        "e: 'x' is not one of ['y', 'z']"]
+    assert problems == [
+        "a: must be > 0 (or null), got 0",
+        "c: must be in [0, 1), got 1.0",
+        "e: 'x' is not one of ['y', 'z']",
+    ]
 
 
 def _config_classes() -> list[type]:
@@ -203,8 +236,12 @@ def _config_classes() -> list[type]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-            if (isinstance(node, ast.ClassDef) and _is_dataclass(node) and _looks_like_config(node)
-                    and f"{module}.{node.name}" not in NOT_CONFIGS):
+            if (
+                isinstance(node, ast.ClassDef)
+                and _is_dataclass(node)
+                and _looks_like_config(node)
+                and f"{module}.{node.name}" not in NOT_CONFIGS
+            ):
                 found.append(getattr(importlib.import_module(module), node.name))
     return found
 

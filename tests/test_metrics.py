@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 from instillm.metrics import (
-    exact_match, lcs_length, max_rouge_l, normalize_answer, rouge_l, rouge_tokenize,
+    exact_match,
+    lcs_length,
+    max_rouge_l,
+    normalize_answer,
+    rouge_l,
+    rouge_tokenize,
 )
 
 REF = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

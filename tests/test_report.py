@@ -13,9 +13,21 @@ def split(correct_a: float, correct_b: float) -> dict:
         **agg((correct_a + correct_b) / 2),
         "per_task": {"reverse_word": agg(correct_a), "sort_numbers": agg(correct_b)},
         "per_category": {"string": agg(correct_a), "list": agg(correct_b)},
-        "samples": {"sort_numbers": [{"id": "x", "task": "sort_numbers", "category": "list", "prompt": "Sort 3 1 2",
-                                      "reference": "1 2 3", "prediction": "3 2 1", "exact_match": 0.0,
-                                      "rouge_l": 0.3, "correct": 0.0}]},
+        "samples": {
+            "sort_numbers": [
+                {
+                    "id": "x",
+                    "task": "sort_numbers",
+                    "category": "list",
+                    "prompt": "Sort 3 1 2",
+                    "reference": "1 2 3",
+                    "prediction": "3 2 1",
+                    "exact_match": 0.0,
+                    "rouge_l": 0.3,
+                    "correct": 0.0,
+                }
+            ]
+        },
     }
 
 
@@ -54,3 +66,11 @@ def test_next_steps_names_weak_tasks_per_split():
 def test_report_without_loss_curve(tmp_path):
     paths = write_report(results(), tmp_path)
     assert "loss" not in paths and paths["report.md"].exists()
+
+
+def test_load_metrics_skips_a_torn_last_line(tmp_path):
+    from instillm.report import load_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert load_metrics(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]

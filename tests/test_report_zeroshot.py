@@ -6,8 +6,12 @@ from instillm.report import write_report, zeroshot_markdown
 
 
 def zs(acc: float, rouge: float) -> dict:
-    return {"clusters": {"sentiment": {"accuracy": acc, "rouge_l": None, "datasets": ["imdb"]},
-                         "summarization": {"accuracy": None, "rouge_l": rouge, "datasets": ["xsum"]}}}
+    return {
+        "clusters": {
+            "sentiment": {"accuracy": acc, "rouge_l": None, "datasets": ["imdb"]},
+            "summarization": {"accuracy": None, "rouge_l": rouge, "datasets": ["xsum"]},
+        }
+    }
 
 
 def run_results(**extra) -> dict:
@@ -15,8 +19,9 @@ def run_results(**extra) -> dict:
 
 
 def test_before_and_after_columns(tmp_path):
-    md = write_report(run_results(suites={"zeroshot": {"before": zs(0.25, 0.125), "after": zs(0.75, 0.375)}}),
-                      tmp_path)["report.md"].read_text()
+    md = write_report(
+        run_results(suites={"zeroshot": {"before": zs(0.25, 0.125), "after": zs(0.75, 0.375)}}), tmp_path
+    )["report.md"].read_text()
     assert "## Zero-shot T0 clusters" in md
     assert "| cluster | accuracy before | accuracy after | ROUGE-L before | ROUGE-L after |" in md
     assert "| sentiment | 0.250 | 0.750 | nan | nan |" in md

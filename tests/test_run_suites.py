@@ -33,8 +33,10 @@ def suite_data(shared_data: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def suites(data: dict[str, str], ifeval_limit: int = 3) -> dict:
-    return {"ifeval": {"inputs": data["ifeval"], "limit": ifeval_limit, "max_new_tokens": 16},
-            "zeroshot": {"data": data["t0"], "limit": 3, "max_new_tokens": 8}}
+    return {
+        "ifeval": {"inputs": data["ifeval"], "limit": ifeval_limit, "max_new_tokens": 16},
+        "zeroshot": {"data": data["t0"], "limit": 3, "max_new_tokens": 8},
+    }
 
 
 def skipped(messages: list[str]) -> set[str]:
@@ -59,23 +61,47 @@ def test_suites_land_in_results_and_report_and_are_cached(tmp_path: Path, suite_
     for f in ("ifeval_before/responses.jsonl", "ifeval_after/ifeval_summary.json", "zeroshot_after/results.json"):
         assert (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
-    for part in ("## IFEval", "prompt level strict", "## Zero-shot T0 clusters", "| paraphrase_identification |",
-                 "suite_ifeval.png", "suite_zeroshot.png", "IFEval: weakest instruction groups", "Zero-shot T0: weakest"):
+    for part in (
+        "## IFEval",
+        "prompt level strict",
+        "## Zero-shot T0 clusters",
+        "| paraphrase_identification |",
+        "suite_ifeval.png",
+        "suite_zeroshot.png",
+        "IFEval: weakest instruction groups",
+        "Zero-shot T0: weakest",
+    ):
         assert part in md, part
     assert (out / "suite_ifeval.png").stat().st_size > 0 and (out / "suite_zeroshot.png").stat().st_size > 0
     assert 'src="suite_zeroshot.png"' in (out / "report.html").read_text()
 
     messages: list[str] = []
     again = run(cfg, say=messages.append)
-    assert skipped(messages) == {"data", "model", "eval_before", "train", "eval_after",
-                                 "ifeval_before", "ifeval_after", "zeroshot_before", "zeroshot_after"}
+    assert skipped(messages) == {
+        "data",
+        "model",
+        "eval_before",
+        "train",
+        "eval_after",
+        "ifeval_before",
+        "ifeval_after",
+        "zeroshot_before",
+        "zeroshot_after",
+    }
     assert again["suites"] == saved["suites"]
 
     messages.clear()
     cfg2 = run_config_from_dict({**FAST, "output_dir": str(out), "suites": suites(suite_data, ifeval_limit=2)})
     changed = run(cfg2, say=messages.append)
-    assert skipped(messages) == {"data", "model", "eval_before", "train", "eval_after",
-                                 "zeroshot_before", "zeroshot_after"}
+    assert skipped(messages) == {
+        "data",
+        "model",
+        "eval_before",
+        "train",
+        "eval_after",
+        "zeroshot_before",
+        "zeroshot_after",
+    }
     assert changed["suites"]["ifeval"]["after"]["num_prompts"] == 2
 
 
@@ -85,9 +111,17 @@ def test_cli_run_with_eval_before_off_skips_suites_before(tmp_path: Path, suite_
     from instillm.cli import app
 
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({**FAST, "output_dir": str(tmp_path / "o"), "eval": {**FAST["eval"], "before": False}}))
-    sets = ["--set", f"suites.ifeval.inputs={suite_data['ifeval']}", "--set", "suites.ifeval.limit=1",
-            "--set", "suites.ifeval.max_new_tokens=4"]
+    path.write_text(
+        yaml.safe_dump({**FAST, "output_dir": str(tmp_path / "o"), "eval": {**FAST["eval"], "before": False}})
+    )
+    sets = [
+        "--set",
+        f"suites.ifeval.inputs={suite_data['ifeval']}",
+        "--set",
+        "suites.ifeval.limit=1",
+        "--set",
+        "suites.ifeval.max_new_tokens=4",
+    ]
     res = CliRunner().invoke(app, ["run", str(path), *sets])
     assert res.exit_code == 0, res.output
     assert "ifeval: prompt-level strict accuracy — → " in res.output
@@ -101,20 +135,33 @@ def test_cli_run_with_eval_before_off_skips_suites_before(tmp_path: Path, suite_
 
 def test_bad_suite_config_fails_in_one_pass(tmp_path: Path):
     with pytest.raises(ConfigError) as e:
-        run_config_from_dict({"suites": {
-            "ifeval": {"inputs": str(tmp_path / "nope.jsonl"), "limt": 3},
-            "zeroshot": {"data": str(tmp_path / "no_t0"), "heldout_clusters": ["sentimen"]},
-            "mt_bench": {"data": str(tmp_path), "judge": {"kind": "openai", "model": "j"}},
-            "judge": {"reference": str(tmp_path / "ref.json"), "judge": {"model": "j", "base_url": "u"},
-                      "judge_style": "vibes"},
-            "alpaca": {},
-        }})
+        run_config_from_dict(
+            {
+                "suites": {
+                    "ifeval": {"inputs": str(tmp_path / "nope.jsonl"), "limt": 3},
+                    "zeroshot": {"data": str(tmp_path / "no_t0"), "heldout_clusters": ["sentimen"]},
+                    "mt_bench": {"data": str(tmp_path), "judge": {"kind": "openai", "model": "j"}},
+                    "judge": {
+                        "reference": str(tmp_path / "ref.json"),
+                        "judge": {"model": "j", "base_url": "u"},
+                        "judge_style": "vibes",
+                    },
+                    "alpaca": {},
+                }
+            }
+        )
     msg = str(e.value)
-    for part in ("suites.alpaca: unknown key", "suites.ifeval.limt: unknown key (did you mean 'limit'?)",
-                 "suites.ifeval.inputs: file not found", "suites.zeroshot.data: path not found",
-                 "suites.mt_bench.data: " + str(tmp_path) + " lacks question.jsonl",
-                 "suites.mt_bench.judge.base_url: required", "suites.judge.reference: file not found",
-                 "suites.judge.judge_style: 'vibes'", "suites.zeroshot.heldout_clusters: ['sentimen'] unknown"):
+    for part in (
+        "suites.alpaca: unknown key",
+        "suites.ifeval.limt: unknown key (did you mean 'limit'?)",
+        "suites.ifeval.inputs: file not found",
+        "suites.zeroshot.data: path not found",
+        "suites.mt_bench.data: " + str(tmp_path) + " lacks question.jsonl",
+        "suites.mt_bench.judge.base_url: required",
+        "suites.judge.reference: file not found",
+        "suites.judge.judge_style: 'vibes'",
+        "suites.zeroshot.heldout_clusters: ['sentimen'] unknown",
+    ):
         assert part in msg, msg
     with pytest.raises(ConfigError, match="suites.zeroshot.data: .*no \\*.jsonl template file"):
         run_config_from_dict({"suites": {"zeroshot": {"data": str(tmp_path)}}})
@@ -125,9 +172,15 @@ def test_bad_suite_config_fails_in_one_pass(tmp_path: Path):
 def test_set_overrides_reach_suites(tmp_path: Path, suite_data: dict[str, str]):
     path = tmp_path / "run.yaml"
     path.write_text("name: x\n")
-    cfg = load_run_config(path, [f"suites.ifeval.inputs={suite_data['ifeval']}", "suites.ifeval.limit=5",
-                                 f"suites.zeroshot.data={suite_data['t0']}",
-                                 "suites.zeroshot.heldout_clusters=[paraphrase_identification]"])
+    cfg = load_run_config(
+        path,
+        [
+            f"suites.ifeval.inputs={suite_data['ifeval']}",
+            "suites.ifeval.limit=5",
+            f"suites.zeroshot.data={suite_data['t0']}",
+            "suites.zeroshot.heldout_clusters=[paraphrase_identification]",
+        ],
+    )
     assert cfg.suites.ifeval.limit == 5 and cfg.suites.zeroshot.heldout_clusters == ("paraphrase_identification",)
     assert set(cfg.suites.configured()) == {"ifeval", "zeroshot"}
     with pytest.raises(ConfigError, match="suites.ifeval.inputs: required"):
@@ -138,17 +191,37 @@ def test_mt_bench_and_judge_suites_through_a_served_judge(tmp_path: Path, shared
     """The tiny model judges itself over HTTP: the numbers are noise, the plumbing and the counts are not."""
     ref = tmp_path / "ref.json"
     # Short rows: the judge prompt has to fit the tiny judge's 1,024 positions.
-    rows = [{"instruction": "Name a color.", "output": "Blue.", "generator": "ref-model", "dataset": "koala"},
-            {"instruction": "Say hi.", "output": "Hi!", "generator": "ref-model", "dataset": "oasst"}]
+    rows = [
+        {"instruction": "Name a color.", "output": "Blue.", "generator": "ref-model", "dataset": "koala"},
+        {"instruction": "Say hi.", "output": "Hi!", "generator": "ref-model", "dataset": "oasst"},
+    ]
     ref.write_text(json.dumps(rows))
     # The served judge needs no key; one given must still never be written to disk.
-    judge = {"kind": "openai", "base_url": tiny_server.base_url, "model": tiny_server.model, "max_retries": 0,
-             "api_key": "sk-secret-123"}
+    judge = {
+        "kind": "openai",
+        "base_url": tiny_server.base_url,
+        "model": tiny_server.model,
+        "max_retries": 0,
+        "api_key": "sk-secret-123",
+    }
     out = tmp_path / "out"
-    cfg = run_config_from_dict({**FAST, "output_dir": str(out), "eval": {**FAST["eval"], "before": False}, "suites": {
-        "mt_bench": {"data": str(shared_data / "mt_bench"), "limit": 1, "max_new_tokens": 8, "judge": judge,
-                     "judge_max_tokens": 8},
-        "judge": {"reference": str(ref), "max_new_tokens": 8, "judge": judge, "judge_max_tokens": 4}}})
+    cfg = run_config_from_dict(
+        {
+            **FAST,
+            "output_dir": str(out),
+            "eval": {**FAST["eval"], "before": False},
+            "suites": {
+                "mt_bench": {
+                    "data": str(shared_data / "mt_bench"),
+                    "limit": 1,
+                    "max_new_tokens": 8,
+                    "judge": judge,
+                    "judge_max_tokens": 8,
+                },
+                "judge": {"reference": str(ref), "max_new_tokens": 8, "judge": judge, "judge_max_tokens": 4},
+            },
+        }
+    )
     res = run(cfg, say=lambda m: None)["suites"]
     mt = res["mt_bench"]["after"]
     assert mt["n_questions"] == 1 and mt["n_judgments"] == 2 == mt["n"] + mt["n_failures"]

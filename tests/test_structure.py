@@ -87,8 +87,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycle_between_subpackages():
     graph = _graph()
     cycles = _cycles(graph)
-    detail = [f"{' <-> '.join(c)}: " + "; ".join(f"{a}->{b}" for a in c for b in sorted(graph[a]) if b in c)
-              for c in cycles]
+    detail = [
+        f"{' <-> '.join(c)}: " + "; ".join(f"{a}->{b}" for a in c for b in sorted(graph[a]) if b in c) for c in cycles
+    ]
     assert not cycles, "import cycles between subpackages:\n" + "\n".join(detail)
 
 
@@ -109,10 +110,36 @@ def test_cycle_detector_finds_a_cycle():
 
 
 PUBLIC_API = [
-    "BackendConfig", "ConfigError", "DataError", "Example", "GenerateOptions", "Generator", "InstillmError",
-    "LLMRequest", "LocalModel", "Message", "ModelError", "RenderConfig", "Renderer", "RunConfig", "SamplingParams",
-    "TrainConfig", "create_app", "export", "import_files", "init_model", "load_config", "load_local",
-    "load_run_config", "make_backend", "read_examples", "reply_text", "run", "serve", "train", "write_examples",
+    "BackendConfig",
+    "ConfigError",
+    "DataError",
+    "Example",
+    "GenerateOptions",
+    "Generator",
+    "InstillmError",
+    "LLMRequest",
+    "LocalModel",
+    "Message",
+    "ModelError",
+    "RenderConfig",
+    "Renderer",
+    "RunConfig",
+    "SamplingParams",
+    "TrainConfig",
+    "create_app",
+    "export",
+    "import_files",
+    "init_model",
+    "load_config",
+    "load_local",
+    "load_run_config",
+    "make_backend",
+    "read_examples",
+    "reply_text",
+    "run",
+    "serve",
+    "train",
+    "write_examples",
     "__version__",
 ]
 

@@ -39,8 +39,14 @@ def cli_errors() -> Iterator[None]:
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator:
     """A rich progress bar on stderr; yields an `advance(n=1)` callable."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
 
@@ -57,16 +63,9 @@ def metric_table(title: str, rows: dict) -> Table:
 
 # ------------------------------------------------------------------------------------- --device
 
-Device = Annotated[str, typer.Option(
-    "--device", help="Where a local model runs: auto | cpu | cuda[:N] (auto: the loader's choice).")]
-
-
-def device_not_applied(device: str, what: str) -> None:
-    """Say so when a --device other than auto cannot be honoured yet by `what` (a command, a backend)."""
-    # TODO(loader): drop each call once its command hands --device to the library.
-    if device != "auto":
-        console.print(f"[yellow]note:[/] {what} does not apply --device {device} yet; "
-                      "its model loads where the library puts it")
+Device = Annotated[
+    str, typer.Option("--device", help="Where a local model runs: auto | cpu | cuda[:N] (auto: CUDA when available).")
+]
 
 
 # ------------------------------------------------------------------- teacher / judge backend group
@@ -88,8 +87,12 @@ _BACKEND_HELP = {
 
 
 def _backend_option(name: str, prefix: str, panel: str) -> typer.models.OptionInfo:
-    return typer.Option(f"--{prefix}{name}", help=_BACKEND_HELP[name], rich_help_panel=panel,
-                        envvar="OPENAI_API_KEY" if name == "api-key" else None)
+    return typer.Option(
+        f"--{prefix}{name}",
+        help=_BACKEND_HELP[name],
+        rich_help_panel=panel,
+        envvar="OPENAI_API_KEY" if name == "api-key" else None,
+    )
 
 
 _T, _R, _J = ("", "Teacher backend"), ("", "Judge backend (--rate)"), ("judge-", "Judge backend")
@@ -125,7 +128,7 @@ class BackendOptions:
     concurrency: int
     prefix: str = ""
     role: str = "teacher"
-    device: str = "auto"  # a local (transformers / vllm) backend's device: not applied yet
+    device: str = "auto"  # where a local (transformers) backend runs its model
 
     def config(self, default_cache: Path | None = None):
         """The `BackendConfig`; a missing model or endpoint is an error naming this group's flags."""
@@ -137,10 +140,15 @@ class BackendOptions:
         if self.kind == "openai" and not self.base_url:
             raise InstillmError(f"--{p}backend openai needs --{p}base-url URL (e.g. http://127.0.0.1:8000/v1)")
         cache = self.cache if self.cache is not None else default_cache
-        if self.kind != "openai":  # TODO(loader): BackendConfig has no device; local backends pick CUDA if any
-            device_not_applied(self.device, f"the {self.kind} {self.role} backend")
-        return BackendConfig(kind=self.kind, model=self.model, base_url=self.base_url, api_key=self.api_key,
-                             cache=str(cache) if cache else None, concurrency=self.concurrency)
+        return BackendConfig(
+            kind=self.kind,
+            model=self.model,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            cache=str(cache) if cache else None,
+            concurrency=self.concurrency,
+            device=self.device if self.kind != "openai" else "auto",
+        )
 
     def open(self, default_cache: Path | None = None):
         """The backend itself (`make_backend`); the caller closes it."""

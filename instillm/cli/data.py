@@ -122,13 +122,15 @@ def _print_stats(stats, template_name: str) -> None:
 
 @app.command("skills")
 def data_skills(
-    output: Path | None = typer.Option(None, "-o", "--output",
-                                       help="Directory for train.jsonl and the held-out splits."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Directory for train.jsonl and the held-out splits."
+    ),
     seed: int = typer.Option(0, "--seed"),
     n_train: int = typer.Option(400, "--n-train", help="Training examples per family."),
     n_eval: int = typer.Option(40, "--n-eval", help="Examples per family in each held-out split."),
     cap_to_input_space: bool = typer.Option(
-        False, "--cap-to-input-space", help="A family with fewer distinct inputs than asked trains on all it has."),
+        False, "--cap-to-input-space", help="A family with fewer distinct inputs than asked trains on all it has."
+    ),
     list_only: bool = typer.Option(False, "--list", help="List the task families and exit."),
 ) -> None:
     """Write the built-in procedural skills suite (train + held-out splits) as canonical data."""
@@ -140,8 +142,11 @@ def data_skills(
     if output is None:
         fail(InstillmError("give -o DIR to write the suite (or --list to see the families)"))
     with cli_errors():
-        suite = build_suite(SuiteConfig(seed=seed, n_train_per_family=n_train, n_eval_per_family=n_eval,
-                                        cap_to_input_space=cap_to_input_space))
+        suite = build_suite(
+            SuiteConfig(
+                seed=seed, n_train_per_family=n_train, n_eval_per_family=n_eval, cap_to_input_space=cap_to_input_space
+            )
+        )
         paths = write_suite(suite, output)
     for split, path in paths.items():
         out.print(f"{split:>18}: {len(suite[split]):>6} examples → {path}")
@@ -161,8 +166,9 @@ def _print_families() -> None:
 @app.command("t0-split")
 def data_t0_split(
     source: Path = typer.Argument(..., help="Directory of T0 prompt-template files <dataset>_<template>.jsonl."),
-    heldout_clusters: str = typer.Option(..., "--heldout-clusters",
-                                         help="T0 clusters to hold out, e.g. sentiment,paraphrase_identification."),
+    heldout_clusters: str = typer.Option(
+        ..., "--heldout-clusters", help="T0 clusters to hold out, e.g. sentiment,paraphrase_identification."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for train.jsonl and heldout.jsonl."),
 ) -> None:
     """Split T0 template files by task cluster into canonical train.jsonl / heldout.jsonl (category = cluster)."""
@@ -172,8 +178,10 @@ def data_t0_split(
         summaries = write_cluster_split(source, output, heldout_clusters)
     for split, s in summaries.items():
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(s.rejects_by_reason.items())) or "none"
-        out.print(f"{split:>8}: {s.examples_written} example(s) from {len(s.per_file)} file(s) → {s.output}"
-                  f" (rejected {s.rows_rejected}: {reasons})")
+        out.print(
+            f"{split:>8}: {s.examples_written} example(s) from {len(s.per_file)} file(s) → {s.output}"
+            f" (rejected {s.rows_rejected}: {reasons})"
+        )
 
 
 # ------------------------------------------------------------------------------ curation
@@ -191,12 +199,15 @@ def _print_curation(summary) -> None:
 def data_dedup(
     data: Path = typer.Argument(..., help="Canonical JSONL."),
     output: Path = typer.Option(..., "-o", "--output"),
-    exact: bool | None = typer.Option(None, "--exact/--no-exact",
-                                      help="Normalized-hash dedup (default: on unless --rouge-l alone)."),
-    minhash: float | None = typer.Option(None, "--minhash",
-                                         help="MinHash-LSH near-dup removal at this Jaccard threshold."),
-    rouge_l: float | None = typer.Option(None, "--rouge-l",
-                                         help="Greedy Self-Instruct ROUGE-L filter at this F threshold."),
+    exact: bool | None = typer.Option(
+        None, "--exact/--no-exact", help="Normalized-hash dedup (default: on unless --rouge-l alone)."
+    ),
+    minhash: float | None = typer.Option(
+        None, "--minhash", help="MinHash-LSH near-dup removal at this Jaccard threshold."
+    ),
+    rouge_l: float | None = typer.Option(
+        None, "--rouge-l", help="Greedy Self-Instruct ROUGE-L filter at this F threshold."
+    ),
     on: str = typer.Option("conversation", "--on", help="conversation | instruction (text compared by exact/minhash)."),
 ) -> None:
     """Remove exact and near duplicates; first occurrences stay, the rest go to rejects with the kept line."""
@@ -229,18 +240,27 @@ def data_filter(
     min_words: int | None = typer.Option(4, "--min-words", help="Instruction words, at least."),
     max_words: int | None = typer.Option(150, "--max-words", help="Instruction words, at most."),
     language: str | None = typer.Option("en", "--language", help="en, or 'any' to keep every language."),
-    blacklist: list[str] | None = typer.Option(None, "--blacklist",
-                                               help="Words that reject an instruction (default: Self-Instruct's)."),
-    self_instruct_rules: bool = typer.Option(False, "--self-instruct-rules",
-                                             help="Also Self-Instruct's punctuation/ASCII/'Write a program' rules."),
+    blacklist: list[str] | None = typer.Option(
+        None, "--blacklist", help="Words that reject an instruction (default: Self-Instruct's)."
+    ),
+    self_instruct_rules: bool = typer.Option(
+        False, "--self-instruct-rules", help="Also Self-Instruct's punctuation/ASCII/'Write a program' rules."
+    ),
 ) -> None:
     """Length, language, keyword-blacklist and response-quality filters, with reasons."""
     from instillm.curate.filters import SELF_INSTRUCT_BLACKLIST, filter_file
 
     with cli_errors(), progress_bar("filtering") as advance:
-        summary = filter_file(data, output, min_words, max_words, None if language == "any" else language,
-                              blacklist if blacklist is not None else SELF_INSTRUCT_BLACKLIST,
-                              self_instruct_rules=self_instruct_rules, progress=advance)
+        summary = filter_file(
+            data,
+            output,
+            min_words,
+            max_words,
+            None if language == "any" else language,
+            blacklist if blacklist is not None else SELF_INSTRUCT_BLACKLIST,
+            self_instruct_rules=self_instruct_rules,
+            progress=advance,
+        )
     _print_curation(summary)
 
 
@@ -250,8 +270,9 @@ def data_score(
     output: Path = typer.Option(..., "-o", "--output"),
     ifd_model: str | None = typer.Option(None, "--ifd-model", help="Local model (path or hub id) that computes IFD."),
     template: str = typer.Option("auto", "--template", help="Chat template for IFD, as in training."),
-    max_length: int = typer.Option(2048, "--max-length",
-                                   help="IFD: tokens per sequence; longer prompts are cut from the left."),
+    max_length: int = typer.Option(
+        2048, "--max-length", help="IFD: tokens per sequence; longer prompts are cut from the left."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="IFD: sequences per forward pass."),
     device: Device = "auto",
     rate: bool = typer.Option(False, "--rate", help="Rate each row 0-5 with an LLM judge (AlpaGasus prompt)."),
@@ -262,10 +283,12 @@ def data_score(
     cache: RaterCache = None,
     concurrency: RaterConcurrency = BACKEND_CONCURRENCY,
     max_ifd: float | None = typer.Option(1.0, "--max-ifd", help="Reject rows with IFD above this (the paper: 1)."),
-    min_rating: float | None = typer.Option(None, "--min-rating",
-                                            help="Reject rows rated below this (AlpaGasus: 4.5)."),
-    top_fraction: float | None = typer.Option(None, "--top-fraction",
-                                              help="Keep this fraction of the remaining rows, highest IFD first."),
+    min_rating: float | None = typer.Option(
+        None, "--min-rating", help="Reject rows rated below this (AlpaGasus: 4.5)."
+    ),
+    top_fraction: float | None = typer.Option(
+        None, "--top-fraction", help="Keep this fraction of the remaining rows, highest IFD first."
+    ),
     top_k: int | None = typer.Option(None, "--top-k", help="Keep this many of the remaining rows, highest IFD first."),
 ) -> None:
     """Score rows by IFD (local model) and/or an LLM rating; scores go to meta, selected-out rows to rejects.
@@ -278,8 +301,9 @@ def data_score(
     with cli_errors():
         ifd = IFDConfig(ifd_model, template, max_length, "truncate-prompt", batch_size, device) if ifd_model else None
         rating = RatingConfig(judge.config()) if rate else None
-        config = ScoreConfig(ifd=ifd, rating=rating, max_ifd=max_ifd, min_rating=min_rating,
-                             top_fraction=top_fraction, top_k=top_k)
+        config = ScoreConfig(
+            ifd=ifd, rating=rating, max_ifd=max_ifd, min_rating=min_rating, top_fraction=top_fraction, top_k=top_k
+        )
         with progress_bar("scoring") as advance:
             summary = score_file(data, output, config, progress=advance)
     _print_curation(summary.curation)
@@ -318,10 +342,12 @@ def _print_stage_counts(title: str, rows: list[tuple]) -> None:
 @app.command("self-instruct")
 def data_self_instruct(
     output: Path = typer.Option(..., "-o", "--output", help="Canonical JSONL to write (rejects and stats beside it)."),
-    seeds: Path | None = typer.Option(None, "--seeds",
-                                      help="Seed tasks (Self-Instruct format); default: instillm's own."),
-    num: int | None = typer.Option(None, "-n", "--num-instructions",
-                                   help="Machine instructions to bootstrap (default 100)."),
+    seeds: Path | None = typer.Option(
+        None, "--seeds", help="Seed tasks (Self-Instruct format); default: instillm's own."
+    ),
+    num: int | None = typer.Option(
+        None, "-n", "--num-instructions", help="Machine instructions to bootstrap (default 100)."
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file of SelfInstructConfig settings."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE setting (repeatable), e.g. rouge_threshold=0.6."),
     device: Device = "auto",
@@ -345,16 +371,23 @@ def data_self_instruct(
         cfg = load_config(SelfInstructConfig, config, [*overrides, *extra], "self-instruct")
         if seeds is not None:
             load_seed_tasks(seeds)  # a bad seeds file fails before the teacher cache is created
-        res = _run_with_teacher(teacher, output,
-                                lambda t, advance: run_self_instruct(t, output, seeds, cfg, progress=advance))
+        res = _run_with_teacher(
+            teacher, output, lambda t, advance: run_self_instruct(t, output, seeds, cfg, progress=advance)
+        )
     s = res.stats
     b, i = s["bootstrap"], s["instances"]
-    _print_stage_counts(f"self-instruct → {res.output}", [
-        ("instructions", b["candidates"], b["kept"], b["rejected"]),
-        ("tasks", i["tasks"], i["tasks_kept"], i["tasks_rejected"]),
-        ("instances", i["parsed"], i["kept"], i["rejected"])])
-    out.print(f"{'resumed; ' if res.resumed else ''}bootstrap stopped: {b['stopped']}; classification tasks: "
-              f"{s['classification']['classification']}/{s['classification']['tasks']}")
+    _print_stage_counts(
+        f"self-instruct → {res.output}",
+        [
+            ("instructions", b["candidates"], b["kept"], b["rejected"]),
+            ("tasks", i["tasks"], i["tasks_kept"], i["tasks_rejected"]),
+            ("instances", i["parsed"], i["kept"], i["rejected"]),
+        ],
+    )
+    out.print(
+        f"{'resumed; ' if res.resumed else ''}bootstrap stopped: {b['stopped']}; classification tasks: "
+        f"{s['classification']['classification']}/{s['classification']['tasks']}"
+    )
     out.print(f"wrote {s['examples']} example(s); rejects → {res.rejects}; stats → {res.stats_path}")
 
 
@@ -387,8 +420,12 @@ def data_evolve(
         read_lineages(data)  # a missing or unreadable input fails before the teacher cache is created
         res = _run_with_teacher(teacher, output, lambda t, advance: run_evol(t, data, output, cfg, progress=advance))
     s = res.stats
-    _print_stage_counts(f"evolve → {res.output}",
-                        [("input rows", s["input"]["rows"], s["input"]["lineages"], s["input"]["rejected"])]
-                        + [(f"round {r['round']}", r["attempted"], r["kept"], r["eliminated"]) for r in s["rounds"]])
-    out.print(f"{'resumed; ' if res.resumed else ''}wrote {s['examples']} example(s); rejects → {res.rejects}; "
-              f"stats → {res.stats_path}")
+    _print_stage_counts(
+        f"evolve → {res.output}",
+        [("input rows", s["input"]["rows"], s["input"]["lineages"], s["input"]["rejected"])]
+        + [(f"round {r['round']}", r["attempted"], r["kept"], r["eliminated"]) for r in s["rounds"]],
+    )
+    out.print(
+        f"{'resumed; ' if res.resumed else ''}wrote {s['examples']} example(s); rejects → {res.rejects}; "
+        f"stats → {res.stats_path}"
+    )

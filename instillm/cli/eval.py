@@ -82,14 +82,20 @@ class LegacySuiteGroup(TyperGroup):
 
 
 app = typer.Typer(
-    cls=LegacySuiteGroup, no_args_is_help=True,
+    cls=LegacySuiteGroup,
+    no_args_is_help=True,
     help="Evaluate a model: heldout, ifeval, zeroshot, mt-bench; judge and winrate for AlpacaEval.\n\n"
-         "The older spelling `instillm eval [MODEL] --suite SUITE ...` still works (heldout without --suite).")
+    "The older spelling `instillm eval [MODEL] --suite SUITE ...` still works (heldout without --suite).",
+)
 
 # Options of the commands that generate with a local model (heldout, ifeval, zeroshot, mt-bench).
-Template = Annotated[str, typer.Option(
-    "--template", help="Chat template: auto (the model's saved one) | tokenizer | chatml | alpaca | plain"
-                       " | FILE.jinja.")]
+Template = Annotated[
+    str,
+    typer.Option(
+        "--template",
+        help="Chat template: auto (the model's saved one) | tokenizer | chatml | alpaca | plain | FILE.jinja.",
+    ),
+]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Tokens generated per reply, at most.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows generated (or scored) together.")]
 MAX_NEW_TOKENS, BATCH_SIZE = 128, 32
@@ -111,8 +117,9 @@ def _load_lm(model: str | None, template: str, device: str):
 @app.command("heldout")
 def eval_heldout(
     model: str = typer.Argument(..., help="Model directory or hub id."),
-    data: list[Path] | None = typer.Option(None, "--data",
-                                           help="Canonical JSONL with reference answers; each file is a split."),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Canonical JSONL with reference answers; each file is a split."
+    ),
     output: Path = typer.Option(Path("results.json"), "-o", "--output", help="results.json to write."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N examples of each file."),
     template: Template = "auto",
@@ -131,8 +138,9 @@ def eval_heldout(
         lm, tok, renderer = _load_lm(model, template, device)
         with progress_bar("generating", sum(map(len, splits.values()))) as advance:
             res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)
-    output.write_text(json.dumps({"model": model, "suite": "heldout",
-                                  "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1))
+    output.write_text(
+        json.dumps({"model": model, "suite": "heldout", "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1)
+    )
     table = Table(title=f"{model} on held-out data")
     for col in ("split", "n", "exact_match", "rouge_l", "correct"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -150,10 +158,12 @@ def eval_heldout(
 def eval_ifeval(
     model: str | None = typer.Argument(None, help="Model that answers the prompts (not needed with --responses)."),
     responses: Path | None = typer.Option(None, "--responses", help="Score these {prompt, response} rows; no model."),
-    inputs: str | None = typer.Option(None, "--inputs",
-                                      help="input_data.jsonl (default: the google/IFEval hub dataset, online)."),
-    output: Path = typer.Option(Path("ifeval"), "-o", "--output",
-                                help="Directory for responses, verdicts and the summary."),
+    inputs: str | None = typer.Option(
+        None, "--inputs", help="input_data.jsonl (default: the google/IFEval hub dataset, online)."
+    ),
+    output: Path = typer.Option(
+        Path("ifeval"), "-o", "--output", help="Directory for responses, verdicts and the summary."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts (when MODEL answers them)."),
     template: Template = "auto",
     max_new_tokens: MaxNewTokens = MAX_NEW_TOKENS,
@@ -166,16 +176,25 @@ def eval_ifeval(
     with cli_errors():
         inputs_path = Path(inputs) if inputs else _ifeval_from_hub(output)
         if responses is None:
-            responses = _ifeval_responses(model, inputs_path, output, limit, template, max_new_tokens, batch_size,
-                                          device)
+            responses = _ifeval_responses(
+                model, inputs_path, output, limit, template, max_new_tokens, batch_size, device
+            )
         summary = ifeval.score_file(responses, inputs_path, output)
     keys = ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")
     out.print(metric_table("IFEval", {k: f"{summary[k]:.4f}" for k in keys}))
     out.print(f"per-prompt verdicts and summary → {output}")
 
 
-def _ifeval_responses(model: str | None, inputs_path: Path, out_dir: Path, limit: int | None, template: str,
-                      max_new_tokens: int, batch_size: int, device: str) -> Path:
+def _ifeval_responses(
+    model: str | None,
+    inputs_path: Path,
+    out_dir: Path,
+    limit: int | None,
+    template: str,
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+) -> Path:
     """MODEL's replies to the IFEval prompts, written to OUT/responses.jsonl."""
     from instillm.evaluate.ifeval import evaluate as ifeval
     from instillm.evaluate.suites import LocalLM, chat_replies
@@ -184,12 +203,15 @@ def _ifeval_responses(model: str | None, inputs_path: Path, out_dir: Path, limit
     lm, tok, renderer = _load_lm(model, template, device)
     # the replies `instillm run`'s ifeval suite scores: the same model scores the same in both
     with progress_bar("generating IFEval responses"):
-        texts = chat_replies(LocalLM(lm, tok, renderer, str(model)), [r["prompt"] for r in rows],
-                             max_new_tokens, batch_size)
+        texts = chat_replies(
+            LocalLM(lm, tok, renderer, str(model)), [r["prompt"] for r in rows], max_new_tokens, batch_size
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "responses.jsonl"
-    path.write_text("".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n"
-                            for r, t in zip(rows, texts)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n" for r, t in zip(rows, texts)),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -200,8 +222,9 @@ def _ifeval_from_hub(out_dir: Path) -> Path:
 
         rows = load_dataset("google/IFEval", split="train")
     except Exception as e:  # offline or hub errors: say what to pass instead
-        raise InstillmError(f"cannot load google/IFEval from the hub ({type(e).__name__}); "
-                            "pass --inputs input_data.jsonl") from e
+        raise InstillmError(
+            f"cannot load google/IFEval from the hub ({type(e).__name__}); pass --inputs input_data.jsonl"
+        ) from e
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "input_data.jsonl"
     path.write_text("".join(json.dumps(dict(r)) + "\n" for r in rows), encoding="utf-8")
@@ -214,13 +237,15 @@ def _ifeval_from_hub(out_dir: Path) -> Path:
 @app.command("zeroshot")
 def eval_zeroshot(
     model: str = typer.Argument(..., help="Model directory or hub id."),
-    data: list[Path] | None = typer.Option(None, "--data",
-                                           help="T0 prompt-template files, or one directory of them "
-                                                "(e.g. ../shared/data/t0_multitask)."),
-    heldout_clusters: str | None = typer.Option(None, "--heldout-clusters",
-                                                help="Evaluate only these T0 clusters (a,b); default all."),
-    length_normalize: bool = typer.Option(False, "--length-normalize",
-                                          help="Rank options by log-prob per token, not summed."),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="T0 prompt-template files, or one directory of them (e.g. ../shared/data/t0_multitask)."
+    ),
+    heldout_clusters: str | None = typer.Option(
+        None, "--heldout-clusters", help="Evaluate only these T0 clusters (a,b); default all."
+    ),
+    length_normalize: bool = typer.Option(
+        False, "--length-normalize", help="Rank options by log-prob per token, not summed."
+    ),
     output: Path = typer.Option(Path("results.json"), "-o", "--output", help="results.json to write."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N rows of each template file."),
     template: Template = "auto",
@@ -236,11 +261,13 @@ def eval_zeroshot(
 
     with cli_errors():
         if not data:
-            raise InstillmError("eval zeroshot needs --data DIR (T0 prompt-template files, "
-                                "e.g. ../shared/data/t0_multitask)")
+            raise InstillmError(
+                "eval zeroshot needs --data DIR (T0 prompt-template files, e.g. ../shared/data/t0_multitask)"
+            )
         source = data[0] if len(data) == 1 and data[0].is_dir() else data
-        config = ZeroShotConfig(limit=limit, length_normalize=length_normalize, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size)
+        config = ZeroShotConfig(
+            limit=limit, length_normalize=length_normalize, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         n_files = len(select_templates(source, heldout_clusters))
         lm, tok, renderer = _load_lm(model, template, device)
         with progress_bar("zero-shot templates", n_files) as advance:
@@ -263,8 +290,10 @@ def _print_zeroshot(results: dict) -> None:
         table.add_row(name, str(len(c["datasets"])), pct(c["accuracy"]), pct(c["rouge_l"]))
     out.print(table)
     if results["skipped"]:
-        out.print(f"skipped {len(results['skipped'])} template(s) without a scorable row: "
-                  + ", ".join(sorted(results["skipped"])))
+        out.print(
+            f"skipped {len(results['skipped'])} template(s) without a scorable row: "
+            + ", ".join(sorted(results["skipped"]))
+        )
 
 
 # ------------------------------------------------------------------------------ mt-bench
@@ -273,11 +302,14 @@ def _print_zeroshot(results: dict) -> None:
 @app.command("mt-bench")
 def eval_mt_bench(
     model: str = typer.Argument(..., help="Model directory or hub id that answers."),
-    data: Path | None = typer.Option(None, "--data",
-                                     help="FastChat's mt_bench folder (question.jsonl, reference_answer_gpt4.jsonl, "
-                                          "judge_prompts.jsonl)."),
-    output: Path = typer.Option(Path("mt_bench"), "-o", "--output",
-                                help="Directory for answers, judgments and the summary."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="FastChat's mt_bench folder (question.jsonl, reference_answer_gpt4.jsonl, judge_prompts.jsonl).",
+    ),
+    output: Path = typer.Option(
+        Path("mt_bench"), "-o", "--output", help="Directory for answers, judgments and the summary."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N questions."),
     template: Template = "auto",
     max_new_tokens: MaxNewTokens = MAX_NEW_TOKENS,
@@ -297,12 +329,23 @@ def eval_mt_bench(
     """
     from instillm.evaluate.mt_bench import GradeConfig, load_mt_bench, local_responder, run_mt_bench
 
-    judge = BackendOptions(judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache,
-                           judge_concurrency, prefix="judge-", role="judge", device=device)
+    judge = BackendOptions(
+        judge_backend,
+        judge_base_url,
+        judge_model,
+        judge_api_key,
+        judge_cache,
+        judge_concurrency,
+        prefix="judge-",
+        role="judge",
+        device=device,
+    )
     with cli_errors():
         if data is None:
-            raise InstillmError("eval mt-bench needs --data DIR: FastChat's mt_bench folder (question.jsonl, "
-                                "reference_answer_gpt4.jsonl, judge_prompts.jsonl)")
+            raise InstillmError(
+                "eval mt-bench needs --data DIR: FastChat's mt_bench folder (question.jsonl, "
+                "reference_answer_gpt4.jsonl, judge_prompts.jsonl)"
+            )
         bench = load_mt_bench(data)
         lm, tok, renderer = _load_lm(model, template, device)
         respond = local_responder(lm, tok, renderer, max_new_tokens, batch_size)
@@ -332,17 +375,20 @@ def _print_mt_bench(s: dict) -> None:
 
 @app.command("judge")
 def eval_judge(
-    outputs: Path | None = typer.Option(None, "--outputs",
-                                        help="The model's AlpacaEval outputs "
-                                             "(JSON list of {instruction, output, generator})."),
-    reference: Path | None = typer.Option(None, "--reference",
-                                          help="The reference model's AlpacaEval outputs (paired by instruction)."),
-    output: Path = typer.Option(Path("annotations.json"), "-o", "--output",
-                                help="Annotations to write (`eval winrate` reads them)."),
+    outputs: Path | None = typer.Option(
+        None, "--outputs", help="The model's AlpacaEval outputs (JSON list of {instruction, output, generator})."
+    ),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="The reference model's AlpacaEval outputs (paired by instruction)."
+    ),
+    output: Path = typer.Option(
+        Path("annotations.json"), "-o", "--output", help="Annotations to write (`eval winrate` reads them)."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N pairs."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object only."),
-    judge_style: str = typer.Option("identifier", "--judge-style",
-                                    help="Judge prompt: identifier (the judge answers m or M) | ranking."),
+    judge_style: str = typer.Option(
+        "identifier", "--judge-style", help="Judge prompt: identifier (the judge answers m or M) | ranking."
+    ),
     judge_max_tokens: int | None = typer.Option(None, "--judge-max-tokens", help="Judge reply tokens (default 100)."),
     judge_backend: JudgeKind = BACKEND_KIND,
     judge_base_url: JudgeBaseUrl = None,
@@ -355,8 +401,17 @@ def eval_judge(
     """AlpacaEval-style pairwise judging of two outputs files, both orders per pair; writes annotations."""
     from instillm.evaluate.judge import JudgeConfig, judge_output_files, summarize, write_annotations
 
-    judge = BackendOptions(judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache,
-                           judge_concurrency, prefix="judge-", role="judge", device=device)
+    judge = BackendOptions(
+        judge_backend,
+        judge_base_url,
+        judge_model,
+        judge_api_key,
+        judge_cache,
+        judge_concurrency,
+        prefix="judge-",
+        role="judge",
+        device=device,
+    )
     with cli_errors():
         if outputs is None or reference is None:
             raise InstillmError("eval judge needs --outputs MODEL_OUTPUTS.json and --reference REFERENCE_OUTPUTS.json")
@@ -373,12 +428,18 @@ def eval_judge(
         print(json.dumps(summary.to_dict()))
         return
     wr = summary.win_rate
-    out.print(metric_table(f"{rows[0]['generator_2']} vs {rows[0]['generator_1']}, judged by {backend.model}", {
-        "win rate (%)": f"{wr.win_rate:.2f} ± {wr.standard_error:.2f}" if wr else "—",
-        "LC win rate (%)": f"{wr.lc_win_rate:.2f}" if wr else "—",
-        "discrete win rate (%)": f"{wr.discrete_win_rate:.2f}" if wr else "—",
-        "pairs judged / total": f"{summary.n_judged} / {summary.n_pairs}",
-        "failures (pairs; orders)": f"{summary.n_failures}; {summary.n_failed_orders}"}))
+    out.print(
+        metric_table(
+            f"{rows[0]['generator_2']} vs {rows[0]['generator_1']}, judged by {backend.model}",
+            {
+                "win rate (%)": f"{wr.win_rate:.2f} ± {wr.standard_error:.2f}" if wr else "—",
+                "LC win rate (%)": f"{wr.lc_win_rate:.2f}" if wr else "—",
+                "discrete win rate (%)": f"{wr.discrete_win_rate:.2f}" if wr else "—",
+                "pairs judged / total": f"{summary.n_judged} / {summary.n_pairs}",
+                "failures (pairs; orders)": f"{summary.n_failures}; {summary.n_failed_orders}",
+            },
+        )
+    )
     out.print(f"annotations → {output}  (instillm eval winrate reads them)")
 
 
@@ -387,8 +448,9 @@ def eval_judge(
 
 @app.command("winrate")
 def eval_winrate(
-    files: list[str] | None = typer.Argument(None,
-                                             help="AlpacaEval annotation files (JSON lists), e.g. from `eval judge`."),
+    files: list[str] | None = typer.Argument(
+        None, help="AlpacaEval annotation files (JSON lists), e.g. from `eval judge`."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only (one object for one file)."),
     leaderboard: Path | None = typer.Option(None, "--leaderboard", help="AlpacaEval leaderboard CSV to compare with."),
 ) -> None:
@@ -401,8 +463,17 @@ def eval_winrate(
         results = win_rates(files)
         board = _read_leaderboard(leaderboard) if leaderboard else {}
     if as_json:
-        rows = [{"model": r.model, "win_rate": r.win_rate, "lc_win_rate": r.lc_win_rate, "n": r.n,
-                 "discrete_win_rate": r.discrete_win_rate, "standard_error": r.standard_error} for r in results]
+        rows = [
+            {
+                "model": r.model,
+                "win_rate": r.win_rate,
+                "lc_win_rate": r.lc_win_rate,
+                "n": r.n,
+                "discrete_win_rate": r.discrete_win_rate,
+                "standard_error": r.standard_error,
+            }
+            for r in results
+        ]
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return
     table = Table(title="AlpacaEval win rates (%)")
@@ -410,8 +481,15 @@ def eval_winrate(
         table.add_column(col, justify="right" if col != "model" else "left")
     for r in results:
         ref = board.get(r.model)
-        table.add_row(r.model, str(r.n), f"{r.win_rate:.2f}", f"{r.standard_error:.2f}", f"{r.discrete_win_rate:.2f}",
-                      f"{r.lc_win_rate:.2f}", f"{ref[0]:.2f} / {ref[1]:.2f}" if ref else "—")
+        table.add_row(
+            r.model,
+            str(r.n),
+            f"{r.win_rate:.2f}",
+            f"{r.standard_error:.2f}",
+            f"{r.discrete_win_rate:.2f}",
+            f"{r.lc_win_rate:.2f}",
+            f"{ref[0]:.2f} / {ref[1]:.2f}" if ref else "—",
+        )
     out.print(table)
 
 
@@ -419,5 +497,7 @@ def _read_leaderboard(path: Path) -> dict:
     import csv
 
     with open(path, newline="", encoding="utf-8") as f:
-        return {row[""]: (float(row["win_rate"]), float(row["length_controlled_winrate"] or "nan"))
-                for row in csv.DictReader(f)}
+        return {
+            row[""]: (float(row["win_rate"]), float(row["length_controlled_winrate"] or "nan"))
+            for row in csv.DictReader(f)
+        }

@@ -16,8 +16,9 @@ app = typer.Typer(help="Create and manage models.", no_args_is_help=True)
 def model_init(
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write the model to."),
     preset: str = typer.Option("tiny", "--preset", help="tiny (~2M params) | small (~28M)"),
-    corpus: list[Path] | None = typer.Option(None, "--corpus",
-                                             help="Canonical JSONL or .txt to train the tokenizer on."),
+    corpus: list[Path] | None = typer.Option(
+        None, "--corpus", help="Canonical JSONL or .txt to train the tokenizer on."
+    ),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Create a tokenizer and a randomly initialised Llama model, saved as safetensors."""

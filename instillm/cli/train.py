@@ -24,12 +24,14 @@ def train_cmd(
     overrides: list[str] | None = typer.Option(None, "--set", help="Override a key: --set lora.r=16 (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     device: Device = "auto",
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train into a non-empty output_dir that holds no "
+                                   "checkpoints or run.json of this run (its other files are left alone)."),
 ) -> None:
     """Supervised fine-tuning with loss on responses only; resumes from the newest checkpoint."""
     from instillm.train import load_config, train
 
     with cli_errors():
-        result = train(load_config(config, overrides or []), progress=progress, device=device)
+        result = train(load_config(config, overrides or []), progress=progress, device=device, overwrite=overwrite)
     table = Table(title=f"trained → {result.final_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -110,7 +112,7 @@ def _print_suites(suites: dict) -> None:
 def serve_cmd(
     model: str = typer.Argument(..., help="A saved model directory (e.g. a run's final/ or an export) or hub id."),
     host: str = typer.Option("127.0.0.1", "--host",
-                             help="Interface to bind; 0.0.0.0 exposes the server to the network."),
+                             help="Interface to bind; 0.0.0.0 exposes the server to the network (needs a key)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="INSTILLM_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' (or set INSTILLM_API_KEY)."),
@@ -125,14 +127,29 @@ def serve_cmd(
     template: str = typer.Option("auto", "--template",
                                  help="Chat template: auto (the model's saved one), chatml, alpaca, plain."),
     device: Device = "auto",
+    max_request_bytes: int = typer.Option(4 * 1024 * 1024, "--max-request-bytes",
+                                          help="Largest request body; bigger ones get 413 before they are read."),
+    max_rows: int = typer.Option(256, "--max-rows", help="Most rows (prompts x n) one request may ask for."),
+    allow_remote_without_key: bool = typer.Option(False, "--allow-remote-without-key",
+                                                  help="Serve a non-loopback --host without an API key anyway."),
 ) -> None:
-    """Serve MODEL with an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    """Serve MODEL with an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
+
+    A --host other than loopback needs --api-key (or INSTILLM_API_KEY), or --allow-remote-without-key.
+    """
+    from rich.markup import escape
+
     from instillm.serve import serve
 
     def announce(url: str) -> None:
         out.print(f"serving {model} at {url} (OpenAI-compatible; Ctrl-C stops)")
         sys.stdout.flush()
 
+    def warn(message: str) -> None:
+        console.print(f"[bold red]{escape(message)}[/]")
+
     with cli_errors():
-        serve(model, host=host, port=port, api_key=api_key, model_name=model_name, max_batch_size=max_batch_size,
-              batch_wait_ms=batch_wait_ms, max_length=max_length, template=template, device=device, announce=announce)
+        serve(model, host=host, port=port, api_key=api_key or None, model_name=model_name,
+              max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_length=max_length, template=template,
+              device=device, announce=announce, max_request_bytes=max_request_bytes, max_rows=max_rows,
+              allow_remote_without_key=allow_remote_without_key, warn=warn)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from instillm.data.importer import rejects_path_for
 from instillm.data.io import RawRow, read_rows
@@ -110,8 +110,13 @@ def curate_file(
                     summary.n_kept += 1
                 else:
                     by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
-                    entry = {"file": str(inp), "line": row.line, "reason": error.reason,
-                             "detail": error.detail, "raw": row.raw}
+                    entry = {
+                        "file": str(inp),
+                        "line": row.line,
+                        "reason": error.reason,
+                        "detail": error.detail,
+                        "raw": row.raw,
+                    }
                     frej.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
                 if progress and summary.n_in % PROGRESS_EVERY == 0:
                     progress(PROGRESS_EVERY)

@@ -22,14 +22,15 @@ counted once, for the first match found in message order).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+from instillm.curate.common import CurationSummary, curate_file
 from instillm.data.io import read_rows
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError, RowError
 from instillm.metrics import rouge_tokenize
-from instillm.curate.common import CurationSummary, curate_file
 
 DEFAULT_N = 13
 DEFAULT_MIN_TOKENS = 8
@@ -85,7 +86,7 @@ class EvalIndex:
         name = Path(path).name
         if name in self.names:
             name = str(path)
-        texts = []
+        texts: list[str] = []
         for row in read_rows(path):
             if row.error is not None:
                 raise DataError(f"eval set {path}:{row.line}: {row.error}")

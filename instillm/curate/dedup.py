@@ -67,16 +67,16 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from instillm.curate.common import CurationSummary, conversation_parts, curate_file, user_text
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, RowError
 from instillm.metrics import lcs_from_masks, normalize_answer, rouge_tokenize
-from instillm.curate.common import CurationSummary, conversation_parts, curate_file, user_text
 
 DEFAULT_NUM_PERM = 128
 DEFAULT_NGRAM = 5
@@ -224,8 +224,10 @@ class MinHasher:
         raw = sig.astype("<u4").tobytes()
         w = rows * 4
         b2 = hashlib.blake2b
-        return [int.from_bytes(b2(raw[i * w : (i + 1) * w], digest_size=8).digest(), "little", signed=True)
-                for i in range(bands)]  # signed: fits an int64 column (Arrow, numpy)
+        return [
+            int.from_bytes(b2(raw[i * w : (i + 1) * w], digest_size=8).digest(), "little", signed=True)
+            for i in range(bands)
+        ]  # signed: fits an int64 column (Arrow, numpy)
 
 
 @lru_cache(maxsize=64)
@@ -276,8 +278,13 @@ class LSHIndex:
 class MinHashDedup:
     """Streaming MinHash-LSH near-duplicate detector: `offer(text, label)` keeps first occurrences."""
 
-    def __init__(self, threshold: float = DEFAULT_JACCARD, num_perm: int = DEFAULT_NUM_PERM,
-                 ngram: int = DEFAULT_NGRAM, seed: int = DEFAULT_SEED) -> None:
+    def __init__(
+        self,
+        threshold: float = DEFAULT_JACCARD,
+        num_perm: int = DEFAULT_NUM_PERM,
+        ngram: int = DEFAULT_NGRAM,
+        seed: int = DEFAULT_SEED,
+    ) -> None:
         """Choose (bands, rows) for the Jaccard threshold and draw the permutations."""
         self.threshold = threshold
         self.bands, self.rows = lsh_params(threshold, num_perm)
@@ -295,8 +302,13 @@ class MinHashDedup:
         return hit
 
 
-def minhash_dedup(texts: Iterable[str], threshold: float = DEFAULT_JACCARD, num_perm: int = DEFAULT_NUM_PERM,
-                  ngram: int = DEFAULT_NGRAM, seed: int = DEFAULT_SEED) -> list[bool]:
+def minhash_dedup(
+    texts: Iterable[str],
+    threshold: float = DEFAULT_JACCARD,
+    num_perm: int = DEFAULT_NUM_PERM,
+    ngram: int = DEFAULT_NGRAM,
+    seed: int = DEFAULT_SEED,
+) -> list[bool]:
     """Keep flags: False for a text that shares an LSH band with an earlier kept text."""
     d = MinHashDedup(threshold, num_perm, ngram, seed)
     return [d.offer(t, i) is None for i, t in enumerate(texts)]
@@ -395,9 +407,9 @@ class RougeLFilter:
             doc = self._docs[slot]
             lcs = lcs_from_masks(masks, m, doc)
             self.exact_lcs += 1
-            precision = lcs / len(doc)
-            recall = lcs / m
-            f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+            prec = lcs / len(doc)
+            rec = lcs / m
+            f = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
             if f > thr and (found is None or f > found[0]):
                 found = (f, self._labels[slot])
                 if not best:
@@ -449,8 +461,9 @@ def rouge_filter(texts: Sequence[str], threshold: float = DEFAULT_ROUGE_L, again
     return [f.offer(t) for t in texts]
 
 
-def rouge_filter_examples(examples: Iterable[Example], threshold: float = DEFAULT_ROUGE_L,
-                          against: Sequence[str] = ()) -> list[Example]:
+def rouge_filter_examples(
+    examples: Iterable[Example], threshold: float = DEFAULT_ROUGE_L, against: Sequence[str] = ()
+) -> list[Example]:
     """The examples the greedy ROUGE-L filter keeps, comparing instructions (user turns joined by newline)."""
     f = RougeLFilter(threshold, against)
     return [ex for ex in examples if f.offer(user_text(ex))]
@@ -505,9 +518,11 @@ def dedup_file(
             text = "\n".join(conversation_parts(ex)) if on == "conversation" else user_text(ex)
             hit = mh.offer(text, line)
             if hit is not None:
-                return RowError("minhash_duplicate",
-                                f"shares a MinHash-LSH band with line {hit} (Jaccard threshold {minhash}, "
-                                f"{mh.bands} bands x {mh.rows} rows, word {ngram}-grams)")
+                return RowError(
+                    "minhash_duplicate",
+                    f"shares a MinHash-LSH band with line {hit} (Jaccard threshold {minhash}, "
+                    f"{mh.bands} bands x {mh.rows} rows, word {ngram}-grams)",
+                )
             return None
 
         steps.append(minhash_step)

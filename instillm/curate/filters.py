@@ -32,17 +32,28 @@ Language heuristic (English or not; no model), judged on the instruction only �
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
+from instillm.curate.common import CurationSummary, curate_file, user_text
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, RowError
 from instillm.metrics import normalize_answer
-from instillm.curate.common import CurationSummary, curate_file, user_text
 
 SELF_INSTRUCT_BLACKLIST = (
-    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
-    "map", "maps", "draw", "plot", "go to",
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
 )
 DEFAULT_MIN_WORDS = 4
 DEFAULT_MAX_WORDS = 150
@@ -52,7 +63,8 @@ MIN_LETTERS = 20
 MIN_WORDS_FOR_STOPWORDS = 8
 MIN_FOREIGN_STOPWORDS = 3
 
-EN_STOPWORDS = frozenset("""
+EN_STOPWORDS = frozenset(
+    """
 a about above after again against all am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have
 having he her here hers herself him himself his how i if in into is it its itself just me more most
@@ -60,10 +72,13 @@ my myself no nor not now of off on once only or other our ours out over own same
 such than that the their theirs them themselves then there these they this those through to too
 under until up very was we were what when where which while who whom why will with would you your
 yours yourself yourselves
-""".split())
+""".split()
+)
 
 # Function words of de/fr/es/it/pt/nl that are not English words themselves.
-FOREIGN_STOPWORDS = frozenset("""
+FOREIGN_STOPWORDS = (
+    frozenset(
+        """
 der das dem des ein eine einer eines einem einen und ist nicht mit sich auf für fur von zu
 im ich sie es wir ihr sind wie auch aber oder wenn dass noch nach bei aus um über uber nur schon
 le la les un une des du et est sont avec dans sur pas qui que ne se au aux ce cette ces mais ou
@@ -73,7 +88,10 @@ muy también tambien qué cómo cuál puede ser
 il lo gli della delle dei degli di da che non è sono una questo questa anche più
 os um uma uns umas não nao com para por mais foi são sua seu muito também isso ela você
 het een en ik je dat niet zijn op te voor er maar ook als bij wat nog naar dit
-""".split()) - EN_STOPWORDS
+""".split()
+    )
+    - EN_STOPWORDS
+)
 
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 _URL = re.compile(r"\S*://\S*|www\.\S+")
@@ -128,7 +146,10 @@ class RuleFilter:
             raise ConfigError(f"language must be 'en' or None (only an English heuristic exists), got {language!r}")
         if isinstance(blacklist, str):
             raise ConfigError("blacklist must be a list of words, not one string")
-        for lo, hi, what in ((min_words, max_words, "words"), (min_response_words, max_response_words, "response words")):
+        for lo, hi, what in (
+            (min_words, max_words, "words"),
+            (min_response_words, max_response_words, "response words"),
+        ):
             if lo is not None and hi is not None and lo > hi:
                 raise ConfigError(f"min {what} ({lo}) is larger than max {what} ({hi})")
         self.min_words, self.max_words = min_words, max_words
@@ -194,6 +215,7 @@ def filter_file(
     progress: Callable[[int], None] | None = None,
 ) -> CurationSummary:
     """Copy canonical JSONL `inp` to `out` without the rows a rule rejects (see the module docstring)."""
-    rules = RuleFilter(min_words, max_words, language, blacklist, min_response_words, max_response_words,
-                       self_instruct_rules)
+    rules = RuleFilter(
+        min_words, max_words, language, blacklist, min_response_words, max_response_words, self_instruct_rules
+    )
     return curate_file(inp, out, [lambda ex, line: rules.check(ex)], progress)

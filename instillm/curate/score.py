@@ -46,18 +46,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from instillm.data.importer import rejects_path_for
-from instillm.data.render import IGNORE_INDEX, Rendered, RenderConfig, Renderer
-from instillm.data.schema import Example
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range
-from instillm.errors import DataError, RenderError, RowError
 from instillm.curate.common import CurationSummary, curate_file, iter_canonical
+from instillm.data.importer import rejects_path_for
+from instillm.data.render import IGNORE_INDEX, RenderConfig, Rendered, Renderer
+from instillm.data.schema import Example
+from instillm.errors import DataError, RenderError, RowError
 from instillm.llm.backend import Backend, BackendConfig, LLMRequest, chat, make_backend
 from instillm.llm.loglikelihood import ScoreRequest, score_requests
 
@@ -66,8 +67,10 @@ IFD_TRUNCATION = ("truncate-prompt", "drop")
 RATING_SCALE = (0.0, 5.0)  # AlpaGasus asks for "a score on a scale of 0 to 5"
 
 # AlpaGasus's rating prompt (accuracy dimension), as the paper prints it.
-RATING_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response "
-                 "to the instruction and the given input displayed following.")
+RATING_SYSTEM = (
+    "We would like to request your feedback on the performance of AI assistant in response "
+    "to the instruction and the given input displayed following."
+)
 RATING_PROMPT = (
     "###Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{response}\n\n"
     "Please rate according to the accuracy of the response to the instruction and the input. Each "
@@ -187,8 +190,7 @@ Tokens = tuple[list[int], list[int]]  # (input_ids, labels); labels -100 where n
 def last_turn_only(example: Example) -> Example:
     """The example with loss on its last assistant turn only (earlier ones become context)."""
     last = len(example.messages) - 1
-    msgs = tuple(replace(m, train=(i == last)) if m.role == "assistant" else m
-                 for i, m in enumerate(example.messages))
+    msgs = tuple(replace(m, train=(i == last)) if m.role == "assistant" else m for i, m in enumerate(example.messages))
     return replace(example, messages=msgs)
 
 
@@ -201,7 +203,7 @@ class IFDScorer:
         self.direct_prefix = self._direct_prefix()
 
     @classmethod
-    def load(cls, config: IFDConfig) -> "IFDScorer":
+    def load(cls, config: IFDConfig) -> IFDScorer:
         """Load `config.model` and its tokenizer onto `config.device`."""
         from instillm.models.loading import load_local
 
@@ -255,7 +257,9 @@ class IFDScorer:
 # LLM rating
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
-_SCORE_LINE = re.compile(rf"^[\s*#]*(?:(?:score|rating)\s*[:=]?\s*)?({_NUMBER})\s*(?:/\s*5(?:\.0)?|out of 5)?[\s*.]*$", re.I)
+_SCORE_LINE = re.compile(
+    rf"^[\s*#]*(?:(?:score|rating)\s*[:=]?\s*)?({_NUMBER})\s*(?:/\s*5(?:\.0)?|out of 5)?[\s*.]*$", re.I
+)
 _LABELLED = re.compile(rf"\b(?:score|rating)\s*(?:[:=]|is|of)?\s*[*\s]*({_NUMBER})", re.I)
 _ANY_NUMBER = re.compile(rf"(?<![\w.])({_NUMBER})(?![\w])")
 
@@ -298,12 +302,16 @@ def rating_request(example: Example, max_tokens: int = 256) -> LLMRequest:
     """The greedy AlpaGasus rating request for one example."""
     instruction, inp, response = rating_fields(example)
     user = RATING_PROMPT.format(instruction=instruction, input=inp, response=response)
-    return chat([{"role": "system", "content": RATING_SYSTEM}, {"role": "user", "content": user}],
-                max_tokens=max_tokens, temperature=0.0)
+    return chat(
+        [{"role": "system", "content": RATING_SYSTEM}, {"role": "user", "content": user}],
+        max_tokens=max_tokens,
+        temperature=0.0,
+    )
 
 
-def rate(backend: Backend, examples: Sequence[Example], max_tokens: int = 256,
-         progress: Callable[[int], None] | None = None) -> list[tuple[float | None, str]]:
+def rate(
+    backend: Backend, examples: Sequence[Example], max_tokens: int = 256, progress: Callable[[int], None] | None = None
+) -> list[tuple[float | None, str]]:
     """(rating or None, the judge's raw answer) per example, in order."""
     if not examples:
         return []
@@ -330,8 +338,9 @@ class RowScores:
         """The scores a kept row carries in its meta."""
         out: dict[str, Any] = {}
         if self.ifd is not None:
-            out.update(ifd=self.ifd.ifd, ifd_conditioned_loss=self.ifd.conditioned_loss,
-                       ifd_direct_loss=self.ifd.direct_loss)
+            out.update(
+                ifd=self.ifd.ifd, ifd_conditioned_loss=self.ifd.conditioned_loss, ifd_direct_loss=self.ifd.direct_loss
+            )
         if self.rated:
             out.update(rating=self.rating, rating_raw=self.rating_raw)
         return out
@@ -359,14 +368,27 @@ def select(rows: Sequence[RowScores], config: ScoreConfig) -> dict[int, RowError
     """Decision per line: None keeps the row, a RowError names why it goes to the rejects."""
     decisions = {row.line: threshold_error(row, config) for row in rows}
     candidates = [row for row in rows if decisions[row.line] is None]
-    if config.top_k is None and config.top_fraction is None:
+    if config.top_k is not None:
+        k = config.top_k
+    elif config.top_fraction is not None:
+        k = math.floor(config.top_fraction * len(candidates))
+    else:
         return decisions
-    k = config.top_k if config.top_k is not None else math.floor(config.top_fraction * len(candidates))
-    ranked = sorted(candidates, key=lambda r: (-r.ifd.ifd, r.line))  # type: ignore[union-attr]
+    ranked = sorted(candidates, key=lambda r: (-_candidate_ifd(r), r.line))
     for rank, row in enumerate(ranked[k:], start=k + 1):
         decisions[row.line] = RowError(
-            "not_in_top", f"ifd {row.ifd.ifd:.4f} ranks {rank} of {len(ranked)}; the top {k} are kept")  # type: ignore[union-attr]
+            "not_in_top", f"ifd {_candidate_ifd(row):.4f} ranks {rank} of {len(ranked)}; the top {k} are kept"
+        )
     return decisions
+
+
+def _candidate_ifd(row: RowScores) -> float:
+    """The IFD of a top-selection candidate: selecting by IFD needs an IFD model, and threshold_error
+    already rejected the rows whose IFD is missing or undefined."""
+    ifd = row.ifd.ifd if row.ifd is not None else None
+    if ifd is None:
+        raise AssertionError(f"line {row.line}: a top-selection candidate has no IFD score")
+    return ifd
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,9 +442,15 @@ def _chunks(path: str | Path) -> Iterator[list[tuple[int, Example]]]:
         yield chunk
 
 
-def score_file(inp: str | Path, out: str | Path, config: ScoreConfig, *,
-               scorer: IFDScorer | None = None, backend: Backend | None = None,
-               progress: Callable[[int], None] | None = None) -> ScoreSummary:
+def score_file(
+    inp: str | Path,
+    out: str | Path,
+    config: ScoreConfig,
+    *,
+    scorer: IFDScorer | None = None,
+    backend: Backend | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreSummary:
     """Score every row of canonical JSONL `inp`, write kept rows (scores in meta) to `out`, rejects beside it.
 
     `scorer` / `backend` default to ones built from `config` (a backend built here is closed

@@ -11,8 +11,10 @@ MAX_TREE_DEPTH messages deep (`too_deep`); a message met twice on a walk is a `c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator
+from functools import partial
+from typing import Any
 
 from instillm.data.io import RawRow, source_name, source_stem
 from instillm.data.schema import Example, Message, from_prompt_completion, parse_messages
@@ -21,8 +23,14 @@ from instillm.errors import RowError
 ENDOFTEXT = "<|endoftext|>"
 CANONICAL_KEYS = frozenset({"id", "source", "task", "category", "messages", "meta"})
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "system": "system",
-    "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant", "bing": "assistant", "bard": "assistant",
+    "human": "user",
+    "user": "user",
+    "system": "system",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
 }
 OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -47,12 +55,13 @@ class RowContext:
     id_stem: str = ""
 
     @classmethod
-    def for_file(cls, file: str, all_paths: bool = False, id_stem: str = "") -> "RowContext":
+    def for_file(cls, file: str, all_paths: bool = False, id_stem: str = "") -> RowContext:
         """A context for rows of `file` (set `line` per row with `at`)."""
-        return cls(file=file, line=0, source=source_name(file), stem=source_stem(file), all_paths=all_paths,
-                   id_stem=id_stem)
+        return cls(
+            file=file, line=0, source=source_name(file), stem=source_stem(file), all_paths=all_paths, id_stem=id_stem
+        )
 
-    def at(self, line: int) -> "RowContext":
+    def at(self, line: int) -> RowContext:
         """The same context at another line (a plain constructor call: dataclasses.replace is slow per row)."""
         return RowContext(self.file, line, self.source, self.stem, self.all_paths, self.id_stem)
 
@@ -61,11 +70,17 @@ class RowContext:
         stem = self.id_stem or self.stem
         return f"{stem}-{self.line}" if k is None else f"{stem}-{self.line}-{k}"
 
-    def fields(self, k: int | None = None, task: str = "", category: str = "",
-               meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def fields(
+        self, k: int | None = None, task: str = "", category: str = "", meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Keyword arguments for Example: id, source, task (default: the file stem), category, meta."""
-        return {"id": self.id(k), "source": self.source, "task": task or self.stem,
-                "category": category, "meta": meta or {}}
+        return {
+            "id": self.id(k),
+            "source": self.source,
+            "task": task or self.stem,
+            "category": category,
+            "meta": meta or {},
+        }
 
     def example(self, messages: Iterable[Message], k: int | None = None, **kw: Any) -> Example:
         """A validated Example named after this row."""
@@ -236,7 +251,7 @@ def oasst_examples(root: dict, tree_id: str, ctx: RowContext, meta: dict[str, An
         ids = [n.get("message_id") for n in path]
         return ctx.example([_oasst_message(n) for n in path], k if many else None, meta={**base, "message_ids": ids})
 
-    return _first_valid([lambda k=k, p=p: make(k, p) for k, p in enumerate(unique)], "path")
+    return _first_valid([partial(make, k, p) for k, p in enumerate(unique)], "path")
 
 
 def _replies(node: dict) -> list[dict]:
@@ -251,8 +266,9 @@ def _rank_key(item: tuple[int, dict]) -> tuple[bool, float, int]:
     """Sort key: lowest rank first, unranked (None) last, ties by file order."""
     i, node = item
     rank = node.get("rank")
-    ok = isinstance(rank, (int, float)) and not isinstance(rank, bool)
-    return (not ok, rank if ok else 0, i)
+    if isinstance(rank, (int, float)) and not isinstance(rank, bool):
+        return (False, rank, i)
+    return (True, 0, i)
 
 
 def _best_path(root: dict) -> list[dict]:
@@ -301,7 +317,7 @@ def hh(rec: dict, ctx: RowContext) -> list[Example]:
     """Anthropic HH-RLHF / Constitutional AI: train on `chosen`, keep `rejected` in meta."""
     chosen = rec.get("chosen")
     if isinstance(chosen, list):  # some CAI exports store message lists instead of transcripts
-        msgs = parse_messages([_openai_message(m, i) for i, m in enumerate(chosen)])
+        msgs: Sequence[Message] = parse_messages([_openai_message(m, i) for i, m in enumerate(chosen)])
     else:
         msgs = parse_transcript(_str(rec, "chosen"))
     meta = {"rejected": rec["rejected"]} if rec.get("rejected") is not None else {}
@@ -336,8 +352,11 @@ def flan(rec: dict, ctx: RowContext) -> list[Example]:
         if isinstance(rec.get(key), (str, int)):
             meta[key.lstrip("_")] = rec[key]
     cot = "cot" in template.lower() or "cot" in task.lower()
-    return [from_prompt_completion(_str(rec, "inputs"), _str(rec, "targets"),
-                                   **ctx.fields(task=task, category="cot" if cot else "", meta=meta))]
+    return [
+        from_prompt_completion(
+            _str(rec, "inputs"), _str(rec, "targets"), **ctx.fields(task=task, category="cot" if cot else "", meta=meta)
+        )
+    ]
 
 
 def prompt_completion(rec: dict, ctx: RowContext) -> list[Example]:
@@ -367,7 +386,7 @@ def self_instruct(rec: dict, ctx: RowContext) -> list[Example]:
         fields = ctx.fields(i if k else None, task=task, category=category, meta={**base, **meta, "instance": i})
         return from_prompt_completion(user, _str(inst, "output"), **fields)
 
-    return _first_valid([lambda i=i, x=x: make(i, x) for i, x in enumerate(instances)], "instance")
+    return _first_valid([partial(make, i, x) for i, x in enumerate(instances)], "instance")
 
 
 def mt_bench(rec: dict, ctx: RowContext) -> list[Example]:
@@ -405,9 +424,17 @@ def _turn(value: Any, where: str, i: int) -> str:
 
 
 FORMATS: dict[str, Converter] = {
-    "alpaca": alpaca, "dolly": dolly, "sharegpt": sharegpt, "openai": openai, "oasst": oasst, "hh": hh,
-    "openorca": openorca, "flan": flan, "prompt_completion": prompt_completion,
-    "self_instruct": self_instruct, "mt_bench": mt_bench,
+    "alpaca": alpaca,
+    "dolly": dolly,
+    "sharegpt": sharegpt,
+    "openai": openai,
+    "oasst": oasst,
+    "hh": hh,
+    "openorca": openorca,
+    "flan": flan,
+    "prompt_completion": prompt_completion,
+    "self_instruct": self_instruct,
+    "mt_bench": mt_bench,
 }
 
 # Checked in order: the first format whose keys are all present wins.
@@ -434,8 +461,8 @@ def detect_format(record: dict) -> str:
         for name, keys in _SIGNATURES:
             if all(k in record for k in keys):
                 return name
-    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-    raise RowError("unknown_format", f"no known format has keys {keys}; formats: {sorted(FORMATS)}")
+    found = sorted(record) if isinstance(record, dict) else type(record).__name__
+    raise RowError("unknown_format", f"no known format has keys {found}; formats: {sorted(FORMATS)}")
 
 
 # ---------------------------------------------------------------- streams
@@ -459,8 +486,13 @@ def convert_row(row: RawRow, fmt: str, ctx: RowContext) -> Unit:
 
 def is_flat_message(record: Any) -> bool:
     """Whether a record is one message of a flat OpenAssistant export (no nested replies)."""
-    return (isinstance(record, dict) and "message_id" in record and "parent_id" in record
-            and "replies" not in record and "prompt" not in record)
+    return (
+        isinstance(record, dict)
+        and "message_id" in record
+        and "parent_id" in record
+        and "replies" not in record
+        and "prompt" not in record
+    )
 
 
 def convert_rows(rows: Iterable[RawRow], fmt: str, ctx: RowContext) -> Iterator[Unit]:
@@ -508,8 +540,10 @@ def flat_tree_units(rows: list[RawRow], ctx: RowContext) -> list[Unit]:
     rows, repeated = _split_repeated(rows)
     roots = [r for r in rows if r.record.get("parent_id") is None]
     if len(roots) != 1:
-        error = RowError("missing_root" if not roots else "multiple_roots",
-                         f"tree {rows[0].record['message_tree_id']} has {len(roots)} root messages")
+        error = RowError(
+            "missing_root" if not roots else "multiple_roots",
+            f"tree {rows[0].record['message_tree_id']} has {len(roots)} root messages",
+        )
         return [Unit(rows, error=error)] + repeated
     nodes = {r.record["message_id"]: {**r.record, "replies": []} for r in rows}
     for r in rows:

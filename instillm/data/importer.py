@@ -22,11 +22,12 @@ import signal
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from instillm.data.formats import FORMATS, RowContext, Unit, convert_rows, detect_format, mt_bench
 from instillm.data.io import RawRow, one_line, read_rows, source_name, source_stem
@@ -135,14 +136,15 @@ def _qualified_stems(names: list[str]) -> dict[str, str]:
     depth = max((len(p.parts) for p in paths.values()), default=0)
     for tail in (source_stem, source_name):
         for k in range(0 if tail is source_name else 1, depth):
-            keys = {n: "/".join(paths[n].parts[-1 - k:-1] + (tail(n),)) for n in names}
+            keys = {n: "/".join(paths[n].parts[-1 - k : -1] + (tail(n),)) for n in names}
             if len(set(keys.values())) == len(names):
                 return keys
     return {n: paths[n].as_posix().lstrip("/") for n in names}
 
 
-def _import_file(name: str, rows: Iterator[RawRow], fmt: str, ctx: RowContext,
-                 sink: "_Sink", progress: Callable[[int], None] | None) -> None:
+def _import_file(
+    name: str, rows: Iterator[RawRow], fmt: str, ctx: RowContext, sink: _Sink, progress: Callable[[int], None] | None
+) -> None:
     """Convert one input's rows into the sink, detecting its format when asked."""
     rows, used = _resolve_format(iter(rows), fmt)
     sink.summary.formats[name] = used or "unknown"
@@ -221,7 +223,7 @@ class _Sink:
         self._out = open(self._out_tmp, "wb")
         self._rej = open(self._rej_tmp, "wb")
 
-    def __enter__(self) -> "_Sink":
+    def __enter__(self) -> _Sink:
         """Use as a context manager so temp files never outlive an import."""
         return self
 
@@ -350,8 +352,9 @@ def read_examples(path: str | Path) -> Iterator[Example]:
             raise DataError(f"{path}:{row.line}: {e}") from e
 
 
-def import_mt_bench(question_path: str | Path, answers_path: str | Path,
-                    output: str | Path | None = None) -> list[Example]:
+def import_mt_bench(
+    question_path: str | Path, answers_path: str | Path, output: str | Path | None = None
+) -> list[Example]:
     """Join MT-Bench questions with answers (`choices[0].turns`) by question_id; unanswered ones are skipped.
 
     With `output`, the examples are also written there as canonical JSONL (never over an input).

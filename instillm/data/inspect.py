@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from rich.text import Text
@@ -14,8 +15,15 @@ from instillm.data.schema import Example
 from instillm.errors import DataError
 
 JSON_KEYS = (
-    "n_examples", "n_tokens", "trained_token_fraction", "truncated", "dropped",
-    "length_p50", "length_p95", "length_max", "packing_efficiency",
+    "n_examples",
+    "n_tokens",
+    "trained_token_fraction",
+    "truncated",
+    "dropped",
+    "length_p50",
+    "length_p95",
+    "length_max",
+    "packing_efficiency",
 )
 
 
@@ -43,13 +51,15 @@ class InspectStats:
         return {k: d[k] for k in JSON_KEYS}
 
 
-def compute_stats(rendered: list[Rendered], n_examples: int, dropped: dict[str, int],
-                  truncated: int, max_length: int, bins: int = 10) -> InspectStats:
+def compute_stats(
+    rendered: list[Rendered], n_examples: int, dropped: dict[str, int], truncated: int, max_length: int, bins: int = 10
+) -> InspectStats:
     """Summarise rendered examples: lengths, trained fraction, packing efficiency."""
     lengths = np.array([len(r) for r in rendered], dtype=np.int64)
     n_tokens = int(lengths.sum()) if len(lengths) else 0
     n_trained = sum(r.n_trained for r in rendered)
-    counts, edges = np.histogram(lengths, bins=bins, range=(0, max_length)) if len(lengths) else ([], [])
+    empty = (np.zeros(0), np.zeros(0))
+    counts, edges = np.histogram(lengths, bins=bins, range=(0, max_length)) if len(lengths) else empty
     return InspectStats(
         n_examples=n_examples,
         n_tokens=n_tokens,
@@ -67,8 +77,9 @@ def compute_stats(rendered: list[Rendered], n_examples: int, dropped: dict[str, 
     )
 
 
-def inspect_examples(examples: Iterable[Example], renderer: Renderer,
-                     progress: Callable[[], None] | None = None) -> tuple[InspectStats, list[Rendered]]:
+def inspect_examples(
+    examples: Iterable[Example], renderer: Renderer, progress: Callable[[], None] | None = None
+) -> tuple[InspectStats, list[Rendered]]:
     """Render every example with the training renderer and compute InspectStats."""
     rendered, rs = renderer.render_many(examples, progress=progress)
     if rs.n_examples == 0:

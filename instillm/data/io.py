@@ -22,9 +22,10 @@ import json
 import re
 import sys
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any
 
 from instillm.errors import DataError, RowError
 
@@ -42,7 +43,7 @@ class RawRow:
 
     file: str
     line: int
-    record: Any | None
+    record: Any  # the parsed value (any JSON value, even null); None when `error` is set
     raw: str
     error: RowError | None = None
 
@@ -120,7 +121,7 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(str(error).split())
 
 
-def _open_binary(p: Path) -> IO[bytes]:
+def _open_binary(p: Path) -> gzip.GzipFile | io.BufferedReader:
     """Open a file for reading bytes, decompressing `.gz` transparently."""
     return gzip.open(p, "rb") if p.name.lower().endswith(".gz") else open(p, "rb")
 
@@ -284,8 +285,11 @@ def _dataset_dir_rows(name: str, p: Path) -> Iterator[RawRow]:
     """A directory written by `save_to_disk`: memory-mapped Arrow, read in batches."""
     if (p / "dataset_dict.json").exists():
         splits = sorted(d.name for d in p.iterdir() if d.is_dir())
-        raise DataError(f"{name} holds several splits {splits}; pass one split directory, e.g. {p / splits[0]}"
-                        if splits else f"{name} holds no split")
+        raise DataError(
+            f"{name} holds several splits {splits}; pass one split directory, e.g. {p / splits[0]}"
+            if splits
+            else f"{name} holds no split"
+        )
     if not (p / "dataset_info.json").exists() and not (p / "state.json").exists():
         raise DataError(f"{name} is a directory but not a saved dataset (no dataset_info.json / state.json)")
     import datasets

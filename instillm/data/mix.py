@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from instillm.data.schema import Example
 from instillm.errors import ConfigError

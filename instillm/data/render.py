@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from instillm.config import Config, check_choice, check_min_int
 from instillm.data.schema import Example, Message
@@ -84,8 +85,12 @@ def template_messages(example: Example) -> list[dict[str, Any]]:
     if isinstance(instruction, str) and isinstance(inp, str) and inp:
         first_user = next(i for i, m in enumerate(msgs) if m["role"] == "user")
         if msgs[first_user]["content"] == f"{instruction}\n\n{inp}":
-            msgs[first_user] = {"role": "user", "content": f"{instruction}\n\n{inp}",
-                                "instruction": instruction, "input": inp}
+            msgs[first_user] = {
+                "role": "user",
+                "content": f"{instruction}\n\n{inp}",
+                "instruction": instruction,
+                "input": inp,
+            }
     return msgs
 
 
@@ -93,10 +98,7 @@ def _for_template(template_name: str, msgs: list[dict[str, Any]]) -> list[dict[s
     """Alpaca shows instruction and input apart; every other template sees plain content."""
     if template_name != "alpaca":
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
-    return [
-        {"role": m["role"], "content": m["instruction"], "input": m["input"]} if "input" in m else m
-        for m in msgs
-    ]
+    return [{"role": m["role"], "content": m["instruction"], "input": m["input"]} if "input" in m else m for m in msgs]
 
 
 class Renderer:
@@ -149,7 +151,7 @@ class Renderer:
                     f"{example.id!r}: the prompt rendered for generation differs from the training "
                     "render; use template: chatml (or another built-in) for this model"
                 )
-            piece = upto[len(prefix):].rstrip()
+            piece = upto[len(prefix) :].rstrip()
             if m.content.strip() not in piece:
                 raise TemplateError(
                     f"template {self.template_name!r} does not render assistant turn {i} of example "
@@ -209,13 +211,11 @@ class Renderer:
                     f"example {example.id!r}): the model would never learn to stop; use template: chatml"
                 )
 
-    def _fit(self, example: Example, ids: list[int], labels: list[int],
-             token_spans: list[tuple[int, int]]) -> Rendered:
+    def _fit(self, example: Example, ids: list[int], labels: list[int], token_spans: list[tuple[int, int]]) -> Rendered:
         """Apply max_length and the truncation policy."""
         n, limit = len(ids), self.config.max_length
-        fields = {"example_id": example.id, "task": example.task}
         if n <= limit:
-            return Rendered(ids, labels, **fields)
+            return Rendered(ids, labels, example_id=example.id, task=example.task)
         if self.config.truncation != "truncate-prompt":
             raise RenderError("too_long", f"{n} tokens > max_length {limit}")
         keep_bos = self.bos_token_id is not None and ids[0] == self.bos_token_id
@@ -228,7 +228,7 @@ class Renderer:
         new_ids, new_labels = head + ids[start:], ([IGNORE_INDEX] if keep_bos else []) + labels[start:]
         if all(x == IGNORE_INDEX for x in new_labels):
             raise RenderError("too_long", f"{n} tokens > max_length {limit} and the response alone does not fit")
-        return Rendered(new_ids, new_labels, truncated=True, **fields)
+        return Rendered(new_ids, new_labels, example_id=example.id, task=example.task, truncated=True)
 
     def render_many(self, examples: Iterable[Example], progress: Any = None) -> tuple[list[Rendered], RenderStats]:
         """Render a dataset, counting truncated and dropped examples; `error` policy raises."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from instillm.errors import RowError
 
@@ -90,7 +91,7 @@ class Example:
         return line_safe(json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False))
 
     @classmethod
-    def from_dict(cls, row: Mapping[str, Any]) -> "Example":
+    def from_dict(cls, row: Mapping[str, Any]) -> Example:
         """Parse a canonical row; raises RowError with a precise reason."""
         if not isinstance(row, Mapping):
             raise RowError("not_an_object", f"expected a JSON object, got {type(row).__name__}")
@@ -191,9 +192,7 @@ def content_id(messages: Iterable[Message]) -> str:
     return h.hexdigest()[:16]
 
 
-def from_prompt_completion(
-    prompt: str, completion: str, system: str | None = None, **fields: Any
-) -> Example:
+def from_prompt_completion(prompt: str, completion: str, system: str | None = None, **fields: Any) -> Example:
     """Map prompt/completion data into the canonical conversation form."""
     msgs = [Message("system", system)] if system else []
     msgs += [Message("user", prompt), Message("assistant", completion)]

@@ -26,8 +26,7 @@ from instillm.errors import ConfigError
 _BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
 
 CHATML = (
-    _BOS
-    + "{% for message in messages %}"
+    _BOS + "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
     "<|im_start|>assistant\n{% generation %}{{ message['content'] }}<|im_end|>{% endgeneration %}{{ '\\n' }}"
     "{% else %}"
@@ -38,8 +37,7 @@ CHATML = (
 )
 
 ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request."
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 ALPACA_PREAMBLE_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides "
@@ -47,8 +45,7 @@ ALPACA_PREAMBLE_INPUT = (
 )
 
 ALPACA = (
-    _BOS
-    + "{% set has_system = messages and messages[0]['role'] == 'system' %}"
+    _BOS + "{% set has_system = messages and messages[0]['role'] == 'system' %}"
     "{% if has_system %}{{ messages[0]['content'] }}{{ '\\n\\n' }}{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}"
@@ -66,8 +63,7 @@ ALPACA = (
 )
 
 PLAIN = (
-    _BOS
-    + "{% for message in messages %}"
+    _BOS + "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
     "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
     "{% elif message['role'] == 'system' %}{{ message['content'] }}{{ '\\n\\n' }}"
@@ -102,6 +98,4 @@ def resolve_template(name: str, tokenizer_template: str | None) -> tuple[str, st
     path = Path(name)
     if path.suffix in {".jinja", ".j2", ".txt"} and path.is_file():
         return str(path), path.read_text(encoding="utf-8")
-    raise ConfigError(
-        f"template: {name!r} is not one of {list(TEMPLATE_CHOICES)} nor an existing .jinja file"
-    )
+    raise ConfigError(f"template: {name!r} is not one of {list(TEMPLATE_CHOICES)} nor an existing .jinja file")

@@ -9,8 +9,9 @@ is the checker's verdict where there is one, else exact match.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from instillm.data.schema import Example
 from instillm.llm.backend import reply_text
@@ -102,8 +103,7 @@ def aggregate(scored: Sequence[Scored], n_samples: int = N_SAMPLES) -> SplitResu
         by_task[s.task].append(s)
         by_cat[s.category].append(s)
     samples = {
-        task: [asdict(s) for s in sorted(items, key=lambda s: s.correct)[:n_samples]]
-        for task, items in by_task.items()
+        task: [asdict(s) for s in sorted(items, key=lambda s: s.correct)[:n_samples]] for task, items in by_task.items()
     }
     return SplitResult(
         overall=_mean(scored),
@@ -113,8 +113,9 @@ def aggregate(scored: Sequence[Scored], n_samples: int = N_SAMPLES) -> SplitResu
     )
 
 
-def evaluate_predictions(examples: Sequence[Example], predictions: Sequence[str],
-                         checker: Checker | None = None) -> SplitResult:
+def evaluate_predictions(
+    examples: Sequence[Example], predictions: Sequence[str], checker: Checker | None = None
+) -> SplitResult:
     """Score given predictions (one per example, same order)."""
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
@@ -130,9 +131,15 @@ def suite_checker(example: Example, prediction: str) -> bool | None:
     return check(example, prediction)
 
 
-def predict(model: Any, tokenizer: Any, examples: Sequence[Example], renderer: Any,
-            max_new_tokens: int = 64, batch_size: int = 64,
-            progress: Callable[[int], None] | None = None) -> list[str]:
+def predict(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    renderer: Any,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
     """Greedy answers to each example's prompt (everything before its last turn), in order."""
     from instillm.llm.generation import GenerateOptions, Generator
 
@@ -142,19 +149,26 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], renderer: A
     preds: list[str] = []
     chunk = max(batch_size * 4, 1)  # progress granularity; the generator buckets inside a chunk
     for i in range(0, len(prompts), chunk):
-        preds += [reply_text(o) for o in gen.generate_texts(prompts[i:i + chunk], opts)]
+        preds += [reply_text(o) for o in gen.generate_texts(prompts[i : i + chunk], opts)]
         if progress:
-            progress(len(prompts[i:i + chunk]))
+            progress(len(prompts[i : i + chunk]))
     return preds
 
 
-def evaluate_model(model: Any, tokenizer: Any, splits: dict[str, Sequence[Example]], renderer: Any,
-                   max_new_tokens: int = 64, batch_size: int = 64,
-                   progress: Callable[[int], None] | None = None) -> dict[str, SplitResult]:
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    splits: dict[str, Sequence[Example]],
+    renderer: Any,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, SplitResult]:
     """Generate and score every split; skills-suite examples are also judged by their family checker."""
     return {
         name: evaluate_predictions(
-            examples, predict(model, tokenizer, examples, renderer, max_new_tokens, batch_size, progress),
+            examples,
+            predict(model, tokenizer, examples, renderer, max_new_tokens, batch_size, progress),
             checker=suite_checker,
         )
         for name, examples in splits.items()

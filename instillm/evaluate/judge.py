@@ -27,9 +27,10 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from instillm.config import Config, check_choice, check_min, check_min_int
 from instillm.errors import ConfigError, DataError
@@ -72,7 +73,12 @@ SYSTEM_PROMPT = (
     "Your choices are used to build a leaderboard of models."
 )
 
-_SHARED = '''I am building a leaderboard of large language models. Below is an instruction that was given to two models, and the output each of them produced. Decide which output a careful human reader would prefer: consider helpfulness, correctness, relevance and clarity. The order in which the outputs are listed means nothing, and a longer output is not better for being longer.
+_SHARED = (
+    "I am building a leaderboard of large language models. Below is an instruction that was given to two models, "
+    "and the output each of them produced. Decide which output a careful human reader would prefer: consider "
+    "helpfulness, correctness, relevance and clarity. The order in which the outputs are listed means nothing, "
+    "and a longer output is not better for being longer."
+    '''
 
 ## Instruction
 
@@ -98,14 +104,15 @@ The outputs, in no particular order, each labelled with the identifier of the mo
 ## Task
 
 '''
+)
 
 _TASKS = {
     "identifier": "Reply with the identifier of the model whose output is better. Your reply is read as the name "
-                  "of that model, so it must be exactly one of these identifiers and nothing else (no quotes, "
-                  "no punctuation, no explanation): m or M.",
+    "of that model, so it must be exactly one of these identifiers and nothing else (no quotes, "
+    "no punctuation, no explanation): m or M.",
     "ranking": "Rank the two models by the quality of their outputs, rank 1 for the better one. Reply with a "
-               "list of the model names and their ranks, and nothing else, exactly in this form:\n"
-               "[\n    {'model': <model name>, 'rank': <1 or 2>},\n    {'model': <model name>, 'rank': <1 or 2>}\n]",
+    "list of the model names and their ranks, and nothing else, exactly in this form:\n"
+    "[\n    {'model': <model name>, 'rank': <1 or 2>},\n    {'model': <model name>, 'rank': <1 or 2>}\n]",
 }
 _NAMES = {"identifier": ("model_identifier", "m", "M"), "ranking": ("model", "model_1", "model_2")}
 
@@ -115,8 +122,10 @@ def pairwise_messages(instruction: str, first: str, second: str, style: str = "i
     if style not in PROMPT_STYLES:
         raise ConfigError(f"judge.style: {style!r} is not one of {', '.join(PROMPT_STYLES)}")
     key, id_1, id_2 = _NAMES[style]
-    user = _SHARED.format(instruction=instruction, key=key, id_1=id_1, id_2=id_2,
-                          output_1=first, output_2=second) + _TASKS[style]
+    user = (
+        _SHARED.format(instruction=instruction, key=key, id_1=id_1, id_2=id_2, output_1=first, output_2=second)
+        + _TASKS[style]
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -162,7 +171,7 @@ def _literal(text: str, open_: str, close: str) -> Any:
     start, end = text.find(open_), text.rfind(close)
     if start < 0 or end <= start:
         return None
-    chunk = text[start:end + 1]
+    chunk = text[start : end + 1]
     try:
         return json.loads(chunk)
     except ValueError:
@@ -240,8 +249,9 @@ def combine(original: float | None, swapped: float | None) -> float | None:
     return (original + (3.0 - swapped)) / 2.0
 
 
-def _requests(instructions: Sequence[str], out_1: Sequence[str], out_2: Sequence[str],
-              todo: Sequence[int], config: JudgeConfig) -> list[LLMRequest]:
+def _requests(
+    instructions: Sequence[str], out_1: Sequence[str], out_2: Sequence[str], todo: Sequence[int], config: JudgeConfig
+) -> list[LLMRequest]:
     """For each pair in `todo`: the original order, then the swapped one."""
     params = config.params()
     reqs = []
@@ -252,19 +262,29 @@ def _requests(instructions: Sequence[str], out_1: Sequence[str], out_2: Sequence
     return reqs
 
 
-def annotation_row(instruction: str, o1: str, o2: str, g1: str, g2: str, annotator: str,
-                   texts: tuple[str | None, str | None] | None) -> dict[str, Any]:
+def annotation_row(
+    instruction: str, o1: str, o2: str, g1: str, g2: str, annotator: str, texts: tuple[str | None, str | None] | None
+) -> dict[str, Any]:
     """One AlpacaEval-format row; `texts` are the judge replies of both orders (None: identical outputs)."""
-    row: dict[str, Any] = {"instruction": instruction, "output_1": o1, "generator_1": g1,
-                           "output_2": o2, "generator_2": g2, "annotator": annotator}
+    row: dict[str, Any] = {
+        "instruction": instruction,
+        "output_1": o1,
+        "generator_1": g1,
+        "output_2": o2,
+        "generator_2": g2,
+        "annotator": annotator,
+    }
     if texts is None:
         return {**row, "preference": TIE, "raw_completion": None, "order_preferences": None, "failure": None}
     verdicts = [parse_verdict(t) for t in texts]
     errors = [f"{name}: {v.error}" for name, v in zip(("original", "swapped"), verdicts) if v.error]
-    return {**row, "preference": combine(verdicts[0].preference, verdicts[1].preference),
-            "raw_completion": {"original": texts[0], "swapped": texts[1]},
-            "order_preferences": [verdicts[0].preference, _flip(verdicts[1].preference)],
-            "failure": "; ".join(errors) or None}
+    return {
+        **row,
+        "preference": combine(verdicts[0].preference, verdicts[1].preference),
+        "raw_completion": {"original": texts[0], "swapped": texts[1]},
+        "order_preferences": [verdicts[0].preference, _flip(verdicts[1].preference)],
+        "failure": "; ".join(errors) or None,
+    }
 
 
 def _flip(position: float | None) -> float | None:
@@ -272,21 +292,34 @@ def _flip(position: float | None) -> float | None:
     return None if position is None else 3.0 - position
 
 
-def judge_pairwise(instructions: Sequence[str], model_outputs: Sequence[str], reference_outputs: Sequence[str],
-                   backend: Backend, config: JudgeConfig | None = None, model_name: str = "model",
-                   reference_name: str = "reference", progress: Progress | None = None) -> list[dict[str, Any]]:
+def judge_pairwise(
+    instructions: Sequence[str],
+    model_outputs: Sequence[str],
+    reference_outputs: Sequence[str],
+    backend: Backend,
+    config: JudgeConfig | None = None,
+    model_name: str = "model",
+    reference_name: str = "reference",
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """AlpacaEval-format annotations of model vs reference outputs, each pair judged in both orders."""
     config = config or JudgeConfig()
     n = len(instructions)
     if not n == len(model_outputs) == len(reference_outputs):
-        raise DataError(f"judge_pairwise: {n} instructions, {len(model_outputs)} model outputs and "
-                        f"{len(reference_outputs)} reference outputs; they must be the same length")
+        raise DataError(
+            f"judge_pairwise: {n} instructions, {len(model_outputs)} model outputs and "
+            f"{len(reference_outputs)} reference outputs; they must be the same length"
+        )
     todo = [i for i in range(n) if model_outputs[i] != reference_outputs[i]]
     replies = backend.generate(_requests(instructions, reference_outputs, model_outputs, todo, config), progress)
     texts: dict[int, tuple[str, str]] = {i: (replies[2 * k].text, replies[2 * k + 1].text) for k, i in enumerate(todo)}
     annotator = f"{backend.model} ({config.style})"
-    return [annotation_row(instructions[i], reference_outputs[i], model_outputs[i], reference_name, model_name,
-                           annotator, texts.get(i)) for i in range(n)]
+    return [
+        annotation_row(
+            instructions[i], reference_outputs[i], model_outputs[i], reference_name, model_name, annotator, texts.get(i)
+        )
+        for i in range(n)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,16 +340,18 @@ def load_outputs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def pair_outputs(model_rows: Sequence[dict[str, Any]], reference_rows: Sequence[dict[str, Any]],
-                 where: str = "reference outputs") -> tuple[list[str], list[str], list[str]]:
+def pair_outputs(
+    model_rows: Sequence[dict[str, Any]], reference_rows: Sequence[dict[str, Any]], where: str = "reference outputs"
+) -> tuple[list[str], list[str], list[str]]:
     """(instructions, model outputs, reference outputs) paired by instruction, in the model file's order."""
     refs: dict[str, str] = {}
     for r in reference_rows:
         refs.setdefault(r["instruction"], r["output"])
     missing = [r["instruction"] for r in model_rows if r["instruction"] not in refs]
     if missing:
-        raise DataError(f"{where}: no output for {len(missing)} instruction(s) of the model outputs, "
-                        f"e.g. {missing[0][:80]!r}")
+        raise DataError(
+            f"{where}: no output for {len(missing)} instruction(s) of the model outputs, e.g. {missing[0][:80]!r}"
+        )
     instructions = [r["instruction"] for r in model_rows]
     return instructions, [r["output"] for r in model_rows], [refs[i] for i in instructions]
 
@@ -327,17 +362,30 @@ def generator_name(rows: Sequence[dict[str, Any]], default: str) -> str:
     return str(name) if name else default
 
 
-def judge_output_files(model_path: str | Path, reference_path: str | Path, backend: Backend,
-                       config: JudgeConfig | None = None, limit: int | None = None,
-                       progress: Progress | None = None) -> list[dict[str, Any]]:
+def judge_output_files(
+    model_path: str | Path,
+    reference_path: str | Path,
+    backend: Backend,
+    config: JudgeConfig | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """Annotations of two AlpacaEval outputs files paired by instruction (the first `limit` model rows)."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit: must be >= 1, got {limit}")
     model_rows = load_outputs(model_path)[:limit]
     ref_rows = load_outputs(reference_path)
     instructions, outs, refs = pair_outputs(model_rows, ref_rows, where=str(reference_path))
-    return judge_pairwise(instructions, outs, refs, backend, config, generator_name(model_rows, "model"),
-                          generator_name(ref_rows, "reference"), progress)
+    return judge_pairwise(
+        instructions,
+        outs,
+        refs,
+        backend,
+        config,
+        generator_name(model_rows, "model"),
+        generator_name(ref_rows, "reference"),
+        progress,
+    )
 
 
 def write_annotations(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -19,8 +19,9 @@ with `instillm.models.loading` (safetensors only, no remote code, a fast tokeniz
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from instillm.errors import ConfigError, InstillmError
 
@@ -52,10 +53,18 @@ def _int_setting(name: str, value: Any) -> int:
 class InstillmLM(TemplateLM):
     """An instillm-loaded causal LM for lm-eval (`--model instillm --model_args pretrained=DIR`)."""
 
-    def __init__(self, pretrained: str | None = None, model: Any = None, tokenizer: Any = None,
-                 template: str = "auto", batch_size: int | str = 16, max_length: int | str | None = None,
-                 max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS, device: str | None = None,
-                 **ignored: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        template: str = "auto",
+        batch_size: int | str = 16,
+        max_length: int | str | None = None,
+        max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
+        device: str | None = None,
+        **ignored: Any,
+    ) -> None:
         """Load `pretrained` (a directory or hub id), or wrap an already loaded `model` + `tokenizer`."""
         super().__init__()
         from instillm.models.loading import inference_renderer, load_local
@@ -100,8 +109,12 @@ class InstillmLM(TemplateLM):
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render lm-eval's chat history with the training template."""
-        return self.tokenizer.apply_chat_template(chat_history, chat_template=self.renderer.template,
-                                                  tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            chat_history,
+            chat_template=self.renderer.template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
 
     # -- scoring ----------------------------------------------------------------------------
     def _score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int) -> list:
@@ -109,7 +122,9 @@ class InstillmLM(TemplateLM):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return score_requests(self.model, requests, batch_size=self.batch_size, max_length=max_length, pad_id=pad)
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list, disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         """(summed log-prob, is greedy) per ((context, continuation), context ids, continuation ids)."""
         scores = self._score([(c, k) for _, c, k in requests], self.max_length)
         out = []
@@ -127,9 +142,15 @@ class InstillmLM(TemplateLM):
         results = []
         for req in requests:
             (string,) = req.args
-            windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length - 1, context_len=1)]  # -1: our scorer feeds the last token too
+            windows = [
+                utils.make_disjoint_window(w)
+                for w in utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length - 1,
+                    context_len=1,
+                )
+            ]  # -1: our scorer feeds the last token too
             total = sum(s.logprob for s in self._score(windows, self.max_length))
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             results.append(total)
@@ -149,10 +170,14 @@ class InstillmLM(TemplateLM):
             kw = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
             until = handle_stop_sequences(kw.pop("until", None), eos=None)
             n_new = min(int(kw.pop("max_gen_toks")), self.max_length - 1)
-            ids = (self.tok_encode(context) or [self.prefix_token_id])[-(self.max_length - n_new):]
-            opts = GenerateOptions(max_new_tokens=n_new, stop_strings=tuple(until), batch_size=1,
-                                   do_sample=bool(kw.get("do_sample")),
-                                   temperature=float(kw.get("temperature") or 1.0))
+            ids = (self.tok_encode(context) or [self.prefix_token_id])[-(self.max_length - n_new) :]
+            opts = GenerateOptions(
+                max_new_tokens=n_new,
+                stop_strings=tuple(until),
+                batch_size=1,
+                do_sample=bool(kw.get("do_sample")),
+                temperature=float(kw.get("temperature") or 1.0),
+            )
             text = gen.generate_ids([ids], opts)[0].text
             for stop in until:  # Generator cuts at stop strings already; this also covers decoding joins
                 text = text.split(stop)[0]
@@ -161,10 +186,18 @@ class InstillmLM(TemplateLM):
         return out
 
 
-def run_lm_eval(model_path: str | Path | InstillmLM, tasks: Sequence[str], include_path: str | Path | None = None,
-                limit: int | None = None, num_fewshot: int | None = None, batch_size: int = 16,
-                template: str = "auto", apply_chat_template: bool = False, log_samples: bool = False,
-                builtin_tasks: bool = True) -> dict[str, Any]:
+def run_lm_eval(
+    model_path: str | Path | InstillmLM,
+    tasks: Sequence[str],
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    template: str = "auto",
+    apply_chat_template: bool = False,
+    log_samples: bool = False,
+    builtin_tasks: bool = True,
+) -> dict[str, Any]:
     """Run lm-eval tasks (built-in, or YAML tasks under `include_path`) on an instillm model; lm-eval's results dict.
 
     `builtin_tasks=False` indexes only `include_path` (lm-eval's own task index takes ~10 s to build).
@@ -172,12 +205,22 @@ def run_lm_eval(model_path: str | Path | InstillmLM, tasks: Sequence[str], inclu
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    lm = model_path if isinstance(model_path, InstillmLM) else InstillmLM(
-        str(model_path), template=template, batch_size=batch_size)
+    lm = (
+        model_path
+        if isinstance(model_path, InstillmLM)
+        else InstillmLM(str(model_path), template=template, batch_size=batch_size)
+    )
     manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=builtin_tasks)
-    results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                              task_manager=manager, apply_chat_template=apply_chat_template,
-                              log_samples=log_samples, bootstrap_iters=0)
+    results = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        apply_chat_template=apply_chat_template,
+        log_samples=log_samples,
+        bootstrap_iters=0,
+    )
     if results is None:  # lm-eval returns None on ranks other than 0
         raise InstillmError("lm-eval returned no results (not the main process)")
     return dict(results)

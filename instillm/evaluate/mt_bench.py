@@ -24,9 +24,10 @@ import json
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from instillm.config import Config, check_min, check_min_int
 from instillm.errors import ConfigError, DataError
@@ -37,8 +38,16 @@ REFERENCE_FILE = "reference_answer_gpt4.jsonl"
 PROMPTS_FILE = "judge_prompts.jsonl"
 NEED_REF_CATS = ("math", "reasoning", "coding")
 # FastChat gen_model_answer.py: sampling temperature per category (0.7 for any other category).
-TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
-                "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+TEMPERATURES = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
 DEFAULT_TEMPERATURE = 0.7
 FAILED = -1  # FastChat's score of a judgment without a rating
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -142,8 +151,11 @@ def load_mt_bench(directory: str | Path) -> MTBench:
     missing = [f for f in (QUESTION_FILE, REFERENCE_FILE, PROMPTS_FILE) if not (d / f).is_file()]
     if missing:
         raise DataError(f"MT-Bench data directory {d} lacks {', '.join(missing)} (FastChat's llm_judge data files)")
-    return MTBench(tuple(load_questions(d / QUESTION_FILE)), load_reference_answers(d / REFERENCE_FILE),
-                   load_judge_prompts(d / PROMPTS_FILE))
+    return MTBench(
+        tuple(load_questions(d / QUESTION_FILE)),
+        load_reference_answers(d / REFERENCE_FILE),
+        load_judge_prompts(d / PROMPTS_FILE),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,8 +165,9 @@ def load_mt_bench(directory: str | Path) -> MTBench:
 Respond = Callable[[Sequence[Sequence[dict[str, str]]], float], list[str]]
 
 
-def local_responder(model: Any, tokenizer: Any, renderer: Any = None, max_new_tokens: int = 1024,
-                    batch_size: int = 32, seed: int = 0) -> Respond:
+def local_responder(
+    model: Any, tokenizer: Any, renderer: Any = None, max_new_tokens: int = 1024, batch_size: int = 32, seed: int = 0
+) -> Respond:
     """Replies from a local model through instillm's Generator (the model's saved chat template)."""
     from instillm.llm.generation import GenerateOptions, Generator
 
@@ -162,8 +175,9 @@ def local_responder(model: Any, tokenizer: Any, renderer: Any = None, max_new_to
 
     def respond(conversations: Sequence[Sequence[dict[str, str]]], temperature: float) -> list[str]:
         """Greedy at temperature 0 (FastChat: below 1e-4), else sampled with the seed."""
-        opts = GenerateOptions.sampling(temperature, greedy_at=1e-4, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, seed=seed)
+        opts = GenerateOptions.sampling(
+            temperature, greedy_at=1e-4, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
+        )
         return [reply_text(o) for o in gen.generate_chat(conversations, opts)]
 
     return respond
@@ -196,8 +210,13 @@ def _conversation(question: Question, answers: Sequence[str], turn: int) -> list
     return msgs
 
 
-def generate_answers(questions: Sequence[Question], respond: Respond, model_id: str,
-                     greedy: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
+def generate_answers(
+    questions: Sequence[Question],
+    respond: Respond,
+    model_id: str,
+    greedy: bool = False,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """FastChat answer rows: every question's turns answered in order, each seeing the earlier answers."""
     answers: list[list[str]] = [[] for _ in questions]
     for turn in range(max((len(q.turns) for q in questions), default=0)):
@@ -217,8 +236,13 @@ def generate_answers(questions: Sequence[Question], respond: Respond, model_id: 
 def _answer_row(question: Question, turns: list[str], model_id: str) -> dict[str, Any]:
     """One FastChat model-answer row (answer_id: a hash of model, question and answer)."""
     digest = hashlib.sha256(json.dumps([model_id, question.question_id, turns]).encode()).hexdigest()[:22]
-    return {"question_id": question.question_id, "answer_id": digest, "model_id": model_id,
-            "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()}
+    return {
+        "question_id": question.question_id,
+        "answer_id": digest,
+        "model_id": model_id,
+        "choices": [{"index": 0, "turns": turns}],
+        "tstamp": time.time(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +270,9 @@ def judge_prompt_name(category: str, multi_turn: bool) -> str:
     return name + ("-multi-turn" if multi_turn else "")
 
 
-def user_prompt(prompt: JudgePrompt, question: Question, answer: Sequence[str],
-                reference: Sequence[str] | None, multi_turn: bool) -> str:
+def user_prompt(
+    prompt: JudgePrompt, question: Question, answer: Sequence[str], reference: Sequence[str] | None, multi_turn: bool
+) -> str:
     """The published template filled in as FastChat's run_judge_single does."""
     kwargs: dict[str, str] = {}
     if reference is not None:
@@ -255,8 +280,9 @@ def user_prompt(prompt: JudgePrompt, question: Question, answer: Sequence[str],
         if multi_turn:
             kwargs["ref_answer_2"] = reference[1]
     if multi_turn:
-        return prompt.prompt_template.format(question_1=question.turns[0], question_2=question.turns[1],
-                                             answer_1=answer[0], answer_2=answer[1], **kwargs)
+        return prompt.prompt_template.format(
+            question_1=question.turns[0], question_2=question.turns[1], answer_1=answer[0], answer_2=answer[1], **kwargs
+        )
     return prompt.prompt_template.format(question=question.turns[0], answer=answer[0], **kwargs)
 
 
@@ -290,8 +316,9 @@ def _reference(bench: MTBench, question: Question) -> tuple[str, ...] | None:
         return None
     ref = bench.references.get(question.question_id)
     if ref is None:
-        raise DataError(f"{REFERENCE_FILE}: no reference answer for question {question.question_id} "
-                        f"({question.category} needs one)")
+        raise DataError(
+            f"{REFERENCE_FILE}: no reference answer for question {question.question_id} ({question.category} needs one)"
+        )
     return ref
 
 
@@ -301,9 +328,19 @@ def _matches(bench: MTBench, questions: Sequence[Question], answers: Sequence[di
     missing = [q.question_id for q in questions if q.question_id not in by_id]
     if missing:
         raise DataError(f"no answer for MT-Bench question(s) {missing}")
-    return [_Match(q, tuple(by_id[q.question_id]["choices"][0]["turns"]), by_id[q.question_id]["model_id"],
-                   judge_prompt_name(q.category, multi), _reference(bench, q), 2 if multi else 1)
-            for multi in (False, True) for q in questions if not multi or len(q.turns) == 2]
+    return [
+        _Match(
+            q,
+            tuple(by_id[q.question_id]["choices"][0]["turns"]),
+            by_id[q.question_id]["model_id"],
+            judge_prompt_name(q.category, multi),
+            _reference(bench, q),
+            2 if multi else 1,
+        )
+        for multi in (False, True)
+        for q in questions
+        if not multi or len(q.turns) == 2
+    ]
 
 
 def judge_messages(prompt: JudgePrompt, filled: str) -> list[dict[str, str]]:
@@ -311,24 +348,42 @@ def judge_messages(prompt: JudgePrompt, filled: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": prompt.system_prompt}, {"role": "user", "content": filled}]
 
 
-def grade_answers(bench: MTBench, answers: Sequence[dict[str, Any]], backend: Backend,
-                  config: GradeConfig | None = None, questions: Sequence[Question] | None = None,
-                  progress: Progress | None = None) -> list[dict[str, Any]]:
+def grade_answers(
+    bench: MTBench,
+    answers: Sequence[dict[str, Any]],
+    backend: Backend,
+    config: GradeConfig | None = None,
+    questions: Sequence[Question] | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """FastChat judgment rows (score -1 where the judgment has no rating) for every answer turn."""
     config = config or GradeConfig()
     matches = _matches(bench, questions if questions is not None else bench.questions, answers)
     missing = sorted({m.prompt_name for m in matches} - set(bench.prompts))
     if missing:
         raise DataError(f"{PROMPTS_FILE}: lacks the judge prompt(s) {', '.join(missing)}")
-    filled = [user_prompt(bench.prompts[m.prompt_name], m.question, m.answer, m.reference, m.turn == 2)
-              for m in matches]
+    filled = [
+        user_prompt(bench.prompts[m.prompt_name], m.question, m.answer, m.reference, m.turn == 2) for m in matches
+    ]
     params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature)
-    requests = [LLMRequest(messages=tuple(judge_messages(bench.prompts[m.prompt_name], u)), params=params)
-                for m, u in zip(matches, filled)]
+    requests = [
+        LLMRequest(messages=tuple(judge_messages(bench.prompts[m.prompt_name], u)), params=params)
+        for m, u in zip(matches, filled)
+    ]
     replies = backend.generate(requests, progress)
-    return [{"question_id": m.question.question_id, "model": m.model, "judge": [backend.model, m.prompt_name],
-             "user_prompt": u, "judgment": r.text, "score": parse_rating(r.text), "turn": m.turn,
-             "tstamp": time.time()} for m, u, r in zip(matches, filled, replies)]
+    return [
+        {
+            "question_id": m.question.question_id,
+            "model": m.model,
+            "judge": [backend.model, m.prompt_name],
+            "user_prompt": u,
+            "judgment": r.text,
+            "score": parse_rating(r.text),
+            "turn": m.turn,
+            "tstamp": time.time(),
+        }
+        for m, u, r in zip(matches, filled, replies)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,10 +407,15 @@ def summarize(judgments: Sequence[dict[str, Any]], questions: Sequence[Question]
     overall = _mean(judgments)
     models = sorted({r["model"] for r in judgments})
     judges = sorted({r["judge"][0] for r in judgments})
-    return {"model": ", ".join(models), "judge": ", ".join(judges),
-            "n_questions": len({r["question_id"] for r in judgments}), "n_judgments": len(judgments), **overall,
-            "per_turn": {k: _mean(v) for k, v in sorted(by_turn.items())},
-            "per_category": {k: _mean(v) for k, v in sorted(by_cat.items())}}
+    return {
+        "model": ", ".join(models),
+        "judge": ", ".join(judges),
+        "n_questions": len({r["question_id"] for r in judgments}),
+        "n_judgments": len(judgments),
+        **overall,
+        "per_turn": {k: _mean(v) for k, v in sorted(by_turn.items())},
+        "per_category": {k: _mean(v) for k, v in sorted(by_cat.items())},
+    }
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -366,9 +426,17 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return out
 
 
-def run_mt_bench(bench: MTBench, respond: Respond, model_id: str, judge: Backend, out_dir: str | Path,
-                 config: GradeConfig | None = None, limit: int | None = None, greedy: bool = False,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def run_mt_bench(
+    bench: MTBench,
+    respond: Respond,
+    model_id: str,
+    judge: Backend,
+    out_dir: str | Path,
+    config: GradeConfig | None = None,
+    limit: int | None = None,
+    greedy: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Answer, grade and summarize; writes answers.jsonl, judgments.jsonl and mt_bench_summary.json."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit: must be >= 1, got {limit}")

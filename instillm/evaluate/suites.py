@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from instillm.config import Config, check_choice, check_min
 from instillm.errors import ConfigError, DataError
@@ -213,8 +214,10 @@ def chat_replies(lm: LocalLM, prompts: Sequence[str], max_new_tokens: int, batch
     from instillm.llm.generation import GenerateOptions, Generator
 
     gen = Generator(lm.model, lm.tokenizer, lm.renderer)
-    outs = gen.generate_chat([[{"role": "user", "content": p}] for p in prompts],
-                             GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size))
+    outs = gen.generate_chat(
+        [[{"role": "user", "content": p}] for p in prompts],
+        GenerateOptions(max_new_tokens=max_new_tokens, batch_size=batch_size),
+    )
     return [reply_text(o) for o in outs]
 
 
@@ -236,13 +239,15 @@ def run_ifeval(s: IFEvalSuite, lm: LocalLM, out: Path, advance: Advance) -> dict
     """Answer, score strict and loose; writes responses.jsonl and IFEval's output files into `out`."""
     from instillm.evaluate.ifeval import evaluate as ifeval
 
-    rows = ifeval.load_inputs(s.inputs)[:s.limit]
+    rows = ifeval.load_inputs(s.inputs)[: s.limit]
     replies = chat_replies(lm, [r["prompt"] for r in rows], s.max_new_tokens, s.batch_size)
     advance(len(rows))
     responses = dict(zip((r["prompt"] for r in rows), replies))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "responses.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n"
-                                                 for r, t in zip(rows, replies)), encoding="utf-8")
+    (out / "responses.jsonl").write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n" for r, t in zip(rows, replies)),
+        encoding="utf-8",
+    )
     strict = ifeval.evaluate_responses(rows, responses, "strict")
     loose = ifeval.evaluate_responses(rows, responses, "loose")
     summary = ifeval.summarize(strict, loose)
@@ -254,8 +259,14 @@ def run_zeroshot(s: ZeroShotSuite, lm: LocalLM, out: Path, advance: Advance) -> 
     """Rank classification / ROUGE-L per template of the chosen clusters."""
     from instillm.evaluate.zeroshot import ZeroShotConfig, evaluate_zeroshot
 
-    config = ZeroShotConfig(limit=s.limit, length_normalize=s.length_normalize, max_options=s.max_options,
-                            max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, max_length=s.max_length)
+    config = ZeroShotConfig(
+        limit=s.limit,
+        length_normalize=s.length_normalize,
+        max_options=s.max_options,
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+    )
     res = evaluate_zeroshot(lm.model, lm.tokenizer, lm.renderer, s.data, s.heldout_clusters, config, advance)
     return res.to_dict()
 
@@ -269,8 +280,17 @@ def run_mt_bench(s: MTBenchSuite, lm: LocalLM, out: Path, advance: Advance) -> d
     respond = mt_bench.local_responder(lm.model, lm.tokenizer, lm.renderer, s.max_new_tokens, s.batch_size)
     backend = make_backend(s.judge)
     try:
-        return mt_bench.run_mt_bench(bench, respond, lm.name, backend, out,
-                                     mt_bench.GradeConfig(max_tokens=s.judge_max_tokens), s.limit, s.greedy, advance)
+        return mt_bench.run_mt_bench(
+            bench,
+            respond,
+            lm.name,
+            backend,
+            out,
+            mt_bench.GradeConfig(max_tokens=s.judge_max_tokens),
+            s.limit,
+            s.greedy,
+            advance,
+        )
     finally:
         backend.close()
 
@@ -280,31 +300,50 @@ def run_judge(s: JudgeSuite, lm: LocalLM, out: Path, advance: Advance) -> dict[s
     from instillm.evaluate import judge
     from instillm.llm.backend import make_backend
 
-    refs = judge.load_outputs(s.reference)[:s.limit]
+    refs = judge.load_outputs(s.reference)[: s.limit]
     instructions = [r["instruction"] for r in refs]
     outputs = chat_replies(lm, instructions, s.max_new_tokens, s.batch_size)
     advance(len(refs))
-    _write_json(out / "outputs.json", [{"instruction": i, "output": o, "generator": lm.name, "dataset": r.get("dataset")}
-                                       for i, o, r in zip(instructions, outputs, refs)])
+    _write_json(
+        out / "outputs.json",
+        [
+            {"instruction": i, "output": o, "generator": lm.name, "dataset": r.get("dataset")}
+            for i, o, r in zip(instructions, outputs, refs)
+        ],
+    )
     reference_name = judge.generator_name(refs, "reference")
     backend = make_backend(s.judge)
     try:
-        rows = judge.judge_pairwise(instructions, outputs, [r["output"] for r in refs], backend,
-                                    judge.JudgeConfig(style=s.judge_style, max_tokens=s.judge_max_tokens),
-                                    lm.name, reference_name, advance)
+        rows = judge.judge_pairwise(
+            instructions,
+            outputs,
+            [r["output"] for r in refs],
+            backend,
+            judge.JudgeConfig(style=s.judge_style, max_tokens=s.judge_max_tokens),
+            lm.name,
+            reference_name,
+            advance,
+        )
     finally:
         backend.close()
     judge.write_annotations(rows, out / "annotations.json")
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ref, row in zip(refs, rows):
         by_dataset[str(ref.get("dataset") or "(none)")].append(row)
-    return {"model": lm.name, "reference": reference_name, "judge": s.judge.model,
-            **judge.summarize(rows).to_dict(),
-            "per_dataset": {d: judge.summarize(r).to_dict() for d, r in sorted(by_dataset.items())}}
+    return {
+        "model": lm.name,
+        "reference": reference_name,
+        "judge": s.judge.model,
+        **judge.summarize(rows).to_dict(),
+        "per_dataset": {d: judge.summarize(r).to_dict() for d, r in sorted(by_dataset.items())},
+    }
 
 
 RUNNERS: dict[str, Callable[[Any, LocalLM, Path, Advance], dict[str, Any]]] = {
-    "ifeval": run_ifeval, "zeroshot": run_zeroshot, "mt_bench": run_mt_bench, "judge": run_judge,
+    "ifeval": run_ifeval,
+    "zeroshot": run_zeroshot,
+    "mt_bench": run_mt_bench,
+    "judge": run_judge,
 }
 
 
@@ -313,4 +352,3 @@ def run_suite(name: str, settings: Any, lm: LocalLM, out: Path, advance: Advance
     res = RUNNERS[name](settings, lm, out, advance)
     _write_json(out / "results.json", res)
     return res
-

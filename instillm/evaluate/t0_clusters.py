@@ -21,9 +21,10 @@ eight clusters below. Of its 18 `trec_*` files, 11 are empty and 7 hold only emp
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from instillm.errors import ConfigError, DataError
 
@@ -35,10 +36,28 @@ UNKNOWN = "unknown"
 
 # cluster -> datasets (promptsource name with subset, as in the file names), from T0's Figure 2.
 CLUSTER_DATASETS: dict[str, tuple[str, ...]] = {
-    "multiple_choice_qa": ("commonsense_qa", "cosmos_qa", "dream", "qasc", "quail", "quarel", "quartz",
-                           "sciq", "social_i_qa", "wiki_hop_original", "wiqa"),
-    "extractive_qa": ("adversarial_qa_dbert", "adversarial_qa_dbidaf", "adversarial_qa_droberta",
-                      "duorc_ParaphraseRC", "duorc_SelfRC", "quoref", "ropes"),
+    "multiple_choice_qa": (
+        "commonsense_qa",
+        "cosmos_qa",
+        "dream",
+        "qasc",
+        "quail",
+        "quarel",
+        "quartz",
+        "sciq",
+        "social_i_qa",
+        "wiki_hop_original",
+        "wiqa",
+    ),
+    "extractive_qa": (
+        "adversarial_qa_dbert",
+        "adversarial_qa_dbidaf",
+        "adversarial_qa_droberta",
+        "duorc_ParaphraseRC",
+        "duorc_SelfRC",
+        "quoref",
+        "ropes",
+    ),
     "closed_book_qa": ("kilt_tasks_hotpotqa", "wiki_qa"),
     "structure_to_text": ("common_gen", "wiki_bio"),
     "sentiment": ("amazon_polarity", "app_reviews", "imdb", "rotten_tomatoes", "yelp_review_full"),
@@ -71,7 +90,7 @@ def parse_template_name(stem: str) -> tuple[str, str]:
     """(dataset, template part) of a file stem; an unknown stem is its own dataset with template ''."""
     for prefix in _PREFIXES:
         if stem.startswith(prefix + "_") and len(stem) > len(prefix) + 1:
-            return prefix, stem[len(prefix) + 1:]
+            return prefix, stem[len(prefix) + 1 :]
     return stem, ""
 
 
@@ -107,8 +126,9 @@ def parse_clusters(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def split_clusters(files: Sequence[TemplateFile | str | Path],
-                   heldout: str | Iterable[str]) -> tuple[list[TemplateFile], list[TemplateFile]]:
+def split_clusters(
+    files: Sequence[TemplateFile | str | Path], heldout: str | Iterable[str]
+) -> tuple[list[TemplateFile], list[TemplateFile]]:
     """(train files, held-out files): a file is held out when its cluster is in `heldout`."""
     clusters = set(parse_clusters(heldout))
     if not clusters:
@@ -123,8 +143,9 @@ def split_clusters(files: Sequence[TemplateFile | str | Path],
     return train, held
 
 
-def write_cluster_split(source: str | Path | Sequence[str | Path], output_dir: str | Path,
-                        heldout: str | Iterable[str]) -> dict[str, "ImportSummary"]:
+def write_cluster_split(
+    source: str | Path | Sequence[str | Path], output_dir: str | Path, heldout: str | Iterable[str]
+) -> dict[str, ImportSummary]:
     """Import train and held-out files into OUT/train.jsonl and OUT/heldout.jsonl (category = cluster).
 
     Rows go through the prompt/completion importer (so `<|endoftext|>` is removed and empty
@@ -146,7 +167,7 @@ def write_cluster_split(source: str | Path | Sequence[str | Path], output_dir: s
     return summaries
 
 
-def _label(example: "Example", by_stem: dict[str, TemplateFile]) -> "Example":
+def _label(example: Example, by_stem: dict[str, TemplateFile]) -> Example:
     """The example with category = its cluster and meta.dataset / meta.cluster set."""
     f = by_stem[example.task]
     return replace(example, category=f.cluster, meta={**example.meta, "dataset": f.dataset, "cluster": f.cluster})

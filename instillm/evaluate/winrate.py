@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,16 @@ def win_rate(rows: Sequence[dict[str, Any]], model: str = "") -> WinRate:
         raise DataError("no annotated preference in the rows")
     se = float(p.std(ddof=1) / math.sqrt(n)) * 100 if n > 1 else 0.0
     wins, base, draws = int((p > 0.5).sum()), int((p < 0.5).sum()), int((p == 0.5).sum())
-    return WinRate(model or str(rows[0].get("generator_2", "")), n, float(p.mean()) * 100, se,
-                   (wins + draws / 2) / n * 100, wins, base, draws)
+    return WinRate(
+        model or str(rows[0].get("generator_2", "")),
+        n,
+        float(p.mean()) * 100,
+        se,
+        (wins + draws / 2) / n * 100,
+        wins,
+        base,
+        draws,
+    )
 
 
 def instruction_difficulty(annotation_sets: Sequence[Sequence[dict[str, Any]]]) -> dict[str, float]:

@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+from instillm.config import Config, check_min, check_min_int
 from instillm.data.schema import Example, Message
+from instillm.errors import DataError, RenderError
+from instillm.evaluate.t0_clusters import TemplateFile, parse_clusters, template_files
 from instillm.llm.loglikelihood import ScoreRequest, TokenScore, score_requests
 from instillm.metrics import exact_match, max_rouge_l
-from instillm.evaluate.t0_clusters import TemplateFile, parse_clusters, template_files
-from instillm.config import Config, check_min, check_min_int
-from instillm.errors import DataError, RenderError
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -130,14 +131,20 @@ def option_requests(renderer: Any, example: Example, options: Sequence[str]) -> 
     return out
 
 
-def rank_options(model: Any, renderer: Any, examples: Sequence[Example], options: Sequence[str],
-                 batch_size: int = 16, max_length: int | None = None) -> list[list[TokenScore]]:
+def rank_options(
+    model: Any,
+    renderer: Any,
+    examples: Sequence[Example],
+    options: Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> list[list[TokenScore]]:
     """Scores of every option for every example (rows: examples, columns: options in order)."""
     requests = [r for ex in examples for r in option_requests(renderer, ex, options)]
     pad = renderer.tokenizer.pad_token_id or 0
     flat = score_requests(model, requests, batch_size=batch_size, max_length=max_length, pad_id=pad)
     k = len(options)
-    return [flat[i * k:(i + 1) * k] for i in range(len(examples))]
+    return [flat[i * k : (i + 1) * k] for i in range(len(examples))]
 
 
 def pick(scores: Sequence[TokenScore], length_normalize: bool = False) -> int:
@@ -156,42 +163,60 @@ def fits(renderer: Any, t: Template, example: Example, max_length: int | None) -
     return len(renderer.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]) < max_length
 
 
-def score_classification(model: Any, renderer: Any, t: Template, examples: Sequence[Example],
-                         config: ZeroShotConfig) -> dict[str, Any]:
+def score_classification(
+    model: Any, renderer: Any, t: Template, examples: Sequence[Example], config: ZeroShotConfig
+) -> dict[str, Any]:
     """Accuracy of rank classification over `examples` of a classification template."""
     table = rank_options(model, renderer, examples, t.options, config.batch_size)
     preds = [t.options[pick(row, config.length_normalize)] for row in table]
     correct = [float(p == e.reference) for p, e in zip(preds, examples)]
-    samples = [{"id": e.id, "reference": e.reference, "prediction": p,
-                "logprobs": {o: round(s.logprob, 4) for o, s in zip(t.options, row)}}
-               for e, p, row in list(zip(examples, preds, table))[:N_SAMPLES]]
+    samples = [
+        {
+            "id": e.id,
+            "reference": e.reference,
+            "prediction": p,
+            "logprobs": {o: round(s.logprob, 4) for o, s in zip(t.options, row)},
+        }
+        for e, p, row in list(zip(examples, preds, table))[:N_SAMPLES]
+    ]
     return {"accuracy": sum(correct) / len(correct), "samples": samples}
 
 
-def score_generation(model: Any, tokenizer: Any, renderer: Any, examples: Sequence[Example],
-                     config: ZeroShotConfig) -> dict[str, Any]:
+def score_generation(
+    model: Any, tokenizer: Any, renderer: Any, examples: Sequence[Example], config: ZeroShotConfig
+) -> dict[str, Any]:
     """Mean ROUGE-L F and exact match of greedy answers."""
     from instillm.evaluate.heldout import predict
 
     preds = predict(model, tokenizer, examples, renderer, config.max_new_tokens, config.batch_size)
     rouge = [max_rouge_l(p, e.reference) for p, e in zip(preds, examples)]
     em = [exact_match(p, e.reference) for p, e in zip(preds, examples)]
-    samples = [{"id": e.id, "reference": e.reference, "prediction": p}
-               for e, p in list(zip(examples, preds))[:N_SAMPLES]]
+    samples = [
+        {"id": e.id, "reference": e.reference, "prediction": p} for e, p in list(zip(examples, preds))[:N_SAMPLES]
+    ]
     return {"rouge_l": sum(rouge) / len(rouge), "exact_match": sum(em) / len(em), "samples": samples}
 
 
-def score_template(model: Any, tokenizer: Any, renderer: Any, t: Template,
-                   config: ZeroShotConfig) -> dict[str, Any] | None:
+def score_template(
+    model: Any, tokenizer: Any, renderer: Any, t: Template, config: ZeroShotConfig
+) -> dict[str, Any] | None:
     """The results entry of one template (its first `limit` valid rows that fit); None if none fits."""
-    rows = t.examples[:config.limit] if config.limit else t.examples
+    rows = t.examples[: config.limit] if config.limit else t.examples
     max_length = config.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
     examples = [e for e in rows if fits(renderer, t, e, max_length)]
     if not examples:
         return None
-    head = {"dataset": t.file.dataset, "cluster": t.file.cluster, "kind": t.kind, "why": t.why,
-            "options": list(t.options) if t.options else None, "n": len(examples),
-            "n_too_long": len(rows) - len(examples), "rows_valid": len(t.examples), "rows_rejected": t.rejected}
+    head = {
+        "dataset": t.file.dataset,
+        "cluster": t.file.cluster,
+        "kind": t.kind,
+        "why": t.why,
+        "options": list(t.options) if t.options else None,
+        "n": len(examples),
+        "n_too_long": len(rows) - len(examples),
+        "rows_valid": len(t.examples),
+        "rows_rejected": t.rejected,
+    }
     if t.kind == CLASSIFICATION:
         return {**head, **score_classification(model, renderer, t, examples, config)}
     return {**head, **score_generation(model, tokenizer, renderer, examples, config)}
@@ -216,16 +241,28 @@ def aggregate(templates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, ts in sorted(by_dataset.items()):
         cls = [t["accuracy"] for t in ts if t["kind"] == CLASSIFICATION]
         gen = [t["rouge_l"] for t in ts if t["kind"] == GENERATION]
-        datasets[name] = {"cluster": ts[0]["cluster"], "accuracy": _median(cls), "rouge_l": _median(gen),
-                          "n_classification_templates": len(cls), "n_generation_templates": len(gen)}
+        datasets[name] = {
+            "cluster": ts[0]["cluster"],
+            "accuracy": _median(cls),
+            "rouge_l": _median(gen),
+            "n_classification_templates": len(cls),
+            "n_generation_templates": len(gen),
+        }
     by_cluster: dict[str, list[str]] = defaultdict(list)
     for name, d in datasets.items():
         by_cluster[d["cluster"]].append(name)
-    clusters = {c: {"accuracy": _mean(datasets[n]["accuracy"] for n in names),
-                    "rouge_l": _mean(datasets[n]["rouge_l"] for n in names), "datasets": names}
-                for c, names in sorted(by_cluster.items())}
-    overall = {"accuracy": _mean(c["accuracy"] for c in clusters.values()),
-               "rouge_l": _mean(c["rouge_l"] for c in clusters.values())}
+    clusters = {
+        c: {
+            "accuracy": _mean(datasets[n]["accuracy"] for n in names),
+            "rouge_l": _mean(datasets[n]["rouge_l"] for n in names),
+            "datasets": names,
+        }
+        for c, names in sorted(by_cluster.items())
+    }
+    overall = {
+        "accuracy": _mean(c["accuracy"] for c in clusters.values()),
+        "rouge_l": _mean(c["rouge_l"] for c in clusters.values()),
+    }
     return {"overall": overall, "clusters": clusters, "datasets": datasets}
 
 
@@ -241,11 +278,20 @@ class ZeroShotResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what results.json stores for the zeroshot suite)."""
         c = self.config
-        scoring = {"classification": "rank by " + ("mean" if c.length_normalize else "summed") + " log-prob",
-                   "generation": "ROUGE-L F (stemmed), greedy", "limit": c.limit, "max_options": c.max_options,
-                   "max_new_tokens": c.max_new_tokens}
-        return {"evaluated_clusters": list(self.clusters), "scoring": scoring, **aggregate(self.templates),
-                "templates": self.templates, "skipped": self.skipped}
+        scoring = {
+            "classification": "rank by " + ("mean" if c.length_normalize else "summed") + " log-prob",
+            "generation": "ROUGE-L F (stemmed), greedy",
+            "limit": c.limit,
+            "max_options": c.max_options,
+            "max_new_tokens": c.max_new_tokens,
+        }
+        return {
+            "evaluated_clusters": list(self.clusters),
+            "scoring": scoring,
+            **aggregate(self.templates),
+            "templates": self.templates,
+            "skipped": self.skipped,
+        }
 
 
 def select_templates(source: Any, clusters: str | Iterable[str] | None = None) -> list[TemplateFile]:
@@ -260,9 +306,15 @@ def select_templates(source: Any, clusters: str | Iterable[str] | None = None) -
     return chosen
 
 
-def evaluate_zeroshot(model: Any, tokenizer: Any, renderer: Any, source: Any,
-                      clusters: str | Iterable[str] | None = None, config: ZeroShotConfig | None = None,
-                      progress: Callable[[int], None] | None = None) -> ZeroShotResult:
+def evaluate_zeroshot(
+    model: Any,
+    tokenizer: Any,
+    renderer: Any,
+    source: Any,
+    clusters: str | Iterable[str] | None = None,
+    config: ZeroShotConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ZeroShotResult:
     """Score every template of `source` in `clusters`; `progress(1)` after each template."""
     config = config or ZeroShotConfig()
     files = select_templates(source, clusters)
@@ -272,8 +324,13 @@ def evaluate_zeroshot(model: Any, tokenizer: Any, renderer: Any, source: Any,
         entry = score_template(model, tokenizer, renderer, t, config) if t.examples else None
         if entry is None:
             reason = "no valid row" if not t.examples else "no row fits max_length"
-            skipped[f.template] = {"dataset": f.dataset, "cluster": f.cluster, "reason": reason,
-                                   "rows_valid": len(t.examples), "rows_rejected": t.rejected}
+            skipped[f.template] = {
+                "dataset": f.dataset,
+                "cluster": f.cluster,
+                "reason": reason,
+                "rows_valid": len(t.examples),
+                "rows_rejected": t.rejected,
+            }
         else:
             templates[f.template] = entry
         if progress:

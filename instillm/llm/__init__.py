@@ -24,6 +24,18 @@ from instillm.llm.backend import (
 )
 
 __all__ = [
-    "Backend", "BackendConfig", "LLMError", "LLMRequest", "LLMRequestError", "LLMResponse", "LLMResponseError",
-    "LLMSample", "LLMUnavailableError", "SamplingParams", "chat", "completion", "make_backend", "reply_text",
+    "Backend",
+    "BackendConfig",
+    "LLMError",
+    "LLMRequest",
+    "LLMRequestError",
+    "LLMResponse",
+    "LLMResponseError",
+    "LLMSample",
+    "LLMUnavailableError",
+    "SamplingParams",
+    "chat",
+    "completion",
+    "make_backend",
+    "reply_text",
 ]

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range, one_or_many
 from instillm.errors import ConfigError, InstillmError
@@ -97,7 +99,11 @@ class LLMRequest:
             raise ConfigError(f"prompt: must be a string, got {type(self.prompt).__name__}")
         if self.messages is not None:
             for i, m in enumerate(self.messages):
-                if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                if (
+                    not isinstance(m, Mapping)
+                    or not isinstance(m.get("role"), str)
+                    or not isinstance(m.get("content"), str)
+                ):
                     raise ConfigError(f"messages[{i}]: must be a dict with string 'role' and 'content', got {m!r}")
             msgs = tuple({"role": m["role"], "content": m["content"]} for m in self.messages)
             bad = [m["role"] for m in msgs if m["role"] not in ROLES]
@@ -107,16 +113,29 @@ class LLMRequest:
 
     @property
     def kind(self) -> str:
-        """"chat" or "completion"."""
+        """ "chat" or "completion"."""
         return "chat" if self.messages is not None else "completion"
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The messages of a chat request, as a new list (ValueError for a completion request)."""
+        if self.messages is None:
+            raise ValueError("a completion request has no messages")
+        return list(self.messages)
 
     def key(self, model: str, sample_index: int) -> str:
         """Cache key: sha256 of the model, the request body and the sample index (not `n`)."""
         params = asdict(self.params)
         params.pop("n")
-        body = {"model": model, "kind": self.kind, "messages": self.messages, "prompt": self.prompt,
-                "params": params, "sample": sample_index}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        body = {
+            "model": model,
+            "kind": self.kind,
+            "messages": self.messages,
+            "prompt": self.prompt,
+            "params": params,
+            "sample": sample_index,
+        }
+        text = json.dumps(body, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # same bytes as utf-8 otherwise
 
 
 def reply_text(reply: Any) -> str:
@@ -198,14 +217,16 @@ class BackendConfig(Config):
     flight at once (openai); `batch_size`: rows generated together (local). `timeout` in seconds
     per HTTP request; `max_retries` on 429/5xx/timeouts/connection errors, with exponential
     backoff from `backoff` seconds (full jitter, capped at `max_backoff`), honouring Retry-After.
-    Problems are named `backend.<field>` when it is built on its own.
+    `device`: where a local (transformers) backend runs its model ("auto": CUDA when available).
+    `api_key` never shows in `repr` (logs, tracebacks). Problems are named `backend.<field>` when
+    it is built on its own.
     """
 
     path_prefix = "backend"
     kind: str = "openai"
     model: str = ""
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     cache: str | None = None
     concurrency: int = 8
     batch_size: int = 32
@@ -213,11 +234,16 @@ class BackendConfig(Config):
     max_retries: int = 5
     backoff: float = 0.5
     max_backoff: float = 30.0
+    device: str = "auto"
 
     @staticmethod
     def check(v: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
         check_choice(problems, "kind", v["kind"], BACKEND_KINDS)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v["device"]):
+            problems.append(f"device: {v['device']!r} is not auto, cpu, cuda, cuda:N or mps")
+        elif v["kind"] == "vllm" and v["device"] not in ("auto", "cuda"):
+            problems.append(f"device: {v['device']!r} does not apply to kind 'vllm', which places its model itself")
         if not v["model"]:
             problems.append("model: required (a served model name, a local path or a hub id)")
         if v["kind"] == "openai" and not v["base_url"]:

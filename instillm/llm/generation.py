@@ -41,8 +41,9 @@ import hashlib
 import inspect
 import math
 import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -88,7 +89,7 @@ class GenerateOptions(Config):
     skip_special_tokens: bool = True
 
     @classmethod
-    def sampling(cls, temperature: float, top_p: float = 1.0, greedy_at: float = 0.0, **kwargs: Any) -> "GenerateOptions":
+    def sampling(cls, temperature: float, top_p: float = 1.0, greedy_at: float = 0.0, **kwargs: Any) -> GenerateOptions:
         """Options for an API-style temperature: greedy at or below `greedy_at` (0: temperature 0), else sampled."""
         if temperature <= greedy_at:
             return cls(do_sample=False, **kwargs)
@@ -157,10 +158,10 @@ def _slot_cache_class():
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             o = self.owner
             h, dk, dv = key_states.shape[1], key_states.shape[-1], value_states.shape[-1]
-            kw = {"dtype": key_states.dtype, "device": key_states.device}
+            dtype, device = key_states.dtype, key_states.device
             # Zeros, not empty: masked slots get attention weight 0, and 0 * NaN garbage is NaN.
-            self.keys = torch.zeros((o.batch, h, o.capacity, dk), **kw)
-            self.values = torch.zeros((o.batch, h, o.capacity, dv), **kw)
+            self.keys = torch.zeros((o.batch, h, o.capacity, dk), dtype=dtype, device=device)
+            self.values = torch.zeros((o.batch, h, o.capacity, dv), dtype=dtype, device=device)
             self.dtype, self.device = key_states.dtype, key_states.device
             self.is_initialized = True
 
@@ -169,9 +170,16 @@ def _slot_cache_class():
                 self.lazy_initialization(key_states, value_states)
             o = self.owner
             (w0, w1), (r0, r1), rows = o.write, o.read, o.rows
-            self.keys[rows, :, w0:w1] = key_states
-            self.values[rows, :, w0:w1] = value_states
-            return self.keys[rows, :, r0:r1], self.values[rows, :, r0:r1]
+            keys, values = self._buffers()
+            keys[rows, :, w0:w1] = key_states
+            values[rows, :, w0:w1] = value_states
+            return keys[rows, :, r0:r1], values[rows, :, r0:r1]
+
+        def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """The key and value buffers (allocated by lazy_initialization)."""
+            if self.keys is None or self.values is None:
+                raise RuntimeError("_SlotLayer buffers are used before lazy_initialization")
+            return self.keys, self.values
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             r0, r1 = self.owner.read
@@ -185,8 +193,8 @@ def _slot_cache_class():
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.is_initialized:
-                self.keys = self.keys.index_select(0, indices)
-                self.values = self.values.index_select(0, indices)
+                keys, values = self._buffers()
+                self.keys, self.values = keys.index_select(0, indices), values.index_select(0, indices)
 
         def reset(self) -> None:
             self.keys = self.values = None
@@ -200,11 +208,12 @@ def _slot_cache_class():
             self.rows: slice = slice(None)
             self.write = (0, 0)
             self.read = (0, 0)
-            super().__init__(layers=[_SlotLayer(self) for _ in range(n_layers)])
+            self.slot_layers = [_SlotLayer(self) for _ in range(n_layers)]  # also in `layers`, typed as _SlotLayer
+            super().__init__(layers=list(self.slot_layers))
 
         def select_rows(self, indices: torch.Tensor) -> None:
             """Keep only rows `indices` (finished rows leave the batch)."""
-            for layer in self.layers:
+            for layer in self.slot_layers:
                 layer.batch_select_indices(indices)
             self.batch = int(indices.numel())
 
@@ -543,6 +552,8 @@ class Generator:
                 logits = out.new_empty((len(rows), out.shape[-1]))
             logits[a:b] = out
         cache.rows = slice(None)
+        if logits is None:
+            raise ValueError("_prefill needs at least one row")
         return logits
 
     def _generate_batch(self, rows: list[_Row], opts: GenerateOptions) -> None:
@@ -637,6 +648,8 @@ class Generator:
         """Next token per row: argmax, or a sample from the filtered, tempered distribution."""
         if not opts.do_sample:
             return logits.argmax(dim=-1)
+        if gens is None:
+            raise ValueError("sampling needs one torch.Generator per row")
         scores = logits.float() / opts.temperature
         vocab = scores.shape[-1]
         if 0 < opts.top_k < vocab:
@@ -661,7 +674,9 @@ class Generator:
 # functional API
 
 
-def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], options: GenerateOptions | None = None) -> list[GenerationOutput]:
+def generate_texts(
+    model: Any, tokenizer: Any, prompts: Sequence[str], options: GenerateOptions | None = None
+) -> list[GenerationOutput]:
     """`Generator(model, tokenizer).generate_texts(prompts, options)`."""
     return Generator(model, tokenizer).generate_texts(prompts, options)
 
@@ -677,7 +692,7 @@ def generate_chat(
     return Generator(model, tokenizer, renderer).generate_chat(conversations, options)
 
 
-__all__: Iterable[str] = [
+__all__ = [
     "GenerateOptions",
     "GenerationOutput",
     "Generator",

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from instillm.errors import ConfigError
-from instillm.llm.generation import sample_seed
 from instillm.llm.backend import (
     BackendConfig,
     LLMRequest,
@@ -32,6 +32,7 @@ from instillm.llm.backend import (
     Progress,
     SamplingParams,
 )
+from instillm.llm.generation import sample_seed
 
 CHUNK_BATCHES = 4  # decode batches of rows per Generator call: how often answers are handed out
 
@@ -64,7 +65,7 @@ class TransformersBackend:
         self.config = config
         self.model = config.model
         self.cache_id = model_fingerprint(config.model)
-        self.generator = generator if generator is not None else _load_generator(config.model)
+        self.generator = generator if generator is not None else _load_generator(config.model, config.device)
 
     @property
     def tokenizer(self) -> Any:
@@ -118,12 +119,19 @@ class TransformersBackend:
             rows += need
         return [c for c in chunks if c]
 
-    def _generate_chunk(self, params: SamplingParams, requests: list[LLMRequest], prompts: list[list[int]]) -> list[LLMResponse]:
+    def _generate_chunk(
+        self, params: SamplingParams, requests: list[LLMRequest], prompts: list[list[int]]
+    ) -> list[LLMResponse]:
         """One Generator call for requests of one params group: a row per distinct sample."""
         from instillm.llm.generation import GenerateOptions
 
-        opts = GenerateOptions.sampling(params.temperature, params.top_p, max_new_tokens=params.max_tokens,
-                                        stop_strings=params.stop, batch_size=self.config.batch_size)
+        opts = GenerateOptions.sampling(
+            params.temperature,
+            params.top_p,
+            max_new_tokens=params.max_tokens,
+            stop_strings=params.stop,
+            batch_size=self.config.batch_size,
+        )
         greedy = not opts.do_sample
         owners, rows, seeds = [], [], []  # owners[row] = (request position, sample index)
         for j, (r, ids) in enumerate(zip(requests, prompts)):
@@ -134,8 +142,14 @@ class TransformersBackend:
         outs = self.generator.generate_ids(rows, opts, seeds=None if greedy else seeds)
         samples: list[list[LLMSample]] = [[] for _ in requests]
         for (j, _), o in zip(owners, outs):
-            samples[j].append(LLMSample(text=o.text, finish_reason=o.finish_reason,
-                                        prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens))
+            samples[j].append(
+                LLMSample(
+                    text=o.text,
+                    finish_reason=o.finish_reason,
+                    prompt_tokens=o.prompt_tokens,
+                    completion_tokens=o.completion_tokens,
+                )
+            )
         if greedy:  # n greedy samples are the same generation
             samples = [s * r.params.n for s, r in zip(samples, requests)]
         return [LLMResponse(samples=tuple(s), model=self.model) for s in samples]
@@ -145,12 +159,12 @@ class TransformersBackend:
         self.generator = None
 
 
-def _load_generator(model: str) -> Any:
-    """A Generator for a saved model with its saved chat template, on the GPU when there is one."""
+def _load_generator(model: str, device: str = "auto") -> Any:
+    """A Generator for a saved model with its saved chat template, on `device` ("auto": CUDA if any)."""
     from instillm.llm.generation import Generator
     from instillm.models.loading import load_local
 
-    local = load_local(model)
+    local = load_local(model, device=device)
     return Generator(local.model, local.tokenizer, local.renderer)
 
 
@@ -180,8 +194,12 @@ class VLLMBackend:
         """vllm.SamplingParams for ours; greedy asks for one sample (repeated n times after)."""
         greedy = params.temperature == 0
         return self._vllm.SamplingParams(
-            n=1 if greedy else params.n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_tokens, stop=list(params.stop) or None, seed=params.seed,
+            n=1 if greedy else params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed,
         )
 
     def generate(
@@ -196,13 +214,13 @@ class VLLMBackend:
                 continue
             params = [self._sampling(requests[i].params) for i in idx]
             if kind == "chat":
-                outs = self.llm.chat([list(requests[i].messages) for i in idx], sampling_params=params, use_tqdm=False)
+                outs = self.llm.chat([requests[i].chat_messages() for i in idx], sampling_params=params, use_tqdm=False)
             else:
                 outs = self.llm.generate([requests[i].prompt for i in idx], sampling_params=params, use_tqdm=False)
             for i, out in zip(idx, outs):
-                results[i] = self._response(requests[i], out)
+                results[i] = response = self._response(requests[i], out)
                 if on_response is not None:
-                    on_response(i, results[i])
+                    on_response(i, response)
             if progress is not None:
                 progress(len(idx))
         return results  # type: ignore[return-value]
@@ -210,9 +228,15 @@ class VLLMBackend:
     def _response(self, request: LLMRequest, out: Any) -> LLMResponse:
         """An LLMResponse from a vllm RequestOutput."""
         prompt_tokens = len(out.prompt_token_ids or [])
-        samples = [LLMSample(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
-                             prompt_tokens=prompt_tokens, completion_tokens=len(c.token_ids))
-                   for c in sorted(out.outputs, key=lambda c: c.index)]
+        samples = [
+            LLMSample(
+                text=c.text,
+                finish_reason="length" if c.finish_reason == "length" else "stop",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(c.token_ids),
+            )
+            for c in sorted(out.outputs, key=lambda c: c.index)
+        ]
         if request.params.temperature == 0:
             samples = samples[:1] * request.params.n
         return LLMResponse(samples=tuple(samples), model=self.model)

@@ -18,15 +18,15 @@ left (the scored tokens and at least one token before them are kept), as lm-eval
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from instillm.data.render import IGNORE_INDEX
 from instillm.config import check_min_int
+from instillm.data.render import IGNORE_INDEX
 from instillm.errors import ConfigError, DataError
-
 
 VOCAB_CHUNK = 1024  # scored positions projected to the vocabulary at once
 
@@ -39,7 +39,7 @@ class ScoreRequest:
     labels: tuple[int, ...]
 
     @classmethod
-    def continuation(cls, context: Sequence[int], continuation: Sequence[int]) -> "ScoreRequest":
+    def continuation(cls, context: Sequence[int], continuation: Sequence[int]) -> ScoreRequest:
         """Score `continuation` given `context` (the lm-eval layout)."""
         ids = tuple(int(x) for x in (*context, *continuation))
         return cls(ids, (IGNORE_INDEX,) * len(context) + tuple(int(x) for x in continuation))
@@ -81,8 +81,9 @@ def _fit(req: ScoreRequest, max_length: int | None, index: int) -> tuple[list[in
     return ids[cut:], labels[cut:], True
 
 
-def score_requests(model: Any, requests: Sequence[ScoreRequest], batch_size: int = 16,
-                   max_length: int | None = None, pad_id: int = 0) -> list[TokenScore]:
+def score_requests(
+    model: Any, requests: Sequence[ScoreRequest], batch_size: int = 16, max_length: int | None = None, pad_id: int = 0
+) -> list[TokenScore]:
     """Log-likelihood of each request's scored tokens, in input order (batched by length)."""
     from instillm.train.loss import split_causal_lm
 
@@ -100,7 +101,7 @@ def score_requests(model: Any, requests: Sequence[ScoreRequest], batch_size: int
     try:
         with torch.inference_mode():
             for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
+                idx = order[b : b + batch_size]
                 scores = _score_batch(decoder, head, [fitted[i] for i in idx], pad_id, device)
                 for i, s in zip(idx, scores):
                     out[i] = s
@@ -109,33 +110,35 @@ def score_requests(model: Any, requests: Sequence[ScoreRequest], batch_size: int
     return out  # type: ignore[return-value]
 
 
-def _score_batch(decoder: Any, head: Any, rows: list[tuple[list[int], list[int], bool]],
-                 pad_id: int, device: torch.device) -> list[TokenScore]:
+def _score_batch(
+    decoder: Any, head: Any, rows: list[tuple[list[int], list[int], bool]], pad_id: int, device: torch.device
+) -> list[TokenScore]:
     """One right-padded forward pass; scores of each row."""
     width = max(len(ids) for ids, _, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (x, y, _) in enumerate(rows):
-        ids[r, :len(x)] = torch.tensor(x)
-        labels[r, :len(y)] = torch.tensor(y)
-        mask[r, :len(x)] = 1
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
+        mask[r, : len(x)] = 1
     ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
     out = decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
     targets = labels[:, 1:]  # (B, L-1): position t-1 predicts token t
     keep = targets != IGNORE_INDEX
     h, t = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,): N scored tokens
-    picked, is_max = [], []
+    picked_parts, is_max_parts = [], []
     for hc, tc in zip(h.split(VOCAB_CHUNK), t.split(VOCAB_CHUNK)):  # bounds the (chunk, vocab) logits
         logp = torch.log_softmax(head(hc).float(), dim=-1)
-        picked.append(logp.gather(1, tc.unsqueeze(1)).squeeze(1))
-        is_max.append(logp.argmax(dim=-1) == tc)
-    picked, is_max = torch.cat(picked), torch.cat(is_max)  # (N,), (N,)
+        picked_parts.append(logp.gather(1, tc.unsqueeze(1)).squeeze(1))
+        is_max_parts.append(logp.argmax(dim=-1) == tc)
+    picked, is_max = torch.cat(picked_parts), torch.cat(is_max_parts)  # (N,), (N,)
     counts = keep.sum(dim=1).tolist()
     result, start = [], 0
     for (_, _, truncated), n in zip(rows, counts):
-        result.append(TokenScore(float(picked[start:start + n].sum()), n,
-                                 bool(is_max[start:start + n].all()), truncated))
+        result.append(
+            TokenScore(float(picked[start : start + n].sum()), n, bool(is_max[start : start + n].all()), truncated)
+        )
         start += n
     return result

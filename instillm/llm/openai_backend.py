@@ -29,8 +29,9 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 
@@ -45,6 +46,9 @@ from instillm.llm.backend import (
     OnResponse,
     Progress,
 )
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 SHAPE_RETRIES = 1  # extra attempts for a 200 without usable choices
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is treated as this
@@ -101,9 +105,9 @@ class OpenAIBackend:
                             f.cancel()
                     continue
                 index = futures[fut]
-                results[index] = fut.result()
+                results[index] = response = fut.result()
                 if on_response is not None:
-                    on_response(index, results[index])
+                    on_response(index, response)
                 if progress is not None:
                     progress(1)
         finally:
@@ -123,7 +127,9 @@ class OpenAIBackend:
             except _BadShape as e:
                 shape_failures += 1
                 if shape_failures > SHAPE_RETRIES or attempt + 1 == attempts:
-                    raise LLMResponseError(f"{self.name}: unusable answer after {attempt + 1} attempt(s): {e}") from None
+                    raise LLMResponseError(
+                        f"{self.name}: unusable answer after {attempt + 1} attempt(s): {e}"
+                    ) from None
                 cause, wait = str(e), None
             except _Transient as e:
                 cause, wait = str(e), e.wait
@@ -158,14 +164,21 @@ class OpenAIBackend:
     def _call(self, request: LLMRequest) -> Any:
         """The openai client call for a chat or a completion request."""
         p = request.params
-        kwargs: dict[str, Any] = {"model": self.model, "n": p.n, "temperature": p.temperature,
-                                  "top_p": p.top_p, "max_tokens": p.max_tokens}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "n": p.n,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+        }
         if p.stop:
             kwargs["stop"] = list(p.stop)
         if p.seed is not None:
             kwargs["seed"] = p.seed
         if request.kind == "chat":
-            return self.client.chat.completions.create(messages=list(request.messages), **kwargs)
+            # LLMRequest checked every message's role and content: they are valid message params.
+            messages = cast("list[ChatCompletionMessageParam]", request.chat_messages())
+            return self.client.chat.completions.create(messages=messages, **kwargs)
         return self.client.completions.create(prompt=request.prompt, **kwargs)
 
     def _samples(self, request: LLMRequest, body: Any) -> tuple[LLMSample, ...]:
@@ -175,17 +188,23 @@ class OpenAIBackend:
             raise _Transient(f"malformed response body: not a completion object ({str(body)[:80]!r})")
         n = request.params.n
         if len(choices) != n:
-            raise _BadShape(f"{len(choices)} choice(s) for n={n}" + (" (does the endpoint support n?)" if choices else ""))
+            raise _BadShape(
+                f"{len(choices)} choice(s) for n={n}" + (" (does the endpoint support n?)" if choices else "")
+            )
         choices = sorted(choices, key=lambda c: c.index if isinstance(getattr(c, "index", None), int) else 0)
-        texts = [_choice_text(c, request.kind) for c in choices]
-        if any(t is None for t in texts):
+        texts = [t for t in (_choice_text(c, request.kind) for c in choices) if t is not None]
+        if len(texts) < len(choices):
             raise _BadShape("a choice has no text (content is null)")
         usage = getattr(body, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         counts = split_tokens(int(getattr(usage, "completion_tokens", 0) or 0), texts)
         return tuple(
-            LLMSample(text=t, finish_reason="length" if c.finish_reason == "length" else "stop",
-                      prompt_tokens=prompt_tokens, completion_tokens=k)
+            LLMSample(
+                text=t,
+                finish_reason="length" if c.finish_reason == "length" else "stop",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=k,
+            )
             for t, c, k in zip(texts, choices, counts)
         )
 

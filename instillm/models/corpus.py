@@ -185,8 +185,14 @@ def _json_snippet(rng: random.Random) -> str:
     keys = rng.sample(list(obj), rng.randint(2, len(obj)))
     obj = {k: obj[k] for k in keys}
     if rng.random() < 0.3:
-        return json.dumps({"messages": [{"role": "user", "content": _sentence(rng)},
-                                        {"role": "assistant", "content": _sentence(rng)}]})
+        return json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": _sentence(rng)},
+                    {"role": "assistant", "content": _sentence(rng)},
+                ]
+            }
+        )
     return json.dumps(obj, indent=2 if rng.random() < 0.5 else None, ensure_ascii=False)
 
 
@@ -280,8 +286,19 @@ def builtin_corpus(seed: int = 0, n_docs: int = 3000) -> list[str]:
     docs = [rng.choices(fns, weights=weights)[0](rng) for _ in range(n_docs)]
     # Every vocabulary word at least once, in lower and title case, so each can become one token.
     vocab_words = sorted(
-        set(_DETERMINERS + _PRONOUNS + _NOUNS + _VERBS + _PAST + _ADJECTIVES + _ADVERBS
-            + _PREPOSITIONS + _CONJUNCTIONS + _NAMES + _FOREIGN)
+        set(
+            _DETERMINERS
+            + _PRONOUNS
+            + _NOUNS
+            + _VERBS
+            + _PAST
+            + _ADJECTIVES
+            + _ADVERBS
+            + _PREPOSITIONS
+            + _CONJUNCTIONS
+            + _NAMES
+            + _FOREIGN
+        )
     )
     docs.append(" ".join(vocab_words))
     docs.append(" ".join(w.capitalize() for w in vocab_words))

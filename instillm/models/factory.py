@@ -13,9 +13,10 @@ import inspect
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -121,10 +122,12 @@ def train_tokenizer(
     tok = Tokenizer(models.BPE())  # no unk_token: byte-level never needs one
     # Digits are split one per token (as Llama 3 and DeepSeek do): a model trained from scratch
     # then learns arithmetic, comparison and parity on digits instead of memorising number tokens.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     # No post-processor of our own: transformers installs a TemplateProcessing that adds nothing
     # (add_bos_token/add_eos_token False) and leaves offsets untrimmed, leading spaces included.
@@ -170,7 +173,7 @@ def build_config(preset: ModelPreset, tokenizer=None, vocab_size: int | None = N
     ids = {PAD: 0, BOS: 1, EOS: 2}
     if tokenizer is not None:
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, BOS, EOS)}
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=size,
         hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size,

@@ -49,9 +49,15 @@ OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
 }
 # Hugging Face Llama module -> llama.cpp tensor, per block (`model.layers.N.` / `blk.N.`) and outside the blocks.
 BLOCK_TENSORS = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
 }
 TOP_TENSORS = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 # tokenizer.ggml.pre -> the tokenizers pre-tokenizer that splits text as llama.cpp does for it
@@ -144,8 +150,13 @@ def check_importable(file: Path, reader: GGUFReader) -> str:
 
 def source_info(file: Path, reader: GGUFReader, arch: str) -> dict[str, Any]:
     """What `gguf_source.json` records about the imported file."""
-    return {"source_file": file.name, "sha256": sha256(file), "architecture": arch,
-            "quantization": quantization_name(reader), "tensor_count": len(reader.tensors)}
+    return {
+        "source_file": file.name,
+        "sha256": sha256(file),
+        "architecture": arch,
+        "quantization": quantization_name(reader),
+        "tensor_count": len(reader.tensors),
+    }
 
 
 # --------------------------------------------------------------------------------------------- import
@@ -202,7 +213,8 @@ def write_hf_folder(file: Path, out: Path, reader: GGUFReader, dtype: torch.dtyp
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         raise ModelError(f"transformers cannot load {file}: {e}") from e
     model.generation_config = GenerationConfig(
-        bos_token_id=field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=eos_ids(reader),
+        bos_token_id=field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=eos_ids(reader),
         pad_token_id=field(reader, "tokenizer.ggml.padding_token_id"),
     )
     model.save_pretrained(out)
@@ -350,8 +362,12 @@ def add_tokenizer(w: GGUFWriter, tokenizer: Any, generation_eos: list[int], voca
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
-    for add_id, tid in ((w.add_bos_token_id, tokenizer.bos_token_id), (w.add_eos_token_id, tokenizer.eos_token_id),
-                        (w.add_pad_token_id, tokenizer.pad_token_id), (w.add_unk_token_id, tokenizer.unk_token_id)):
+    for add_id, tid in (
+        (w.add_bos_token_id, tokenizer.bos_token_id),
+        (w.add_eos_token_id, tokenizer.eos_token_id),
+        (w.add_pad_token_id, tokenizer.pad_token_id),
+        (w.add_unk_token_id, tokenizer.unk_token_id),
+    ):
         if tid is not None:
             add_id(tid)
     eot = end_of_turn_id(tokenizer, generation_eos)

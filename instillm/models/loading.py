@@ -40,17 +40,17 @@ def _resolve(path_or_id: str | Path) -> str:
         return str(p)
     # "org/name" is a hub id unless `org` is a local directory (then it is a mistyped path).
     if isinstance(path_or_id, Path) or not _HUB_ID.match(s) or p.parent.is_dir():
-        raise ModelError(
-            f"model path {s} does not exist; create one with `instillm model init --preset tiny -o {s}`"
-        )
+        raise ModelError(f"model path {s} does not exist; create one with `instillm model init --preset tiny -o {s}`")
     return s  # a hub id: transformers fetches it (or fails with its own message offline)
 
 
 def _hint(src: str) -> str:
     if Path(src).is_dir():
         return ""
-    return (f" ({src} is not a local directory, so it was looked up on the Hugging Face hub; to use a "
-            f"local model create one with `instillm model init --preset tiny -o {src}`)")
+    return (
+        f" ({src} is not a local directory, so it was looked up on the Hugging Face hub; to use a "
+        f"local model create one with `instillm model init --preset tiny -o {src}`)"
+    )
 
 
 def load_tokenizer(path_or_id: str | Path):
@@ -88,12 +88,17 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     src = _resolve(path_or_id)
-    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, "dtype": dtype if dtype is not None else "auto"}
+    kwargs: dict = {
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        "dtype": dtype if dtype is not None else "auto",
+    }
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+        # Typed as a Module: transformers' `@wraps(nn.Module.to)` hides `PreTrainedModel.to`'s self from mypy.
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a model from {src}: {e}{_hint(src)}") from e
     if device is not None:
         model = model.to(device)
@@ -114,7 +119,7 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """"auto" (or None) → "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
+    """ "auto" (or None) → "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
@@ -151,8 +156,9 @@ def inference_renderer(tokenizer: Any, template: str = "auto") -> Any:
     return Renderer(tokenizer, RenderConfig(template=template, max_length=1 << 30))
 
 
-def load_local(path: str | Path, template: str = "auto", device: str | None = "auto",
-               dtype: torch.dtype | None = None) -> LocalModel:
+def load_local(
+    path: str | Path, template: str = "auto", device: str | None = "auto", dtype: torch.dtype | None = None
+) -> LocalModel:
     """Model + tokenizer + renderer from a model directory, a LoRA adapter directory or a hub id."""
     target = resolve_device(device)
     tok = load_tokenizer(path)
@@ -167,7 +173,8 @@ def _load_any(path: str | Path, dtype: torch.dtype | None, device: str) -> Any:
     from peft import AutoPeftModelForCausalLM
 
     try:
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
+        kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the LoRA adapter in {path} with its base model: {e}") from e
     return model.to(device).eval()

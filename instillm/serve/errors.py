@@ -41,6 +41,12 @@ def _loc(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters (a bad value may be megabytes long)."""
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     msgs = []
     for e in errors:
@@ -51,7 +57,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
             msgs.append(f"{where}: required")
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            shown = "" if isinstance(got, (dict, list)) else f" (got {_short_repr(got)})"
             msgs.append(f"{where}: {e.get('msg', 'invalid')}{shown}")
     return "; ".join(msgs)
 
@@ -78,18 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").response()
 
 
-def require_api_key(api_key: str | None):
-    """A dependency requiring `Authorization: Bearer API_KEY` (nothing when api_key is None)."""
-
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
-            raise APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
-                           code="invalid_api_key")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "incorrect API key in the Authorization header", code="invalid_api_key")
-
-    return check
+def auth_error(header: str, api_key: str | None) -> APIError | None:
+    """The 401 for an `Authorization` header that does not carry `Bearer API_KEY` (None: fine, or no key)."""
+    if api_key is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if not header:
+        return APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        return APIError(401, "incorrect API key in the Authorization header", code="invalid_api_key")
+    return None

@@ -3,19 +3,28 @@
 Only what `instillm serve` honours is accepted: a field it would silently ignore (`logprobs`,
 `tools`, `response_format`, ...) is rejected with a 400 naming it, and penalties other than 0
 are refused. `user` and `name` are accepted and ignored (they do not change the answer).
+
+Types are strict: an integer field takes a JSON integer only (not `"5"`, `true` or `5.0`), a
+boolean only `true`/`false`, a number an integer or a float. `parse_body` decodes a body (JSON,
+UTF-8) and refuses strings with lone surrogates (`"\ud800"`), which JSON allows but no text can
+hold, naming the field.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+import json
+from typing import Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from instillm.serve.errors import APIError
 
 MAX_N = 128  # samples per request; n rows are decoded per prompt
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Body):
@@ -126,3 +135,62 @@ class CompletionRequest(_Sampling):
     def budget_field(self) -> str:
         """The name of the field that sets the token budget."""
         return "max_tokens"
+
+
+# --------------------------------------------------------------------------------------------
+# decoding a body
+
+Body = TypeVar("Body", bound=_Body)
+
+
+def _valid_text(s: str) -> bool:
+    """False for a string with a lone surrogate (it cannot be encoded as UTF-8)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def surrogate_at(data: Any) -> str | None:
+    """The dotted path of a string (or key) in `data` holding a lone surrogate; None when there is none."""
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and not _valid_text(value):
+            return ".".join(map(str, path)) or "body"
+        if isinstance(value, dict):
+            if not all(_valid_text(k) for k in value):
+                return ".".join(map(str, path)) or "body"
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 when it is not valid UTF-8 JSON or not an object."""
+    try:
+        data = json.loads(body)
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the body is not valid UTF-8: {e}", None, "invalid_json") from e
+    except (ValueError, RecursionError) as e:
+        raise APIError(400, f"the body is not valid JSON: {e}", None, "invalid_json") from e
+    if not isinstance(data, dict):
+        raise APIError(400, f"the body must be a JSON object, got a JSON {type(data).__name__}", None, "invalid_json")
+    return data
+
+
+def parse_body(body: bytes, model: type[Body]) -> Body:
+    """`body` validated as `model`: 400 naming the field for bad JSON, lone surrogates or invalid values."""
+    data = _json_object(body)
+    where = surrogate_at(data)
+    if where is not None:
+        raise APIError(400, f"{where}: contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape); "
+                       "text must be valid Unicode", where, "invalid_value")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from None

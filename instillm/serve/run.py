@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -9,19 +11,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from instillm.errors import InstillmError
+from instillm.errors import ConfigError, InstillmError
+
+logger = logging.getLogger(__name__)
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a network interface
+
+
+def check_bind(host: str, api_key: str | None, allow_remote_without_key: bool = False) -> str | None:
+    """The warning to show for an open network bind (None: loopback, or a key is required).
+
+    Raises ConfigError for a non-loopback `host` without a key unless `allow_remote_without_key`.
+    """
+    if api_key or is_loopback(host):
+        return None
+    if not allow_remote_without_key:
+        raise ConfigError(f"--host {host} would expose the server to the network without an API key: set --api-key "
+                          "(or INSTILLM_API_KEY), or pass --allow-remote-without-key (allow_remote_without_key=True) "
+                          "to serve it open anyway")
+    return (f"WARNING: serving on {host} without an API key: anyone who can reach this machine can use the model "
+            "(and its compute). Set --api-key or INSTILLM_API_KEY to require a key.")
+
+
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          log_level: str = "info", announce: Callable[[str], None] | None = None, **app_options: Any) -> None:
+          log_level: str = "info", announce: Callable[[str], None] | None = None,
+          allow_remote_without_key: bool = False, warn: Callable[[str], None] | None = None,
+          **app_options: Any) -> None:
     """Serve `model` with uvicorn until interrupted; `app_options` go to `create_app`.
 
+    A non-loopback `host` without `api_key` is refused (ConfigError, before anything is loaded)
+    unless `allow_remote_without_key`; then `warn(message)` (default: logging) says so.
     `announce(base_url)` is called once the model is loaded, just before the server starts.
     """
+    warning = check_bind(host, api_key, allow_remote_without_key)
+    if warning is not None:
+        (warn or logger.warning)(warning)
     import uvicorn
 
     from instillm.serve.app import create_app

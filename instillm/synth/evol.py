@@ -36,23 +36,41 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from instillm.data.schema import Example, Message
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range
-from instillm.errors import DataError, RowError
 from instillm.curate.common import iter_canonical
-from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
 from instillm.curate.filters import EN_STOPWORDS, word_count
+from instillm.data.schema import Example, Message
+from instillm.errors import DataError, RowError
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams, reply_text
+from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
 from instillm.synth.pipeline import Journal, batches, count_by, request_seed, step_rng, work_dir_for, write_outputs
 
-DEFAULT_INPUT_FORMATS = ("XML data", "SQL database", "Python code", "HTML page", "JSON data", "Shell cmd",
-                         "Markdown", "LaTeX", "C++ code", "Excel table")
-TEMPLATE_PHRASES = ("#The Given Prompt#", "#Rewritten Prompt#", "#Given Prompt#", "#Created Prompt#",
-                    "given prompt", "rewritten prompt", "created prompt")
+DEFAULT_INPUT_FORMATS = (
+    "XML data",
+    "SQL database",
+    "Python code",
+    "HTML page",
+    "JSON data",
+    "Shell cmd",
+    "Markdown",
+    "LaTeX",
+    "C++ code",
+    "Excel table",
+)
+TEMPLATE_PHRASES = (
+    "#The Given Prompt#",
+    "#Rewritten Prompt#",
+    "#Given Prompt#",
+    "#Created Prompt#",
+    "given prompt",
+    "rewritten prompt",
+    "created prompt",
+)
 UNCLEAR_RULES = ("eliminate", "keep")
 _TOKEN = re.compile(r"[^\W_]+")
 _NOT_EQUAL = re.compile(r"\bnot[\s_-]*equal\b|\bunequal\b", re.IGNORECASE)
@@ -84,8 +102,14 @@ class EvolConfig(Config):
     def check(v: Mapping[str, Any]) -> list[str]:
         """Problems with the values, each `field: message`."""
         p: list[str] = []
-        for name in ("rounds", "max_tokens", "response_max_tokens", "judge_max_tokens", "request_batch_size",
-                     "sorry_max_words"):
+        for name in (
+            "rounds",
+            "max_tokens",
+            "response_max_tokens",
+            "judge_max_tokens",
+            "request_batch_size",
+            "sorry_max_words",
+        ):
             check_min_int(p, name, v[name])
         bad = [op for op in v["operations"] if op not in OPERATIONS]
         if bad or not v["operations"]:
@@ -108,7 +132,7 @@ def copied_template_phrase(evolved: str, phrases: Sequence[str] = TEMPLATE_PHRAS
 
 
 def judge_verdict(text: str) -> str | None:
-    """"not_equal", "equal", or None when the judge's answer says neither."""
+    """ "not_equal", "equal", or None when the judge's answer says neither."""
     if _NOT_EQUAL.search(text):
         return "not_equal"
     if _EQUAL.search(text):
@@ -171,8 +195,16 @@ def read_lineages(path: str | Path) -> tuple[list[Lineage], list[dict[str, Any]]
         elif ex.id in seen:  # evolved ids are derived from root ids, so they must be unique
             err = RowError("duplicate_id", f"id {ex.id!r} already used on line {seen[ex.id]}")
         if err is not None:
-            rejects.append({"stage": "input", "file": str(path), "line": row.line, "reason": err.reason,
-                            "detail": err.detail, "raw": row.raw})
+            rejects.append(
+                {
+                    "stage": "input",
+                    "file": str(path),
+                    "line": row.line,
+                    "reason": err.reason,
+                    "detail": err.detail,
+                    "raw": row.raw,
+                }
+            )
             continue
         seen[ex.id] = row.line
         lineages.append(Lineage(ex, turns[0].content, ex.id))
@@ -205,31 +237,65 @@ def _plan(cfg: EvolConfig, r: int, i: int) -> tuple[str, str]:
     return op, rng.choice(cfg.input_formats) if op == "complicate_input" else ""
 
 
-def _evolve_batch(backend: Backend, cfg: EvolConfig, r: int, start: int, batch: Sequence[Lineage],
-                  progress: Progress | None) -> list[dict[str, Any]]:
+def _evolve_batch(
+    backend: Backend, cfg: EvolConfig, r: int, start: int, batch: Sequence[Lineage], progress: Progress | None
+) -> list[dict[str, Any]]:
     """Evolve, judge, answer and check one batch of lineages; one journal record each."""
     recs = []
     for k, lin in enumerate(batch):
         op, fmt = _plan(cfg, r, start + k)
-        recs.append({"stage": "evol", "round": r, "lineage": start + k, "operation": op, "input_format": fmt,
-                     "parent": lin.instruction, "parent_id": lin.current_id, "evolved": None, "judge": None,
-                     "response": None, "kept": False, "reason": None, "detail": ""})
-    reqs = [_chat(cfg, evolve_prompt(x["operation"], x["parent"], x["input_format"]), max_tokens=cfg.max_tokens,
-                  temperature=cfg.temperature, top_p=cfg.top_p, seed=request_seed(cfg.seed, "evol", r, x["lineage"]))
-            for x in recs]
+        recs.append(
+            {
+                "stage": "evol",
+                "round": r,
+                "lineage": start + k,
+                "operation": op,
+                "input_format": fmt,
+                "parent": lin.instruction,
+                "parent_id": lin.current_id,
+                "evolved": None,
+                "judge": None,
+                "response": None,
+                "kept": False,
+                "reason": None,
+                "detail": "",
+            }
+        )
+    reqs = [
+        _chat(
+            cfg,
+            evolve_prompt(x["operation"], x["parent"], x["input_format"]),
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=request_seed(cfg.seed, "evol", r, x["lineage"]),
+        )
+        for x in recs
+    ]
     for x, resp in zip(recs, backend.generate(reqs, progress)):
         x["evolved"] = reply_text(resp)
         _fail(x, evolution_problem(x["evolved"], cfg))
     if cfg.judge:
         live = [x for x in recs if x["reason"] is None]
-        reqs = [_chat(cfg, equality_prompt(x["parent"], x["evolved"]), max_tokens=cfg.judge_max_tokens,
-                      temperature=0.0) for x in live]
+        reqs = [
+            _chat(cfg, equality_prompt(x["parent"], x["evolved"]), max_tokens=cfg.judge_max_tokens, temperature=0.0)
+            for x in live
+        ]
         for x, resp in zip(live, backend.generate(reqs, progress)):
             x["judge"] = resp.text
             _fail(x, judgement_problem(resp.text, cfg))
     live = [x for x in recs if x["reason"] is None]
-    reqs = [_chat(cfg, x["evolved"], max_tokens=cfg.response_max_tokens, temperature=cfg.temperature,
-                  top_p=cfg.top_p, seed=request_seed(cfg.seed, "response", r, x["lineage"])) for x in live]
+    reqs = [
+        _chat(
+            cfg,
+            x["evolved"],
+            max_tokens=cfg.response_max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=request_seed(cfg.seed, "response", r, x["lineage"]),
+        )
+        for x in live
+    ]
     for x, resp in zip(live, backend.generate(reqs, progress)):
         x["response"] = reply_text(resp)
         _fail(x, response_problem(x["response"], cfg.sorry_max_words))
@@ -260,13 +326,22 @@ class EvolResult:
     resumed: bool
 
 
-def run_evol(backend: Backend, data: str | Path, output: str | Path, config: EvolConfig | None = None,
-             progress: Progress | None = None) -> EvolResult:
+def run_evol(
+    backend: Backend,
+    data: str | Path,
+    output: str | Path,
+    config: EvolConfig | None = None,
+    progress: Progress | None = None,
+) -> EvolResult:
     """Evolve every single-turn example of `data` for `config.rounds` rounds into `output` (resumable)."""
     cfg = config or EvolConfig()
     lineages, input_rejects = read_lineages(data)
-    fingerprint = {"pipeline": "evol_instruct", "config": asdict(cfg), "model": backend.model,
-                   "data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest()}
+    fingerprint = {
+        "pipeline": "evol_instruct",
+        "config": asdict(cfg),
+        "model": backend.model,
+        "data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
+    }
     journal = Journal(work_dir_for(output), fingerprint)
     _replay(lineages, journal.of_stage("evol"))
     while journal.state.get("round", 1) <= cfg.rounds:
@@ -286,10 +361,23 @@ def run_evol(backend: Backend, data: str | Path, output: str | Path, config: Evo
 def _example(lineages: Sequence[Lineage], x: Mapping[str, Any], teacher: str) -> Example:
     """The Example of one kept evolution."""
     root = lineages[x["lineage"]].root
-    meta = {"round": x["round"], "operation": x["operation"], "input_format": x["input_format"],
-            "parent_id": x["parent_id"], "root_id": root.id, "evol_depth": x["depth"], "teacher": teacher}
-    return Example(messages=(Message("user", x["evolved"]), Message("assistant", x["response"])), id=x["id"],
-                   source=root.source, task="evol_instruct", category=root.category, meta=meta)
+    meta = {
+        "round": x["round"],
+        "operation": x["operation"],
+        "input_format": x["input_format"],
+        "parent_id": x["parent_id"],
+        "root_id": root.id,
+        "evol_depth": x["depth"],
+        "teacher": teacher,
+    }
+    return Example(
+        messages=(Message("user", x["evolved"]), Message("assistant", x["response"])),
+        id=x["id"],
+        source=root.source,
+        task="evol_instruct",
+        category=root.category,
+        meta=meta,
+    )
 
 
 def _reject(x: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,17 +386,31 @@ def _reject(x: Mapping[str, Any]) -> dict[str, Any]:
     return {"stage": "evol", "reason": x["reason"], "detail": x["detail"], "raw": raw}
 
 
-def evol_stats(records: Sequence[Mapping[str, Any]], rounds: int, n_lineages: int,
-               input_rejects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def evol_stats(
+    records: Sequence[Mapping[str, Any]], rounds: int, n_lineages: int, input_rejects: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     """Per round: attempted = kept + eliminated by reason, and the same split per operation."""
     per_round = []
     for r in range(1, rounds + 1):
         recs = [x for x in records if x["round"] == r]
-        ops = {op: {"attempted": sum(x["operation"] == op for x in recs),
-                    "kept": sum(x["operation"] == op and x["kept"] for x in recs)}
-               for op in sorted({x["operation"] for x in recs})}
-        per_round.append({"round": r, "attempted": len(recs), "kept": sum(x["kept"] for x in recs),
-                          "eliminated": count_by(x for x in recs if not x["kept"]), "by_operation": ops})
-    return {"input": {"rows": n_lineages + len(input_rejects), "lineages": n_lineages,
-                      "rejected": count_by(input_rejects)},
-            "rounds": per_round, "examples": sum(x["kept"] for x in records)}
+        ops = {
+            op: {
+                "attempted": sum(x["operation"] == op for x in recs),
+                "kept": sum(x["operation"] == op and x["kept"] for x in recs),
+            }
+            for op in sorted({x["operation"] for x in recs})
+        }
+        per_round.append(
+            {
+                "round": r,
+                "attempted": len(recs),
+                "kept": sum(x["kept"] for x in recs),
+                "eliminated": count_by(x for x in recs if not x["kept"]),
+                "by_operation": ops,
+            }
+        )
+    return {
+        "input": {"rows": n_lineages + len(input_rejects), "lineages": n_lineages, "rejected": count_by(input_rejects)},
+        "rounds": per_round,
+        "examples": sum(x["kept"] for x in records),
+    }

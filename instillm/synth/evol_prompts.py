@@ -40,10 +40,10 @@ _DEPTH_TAIL = (
 DEPTH_METHODS = {
     "add_constraints": "Please add one more constraints/requirements into #The Given Prompt#'",
     "deepen": "If #The Given Prompt# contains inquiries about certain issues, the depth and breadth of the inquiry "
-              "can be increased.",
+    "can be increased.",
     "concretize": "Please replace general concepts with more specific concepts.",
     "increase_reasoning": "If #The Given Prompt# can be solved with just a few simple thinking processes, you can "
-                          "rewrite it to explicitly request multiple-step reasoning.",
+    "rewrite it to explicitly request multiple-step reasoning.",
 }
 
 BREADTH = (

@@ -127,6 +127,7 @@ class Journal:
         if saved.get("fingerprint") != self.fingerprint:
             raise ConfigError(_mismatch(self.dir, saved.get("fingerprint") or {}, self.fingerprint))
         items = self.dir / ITEMS
+        items.touch()  # a missing file reads as empty: shorter than a nonzero committed length
         with open(items, "r+b") as f:
             data = f.read(committed)
             if len(data) < committed:
@@ -187,10 +188,13 @@ def _record_line(record: Mapping[str, Any]) -> bytes:
 def _parse_record(items: Path, line_no: int, line: bytes) -> dict[str, Any]:
     """One committed line (surrogates passed through as bytes, as older versions wrote, are read too)."""
     try:
-        return json.loads(line.decode("utf-8", "surrogatepass"))
+        record = json.loads(line.decode("utf-8", "surrogatepass"))
     except ValueError as e:
-        raise DataError(f"{items}:{line_no}: damaged committed record ({e}); delete {items.parent} to start "
-                        "over") from e
+        record = e
+    if not isinstance(record, dict):
+        raise DataError(f"{items}:{line_no}: damaged committed record ({record}); delete {items.parent} to start "
+                        "over")
+    return record
 
 
 _HELD: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) of a locked run dir -> [fd, open journals]

@@ -55,20 +55,27 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from instillm.config import Config, check_choice, check_min, check_min_int, check_range
+from instillm.curate.dedup import RougeLFilter
+from instillm.curate.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
 from instillm.data.formats import alpaca_user_turn
 from instillm.data.io import read_rows
 from instillm.data.schema import Example, from_prompt_completion
-from instillm.config import Config, check_choice, check_min, check_min_int, check_range
 from instillm.errors import DataError, RowError
-from instillm.curate.dedup import RougeLFilter
-from instillm.curate.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams
 from instillm.synth.pipeline import (
-    Journal, batches, count_by, request_seed, step_rng, work_dir_for, write_outputs,
+    Journal,
+    batches,
+    count_by,
+    request_seed,
+    step_rng,
+    work_dir_for,
+    write_outputs,
 )
 from instillm.synth.self_instruct_prompts import CLF_TEMPLATE, INPUT_FIRST_TEMPLATE, OUTPUT_FIRST_TEMPLATE
 
@@ -116,8 +123,16 @@ class SelfInstructConfig(Config):
     def check(v: Mapping[str, Any]) -> list[str]:
         """Problems with the values, each `field: message`."""
         p: list[str] = []
-        for name in ("num_instructions", "num_prompt_instructions", "request_batch_size", "max_tokens",
-                     "clf_max_tokens", "instance_max_tokens", "clf_instance_max_tokens", "max_instances"):
+        for name in (
+            "num_instructions",
+            "num_prompt_instructions",
+            "request_batch_size",
+            "max_tokens",
+            "clf_max_tokens",
+            "instance_max_tokens",
+            "clf_instance_max_tokens",
+            "max_instances",
+        ):
             check_min_int(p, name, v[name])
         if not 0 <= v["num_machine_instructions"] <= v["num_prompt_instructions"]:
             p.append("num_machine_instructions: must be between 0 and num_prompt_instructions")
@@ -189,8 +204,9 @@ def _seed_task(rec: Any) -> SeedTask:
 def encode_prompt(instructions: Sequence[str], classification: bool = False) -> str:
     """The original numbered-list prompt, ending with the next number for the model to continue."""
     if classification:
-        prompt = ("Come up with a series of classification tasks. "
-                  "Try to specify the possible output labels when possible.\n")
+        prompt = (
+            "Come up with a series of classification tasks. Try to specify the possible output labels when possible.\n"
+        )
     else:
         prompt = "Come up with a series of tasks:\n"
     for idx, instruction in enumerate(instructions):
@@ -284,8 +300,9 @@ def _request(prompt: str, mode: str, **params: Any) -> LLMRequest:
     return LLMRequest(prompt=prompt, params=sp)
 
 
-def _bootstrap_batch(b: int, pool: InstructionPool, seeds: Sequence[str], cfg: SelfInstructConfig
-                     ) -> tuple[list[LLMRequest], list[int]]:
+def _bootstrap_batch(
+    b: int, pool: InstructionPool, seeds: Sequence[str], cfg: SelfInstructConfig
+) -> tuple[list[LLMRequest], list[int]]:
     """Batch b's requests and, per request, how many machine instructions its prompt shows."""
     rng = step_rng(cfg.seed, "bootstrap", b)
     requests, n_machine = [], []
@@ -295,13 +312,23 @@ def _bootstrap_batch(b: int, pool: InstructionPool, seeds: Sequence[str], cfg: S
         shown += rng.sample(list(seeds), cfg.num_prompt_instructions - len(shown))
         rng.shuffle(shown)
         prompt = encode_prompt(shown, classification=cfg.use_clf_seed_tasks_only)
-        requests.append(_request(prompt, cfg.prompt_mode, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, stop=cfg.stop, seed=request_seed(cfg.seed, "bootstrap", b, i)))
+        requests.append(
+            _request(
+                prompt,
+                cfg.prompt_mode,
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                stop=cfg.stop,
+                seed=request_seed(cfg.seed, "bootstrap", b, i),
+            )
+        )
     return requests, n_machine
 
 
-def judge_candidates(text: str, finish_reason: str, pool: InstructionPool, rules: InstructionFilter,
-                     cfg: SelfInstructConfig) -> list[tuple[str, RowError | None]]:
+def judge_candidates(
+    text: str, finish_reason: str, pool: InstructionPool, rules: InstructionFilter, cfg: SelfInstructConfig
+) -> list[tuple[str, RowError | None]]:
     """(instruction, reject reason or None) for each instruction of one completion; kept ones join `pool`."""
     out = []
     insts = split_instructions(text, cfg.capitalize)
@@ -317,8 +344,9 @@ def judge_candidates(text: str, finish_reason: str, pool: InstructionPool, rules
     return out
 
 
-def _bootstrap(backend: Backend, journal: Journal, seeds: Sequence[str], cfg: SelfInstructConfig,
-               progress: Progress | None) -> None:
+def _bootstrap(
+    backend: Backend, journal: Journal, seeds: Sequence[str], cfg: SelfInstructConfig, progress: Progress | None
+) -> None:
     """Stage 1 until the pool is full or the stage stops; one commit per batch."""
     kept = [r["instruction"] for r in journal.of_stage("bootstrap") if r["kept"]]
     pool, rules = InstructionPool(seeds, cfg.rouge_threshold, kept), InstructionFilter(cfg)
@@ -335,11 +363,28 @@ def _bootstrap(backend: Backend, journal: Journal, seeds: Sequence[str], cfg: Se
         for i, resp in enumerate(responses):
             sample = resp.samples[0]
             judged = judge_candidates(sample.text, sample.finish_reason, pool, rules, cfg)
-            records.append({"stage": "bootstrap_request", "batch": b, "request": i, "machine_shown": n_machine[i],
-                            "finish_reason": sample.finish_reason, "candidates": len(judged)})
-            records += [{"stage": "bootstrap", "batch": b, "request": i, "instruction": inst, "kept": err is None,
-                         "reason": err.reason if err else None, "detail": err.detail if err else ""}
-                        for inst, err in judged]
+            records.append(
+                {
+                    "stage": "bootstrap_request",
+                    "batch": b,
+                    "request": i,
+                    "machine_shown": n_machine[i],
+                    "finish_reason": sample.finish_reason,
+                    "candidates": len(judged),
+                }
+            )
+            records += [
+                {
+                    "stage": "bootstrap",
+                    "batch": b,
+                    "request": i,
+                    "instruction": inst,
+                    "kept": err is None,
+                    "reason": err.reason if err else None,
+                    "detail": err.detail if err else "",
+                }
+                for inst, err in judged
+            ]
         grew = len(pool.instructions) > n_before
         journal.commit(records, bootstrap_batches=b + 1, bootstrap_stalled=0 if grew else stalled + 1)
 
@@ -372,11 +417,28 @@ def _identify(backend: Backend, journal: Journal, cfg: SelfInstructConfig, progr
     """Stage 2 for every kept instruction not yet judged; one commit per batch."""
     tasks = [r["instruction"] for r in journal.of_stage("bootstrap") if r["kept"]]
     for start, batch in batches(tasks, cfg.request_batch_size, len(journal.of_stage("clf"))):
-        reqs = [_request(clf_prompt(t, cfg.clf_template), cfg.prompt_mode, max_tokens=cfg.clf_max_tokens,
-                         temperature=0.0, stop=cfg.clf_stop) for t in batch]
+        reqs = [
+            _request(
+                clf_prompt(t, cfg.clf_template),
+                cfg.prompt_mode,
+                max_tokens=cfg.clf_max_tokens,
+                temperature=0.0,
+                stop=cfg.clf_stop,
+            )
+            for t in batch
+        ]
         responses = backend.generate(reqs, progress)
-        journal.commit([{"stage": "clf", "task": start + k, "answer": r.text,
-                         "is_classification": parse_is_classification(r.text)} for k, r in enumerate(responses)])
+        journal.commit(
+            [
+                {
+                    "stage": "clf",
+                    "task": start + k,
+                    "answer": r.text,
+                    "is_classification": parse_is_classification(r.text),
+                }
+                for k, r in enumerate(responses)
+            ]
+        )
 
 
 # ---------------------------------------------------------------- stage 3/4: instances
@@ -426,8 +488,9 @@ def parse_classification_instances(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def postprocess_instances(parsed: Sequence[tuple[str, str]], finish_reason: str, max_instances: int,
-                          rng: Any) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+def postprocess_instances(
+    parsed: Sequence[tuple[str, str]], finish_reason: str, max_instances: int, rng: Any
+) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
     """(kept instances, rejected ones with reason and detail), by the original's rules in its order."""
     rejected: list[dict[str, str]] = []
 
@@ -485,28 +548,47 @@ def _instances(backend: Backend, journal: Journal, cfg: SelfInstructConfig, prog
         reqs = []
         for k, inst in enumerate(batch):
             clf = is_clf[start + k]
-            reqs.append(_request(instance_prompt(inst, clf, cfg), cfg.prompt_mode,
-                                 max_tokens=cfg.clf_instance_max_tokens if clf else cfg.instance_max_tokens,
-                                 temperature=cfg.instance_temperature,
-                                 stop=(f"Example {cfg.max_instances + 1}", "Task:")))
+            reqs.append(
+                _request(
+                    instance_prompt(inst, clf, cfg),
+                    cfg.prompt_mode,
+                    max_tokens=cfg.clf_instance_max_tokens if clf else cfg.instance_max_tokens,
+                    temperature=cfg.instance_temperature,
+                    stop=(f"Example {cfg.max_instances + 1}", "Task:"),
+                )
+            )
         responses = backend.generate(reqs, progress)
-        journal.commit([_instance_record(start + k, r.samples[0].text, r.samples[0].finish_reason,
-                                         is_clf[start + k], cfg) for k, r in enumerate(responses)])
+        journal.commit(
+            [
+                _instance_record(start + k, r.samples[0].text, r.samples[0].finish_reason, is_clf[start + k], cfg)
+                for k, r in enumerate(responses)
+            ]
+        )
 
 
 def _instance_record(t: int, text: str, finish_reason: str, clf: bool, cfg: SelfInstructConfig) -> dict[str, Any]:
     """The journal record of task t's instances: kept, rejected, and the task's own reject reason."""
     parsed = parse_classification_instances(text) if clf else parse_generation_instances(text)
-    kept, rejected = postprocess_instances(parsed, finish_reason, cfg.max_instances,
-                                           step_rng(cfg.seed, "instances", t))
+    kept, rejected = postprocess_instances(parsed, finish_reason, cfg.max_instances, step_rng(cfg.seed, "instances", t))
     reason = None
     if not parsed:
         reason = "no_instances_parsed"
     elif not kept:
-        reason = "conflicting_outputs" if any(r["reason"] == "conflicting_outputs" for r in rejected) \
+        reason = (
+            "conflicting_outputs"
+            if any(r["reason"] == "conflicting_outputs" for r in rejected)
             else "no_valid_instances"
-    return {"stage": "instances", "task": t, "raw": text, "finish_reason": finish_reason, "parsed": len(parsed),
-            "kept": [list(i) for i in kept], "rejected": rejected, "task_reason": reason}
+        )
+    return {
+        "stage": "instances",
+        "task": t,
+        "raw": text,
+        "finish_reason": finish_reason,
+        "parsed": len(parsed),
+        "kept": [list(i) for i in kept],
+        "rejected": rejected,
+        "task_reason": reason,
+    }
 
 
 # ---------------------------------------------------------------- the run
@@ -523,19 +605,29 @@ class SelfInstructResult:
     resumed: bool
 
 
-def run_self_instruct(backend: Backend, output: str | Path, seeds: str | Path | None = None,
-                      config: SelfInstructConfig | None = None, progress: Progress | None = None
-                      ) -> SelfInstructResult:
+def run_self_instruct(
+    backend: Backend,
+    output: str | Path,
+    seeds: str | Path | None = None,
+    config: SelfInstructConfig | None = None,
+    progress: Progress | None = None,
+) -> SelfInstructResult:
     """The whole pipeline into `output` (resuming an interrupted run with the same settings)."""
     cfg = config or SelfInstructConfig()
     seeds_path = DEFAULT_SEEDS if seeds is None else Path(seeds)
     tasks = load_seed_tasks(seeds_path)
     seed_insts = [t.instruction for t in tasks if t.is_classification or not cfg.use_clf_seed_tasks_only]
     if len(seed_insts) < cfg.num_prompt_instructions:
-        raise DataError(f"{seeds_path}: {len(seed_insts)} usable seed tasks; num_prompt_instructions "
-                        f"({cfg.num_prompt_instructions}) needs at least that many")
-    fingerprint = {"pipeline": "self_instruct", "config": asdict(cfg), "model": backend.model,
-                   "seeds_sha256": hashlib.sha256(seeds_path.read_bytes()).hexdigest()}
+        raise DataError(
+            f"{seeds_path}: {len(seed_insts)} usable seed tasks; num_prompt_instructions "
+            f"({cfg.num_prompt_instructions}) needs at least that many"
+        )
+    fingerprint = {
+        "pipeline": "self_instruct",
+        "config": asdict(cfg),
+        "model": backend.model,
+        "seeds_sha256": hashlib.sha256(seeds_path.read_bytes()).hexdigest(),
+    }
     journal = Journal(work_dir_for(output), fingerprint)
     _bootstrap(backend, journal, seed_insts, cfg, progress)
     _identify(backend, journal, cfg, progress)
@@ -552,29 +644,54 @@ def assemble(journal: Journal, teacher: str) -> tuple[list[Example], list[dict[s
     clf = journal.of_stage("clf")
     inst = journal.of_stage("instances")
     examples: list[Example] = []
-    rejects = [{"stage": "bootstrap", "reason": r["reason"], "detail": r["detail"], "raw": r["instruction"]}
-               for r in boot if not r["kept"]]
+    rejects = [
+        {"stage": "bootstrap", "reason": r["reason"], "detail": r["detail"], "raw": r["instruction"]}
+        for r in boot
+        if not r["kept"]
+    ]
     for rec in inst:
         task = kept_boot[rec["task"]]
-        examples += [_example(task, rec["task"], k, i, o, clf[rec["task"]]["is_classification"], teacher)
-                     for k, (i, o) in enumerate(rec["kept"])]
-        rejects += [{"stage": "instances", "reason": r["reason"], "detail": r["detail"],
-                     "raw": {"instruction": task["instruction"], "input": r["input"], "output": r["output"]}}
-                    for r in rec["rejected"]]
+        examples += [
+            _example(task, rec["task"], k, i, o, clf[rec["task"]]["is_classification"], teacher)
+            for k, (i, o) in enumerate(rec["kept"])
+        ]
+        rejects += [
+            {
+                "stage": "instances",
+                "reason": r["reason"],
+                "detail": r["detail"],
+                "raw": {"instruction": task["instruction"], "input": r["input"], "output": r["output"]},
+            }
+            for r in rec["rejected"]
+        ]
         if rec["task_reason"] is not None:
-            rejects.append({"stage": "instances_task", "reason": rec["task_reason"],
-                            "detail": f"task {rec['task']}: {rec['parsed']} instance(s) parsed, none kept",
-                            "raw": {"instruction": task["instruction"], "completion": rec["raw"]}})
+            rejects.append(
+                {
+                    "stage": "instances_task",
+                    "reason": rec["task_reason"],
+                    "detail": f"task {rec['task']}: {rec['parsed']} instance(s) parsed, none kept",
+                    "raw": {"instruction": task["instruction"], "completion": rec["raw"]},
+                }
+            )
     return examples, rejects, _stats(journal, boot, clf, inst, len(examples))
 
 
 def _example(task: Mapping[str, Any], t: int, k: int, inp: str, outp: str, clf: bool, teacher: str) -> Example:
     """The canonical Example of instance k of task t."""
     user, meta = alpaca_user_turn(task["instruction"], inp)
-    meta = {"instruction": task["instruction"], "input": inp, **meta, "is_classification": clf,
-            "instance": k, "task_index": t, "round": task["batch"], "teacher": teacher}
-    return from_prompt_completion(user, outp, id=f"self-instruct-{t:05d}-{k}", source="self_instruct",
-                                  task="self_instruct", meta=meta)
+    meta = {
+        "instruction": task["instruction"],
+        "input": inp,
+        **meta,
+        "is_classification": clf,
+        "instance": k,
+        "task_index": t,
+        "round": task["batch"],
+        "teacher": teacher,
+    }
+    return from_prompt_completion(
+        user, outp, id=f"self-instruct-{t:05d}-{k}", source="self_instruct", task="self_instruct", meta=meta
+    )
 
 
 def _stats(journal: Journal, boot: list, clf: list, inst: list, n_examples: int) -> dict[str, Any]:
@@ -582,16 +699,26 @@ def _stats(journal: Journal, boot: list, clf: list, inst: list, n_examples: int)
     requests = journal.of_stage("bootstrap_request")
     all_rejected = [r for rec in inst for r in rec["rejected"]]
     return {
-        "bootstrap": {"requests": len(requests), "truncated_completions": sum(r["finish_reason"] == "length"
-                                                                             for r in requests),
-                      "candidates": len(boot), "kept": sum(r["kept"] for r in boot),
-                      "rejected": count_by(r for r in boot if not r["kept"]),
-                      "stopped": journal.state.get("bootstrap_stopped")},
-        "classification": {"tasks": len(clf), "classification": sum(r["is_classification"] for r in clf),
-                           "generation": sum(not r["is_classification"] for r in clf)},
-        "instances": {"tasks": len(inst), "tasks_kept": sum(r["task_reason"] is None for r in inst),
-                      "tasks_rejected": count_by(inst, "task_reason"),
-                      "parsed": sum(r["parsed"] for r in inst), "kept": sum(len(r["kept"]) for r in inst),
-                      "rejected": count_by(all_rejected)},
+        "bootstrap": {
+            "requests": len(requests),
+            "truncated_completions": sum(r["finish_reason"] == "length" for r in requests),
+            "candidates": len(boot),
+            "kept": sum(r["kept"] for r in boot),
+            "rejected": count_by(r for r in boot if not r["kept"]),
+            "stopped": journal.state.get("bootstrap_stopped"),
+        },
+        "classification": {
+            "tasks": len(clf),
+            "classification": sum(r["is_classification"] for r in clf),
+            "generation": sum(not r["is_classification"] for r in clf),
+        },
+        "instances": {
+            "tasks": len(inst),
+            "tasks_kept": sum(r["task_reason"] is None for r in inst),
+            "tasks_rejected": count_by(inst, "task_reason"),
+            "parsed": sum(r["parsed"] for r in inst),
+            "kept": sum(len(r["kept"]) for r in inst),
+            "rejected": count_by(all_rejected),
+        },
         "examples": n_examples,
     }

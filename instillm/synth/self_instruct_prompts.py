@@ -8,7 +8,7 @@ Whitespace quirks of the originals (double spaces, trailing spaces) are kept on 
 is only faithful if it is the same string.
 """
 
-CLF_TEMPLATE = '''Can the following task be regarded as a classification task with finite output labels?
+CLF_TEMPLATE = """Can the following task be regarded as a classification task with finite output labels?
 
 Task: Given my personality and the job, tell me if I would be suitable.
 Is it classification? Yes
@@ -103,9 +103,9 @@ Is it classification? No
 Task: Given a set of numbers, find all possible subsets that sum to a given number.
 Is it classification? No
 
-Task:'''
+Task:"""
 
-OUTPUT_FIRST_TEMPLATE = '''Given the classification task definition and the class labels, generate an input that corresponds to each of the class labels. If the task doesn't require input, just generate possible class labels.
+OUTPUT_FIRST_TEMPLATE = """Given the classification task definition and the class labels, generate an input that corresponds to each of the class labels. If the task doesn't require input, just generate possible class labels.
 
 Task: Classify the sentiment of the sentence into positive, negative, or mixed.
 Class label: mixed
@@ -245,9 +245,9 @@ List: 2, 9, 10
 Task: Which of the following is not an input type? (a) number (b) date (c) phone number (d) email address (e) all of these are valid inputs.
 Class label: (e)
 
-Task:'''
+Task:"""
 
-INPUT_FIRST_TEMPLATE = '''Come up with examples for the following tasks. Try to generate multiple examples when possible. If the task doesn't require additional input, you can generate the output directly.
+INPUT_FIRST_TEMPLATE = """Come up with examples for the following tasks. Try to generate multiple examples when possible. If the task doesn't require additional input, you can generate the output directly.
 
 Task: Which exercises are best for reducing belly fat at home?
 Output:
@@ -341,4 +341,4 @@ I would love to stay in touch with you and have already started following you on
 Thanks again,
 [Your Name]
 
-Task:'''
+Task:"""

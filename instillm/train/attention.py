@@ -70,31 +70,35 @@ def segments_attention_forward(
     if segment_lengths is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     return _pieces_attention(query, key, value, segment_lengths, scale, dropout), None
 
 
 @torch.compiler.disable  # the piece lengths are data: traced, every new packing would recompile
-def _pieces_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor,
-                      scale: float, dropout: float) -> torch.Tensor:
+def _pieces_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor, scale: float, dropout: float
+) -> torch.Tensor:
     """Causal attention within each piece of the flattened rows; returns (B, L, H, D)."""
     batch, heads, length, dim = query.shape
     device = query.device.type
     # Under autocast run in its dtype (as sdpa would); the ops below are cast explicitly.
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
     with torch.autocast(device, enabled=False):
-        q, k, v = (x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype)
-                   for x in (query, key, value))  # (B·L, heads, D): tokens of all rows end to end
+        q, k, v = (
+            x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype) for x in (query, key, value)
+        )  # (B·L, heads, D): tokens of all rows end to end
         sizes = lengths.tolist()
-        parts = [_causal_attention(a, b, c, scale, dropout)
-                 for a, b, c in zip(q.split(sizes), k.split(sizes), v.split(sizes))]
+        parts = [
+            _causal_attention(a, b, c, scale, dropout)
+            for a, b, c in zip(q.split(sizes), k.split(sizes), v.split(sizes))
+        ]
         return torch.cat(parts).view(batch, length, heads, dim)
 
 
-def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                      dropout: float) -> torch.Tensor:
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: float) -> torch.Tensor:
     """Causal attention of one piece: (L, H, D) q, (L, KV, D) k/v -> (L, H, D)."""
     length, heads, dim = q.shape
     kv = k.shape[1]
@@ -102,8 +106,9 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     if q.device.type != "cpu" or length > MATH_MAX_LENGTH:
         if group > 1:  # repeated here rather than enable_gqa, which needs torch >= 2.5
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                             dropout_p=dropout, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), dropout_p=dropout, is_causal=True, scale=scale
+        )
         return out.transpose(0, 1)
     # Query heads h = j·group + g share key head j: one bmm per key head over all its query heads.
     qg = (q * scale).view(length, kv, group, dim).permute(1, 2, 0, 3).reshape(kv, group * length, dim)

@@ -20,8 +20,8 @@ kernel, which is also the fast path (no L×L mask).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterator, Sequence
 
 import torch
 
@@ -56,14 +56,24 @@ class MicroBatch:
             return int((self.segment_ids > 0).sum())
         return self.input_ids.numel()
 
-    def to(self, device: torch.device | str) -> "MicroBatch":
+    def to(self, device: torch.device | str) -> MicroBatch:
         """A copy on `device`."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return MicroBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+        return MicroBatch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            _to(self.attention_mask, device),
+            _to(self.position_ids, device),
+            _to(self.segment_ids, device),
+        )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The tensors the loss function takes, as keyword arguments (None fields left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    """`tensor` on `device` (None stays None)."""
+    return tensor.to(device) if tensor is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,12 +106,12 @@ def pack_collate(rows: Sequence[Sequence[Rendered]], pad_id: int) -> MicroBatch:
         start = 0
         for k, r in enumerate(row, start=1):
             n = len(r)
-            ids[i, start:start + n] = torch.tensor(r.input_ids)
-            labels[i, start:start + n] = torch.tensor(r.labels)
+            ids[i, start : start + n] = torch.tensor(r.input_ids)
+            labels[i, start : start + n] = torch.tensor(r.labels)
             # The first token of an example is never predicted from the previous example.
             labels[i, start] = IGNORE_INDEX
-            positions[i, start:start + n] = torch.arange(n)
-            segments[i, start:start + n] = k
+            positions[i, start : start + n] = torch.arange(n)
+            segments[i, start : start + n] = k
             start += n
     return MicroBatch(ids, labels, position_ids=positions, segment_ids=segments)
 
@@ -174,10 +184,9 @@ def epoch_micro_batches(
         window = MEGA_BATCH_FACTOR * batch_size
         row_len = [sum(lengths[i] for i in row) for row in rows]
         idx = list(range(len(rows)))
-        idx = [j for k in range(0, len(idx), window)
-               for j in sorted(idx[k:k + window], key=lambda j: -row_len[j])]
+        idx = [j for k in range(0, len(idx), window) for j in sorted(idx[k : k + window], key=lambda j: -row_len[j])]
         rows = [rows[j] for j in idx]
-    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
     return batches
@@ -192,11 +201,11 @@ def step_shard(
     W processes × A accumulation see the same micro-batches as 1 process × (A·W) accumulation.
     """
     per_step = accumulation * world_size
-    chunk = micro_batches[step_in_epoch * per_step:(step_in_epoch + 1) * per_step]
+    chunk = micro_batches[step_in_epoch * per_step : (step_in_epoch + 1) * per_step]
     return list(chunk[rank::world_size])
 
 
 def eval_micro_batches(n: int, batch_size: int, world_size: int = 1, rank: int = 0) -> Iterator[list[Row]]:
     """Eval micro-batches in order (no shuffle), this process taking every world_size-th."""
-    batches = [[(i,) for i in range(k, min(k + batch_size, n))] for k in range(0, n, batch_size)]
+    batches: list[list[Row]] = [[(i,) for i in range(k, min(k + batch_size, n))] for k in range(0, n, batch_size)]
     yield from batches[rank::world_size]

@@ -13,12 +13,19 @@ global batch, steps per epoch, total and warmup steps. The plan is saved in `run
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from instillm.config import (
-    Config, apply_overrides, check_choice, check_min, check_range, field_values, read_yaml_mapping,
+    Config,
+    apply_overrides,
+    check_choice,
+    check_min,
+    check_range,
+    field_values,
+    read_yaml_mapping,
 )
 from instillm.data.render import TRUNCATION_POLICIES
 from instillm.errors import ConfigError
@@ -171,23 +178,38 @@ class TrainSettings(Config):
 
 
 def _choices(problems: list[str], v: Mapping[str, Any]) -> None:
-    for name, choices in (("truncation", TRUNCATION_POLICIES), ("lr_scheduler", LR_SCHEDULERS),
-                          ("precision", PRECISIONS), ("cpu_bf16_matmul", CPU_BF16_MATMULS),
-                          ("resume", RESUME_MODES), ("attn_implementation", ATTN_IMPLEMENTATIONS),
-                          ("packed_attention", PACKED_ATTENTIONS)):
+    for name, choices in (
+        ("truncation", TRUNCATION_POLICIES),
+        ("lr_scheduler", LR_SCHEDULERS),
+        ("precision", PRECISIONS),
+        ("cpu_bf16_matmul", CPU_BF16_MATMULS),
+        ("resume", RESUME_MODES),
+        ("attn_implementation", ATTN_IMPLEMENTATIONS),
+        ("packed_attention", PACKED_ATTENTIONS),
+    ):
         check_choice(problems, name, v[name], choices)
 
 
 def _attention(problems: list[str], v: Mapping[str, Any]) -> None:
     if v["attn_implementation"] == "flash_attention_2" and v["packed_attention"] != "auto":
-        problems.append(f"packed_attention: {v['packed_attention']!r} does not apply to flash_attention_2, "
-                        "which keeps packed examples apart with its varlen kernel; leave it at 'auto'")
+        problems.append(
+            f"packed_attention: {v['packed_attention']!r} does not apply to flash_attention_2, "
+            "which keeps packed examples apart with its varlen kernel; leave it at 'auto'"
+        )
 
 
 def _counts(problems: list[str], v: Mapping[str, Any]) -> None:
-    for name, low in (("max_length", 2), ("batch_size", 1), ("gradient_accumulation_steps", 1),
-                      ("logging_interval", 1), ("eval_interval", 0), ("save_interval", 0),
-                      ("save_total_limit", 0), ("seed", 0), ("warmup_steps", 0)):
+    for name, low in (
+        ("max_length", 2),
+        ("batch_size", 1),
+        ("gradient_accumulation_steps", 1),
+        ("logging_interval", 1),
+        ("eval_interval", 0),
+        ("save_interval", 0),
+        ("save_total_limit", 0),
+        ("seed", 0),
+        ("warmup_steps", 0),
+    ):
         check_min(problems, name, v[name], low)
     check_min(problems, "max_steps", v["max_steps"], 1, note=" (or null to use epochs)")
     check_range(problems, "eval_split", v["eval_split"], 0, 1, "[)")
@@ -313,7 +335,15 @@ def resolve(config: TrainConfig, n_train_sequences: int, world_size: int = 1) ->
 
 
 __all__ = [
-    "DatasetSpec", "LoraSettings", "MixingSettings", "TrainSettings", "TrainConfig", "Plan",
-    "config_from_dict", "apply_overrides", "load_config", "read_yaml_mapping", "resolve",
+    "DatasetSpec",
+    "LoraSettings",
+    "MixingSettings",
+    "TrainSettings",
+    "TrainConfig",
+    "Plan",
+    "config_from_dict",
+    "apply_overrides",
+    "load_config",
+    "read_yaml_mapping",
+    "resolve",
 ]
-

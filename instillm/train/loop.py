@@ -585,14 +585,15 @@ def find_resume(config: TrainConfig, accelerator: Any = None) -> Path | None:
     if latest is not None and config.resume == "never":
         raise ConfigError(f"resume: never, but output_dir {config.output_dir} already holds checkpoints "
                           f"({latest.name}); use resume: auto to continue, or a new output_dir")
-    if latest is None or config.resume != "auto":
+    if config.resume != "auto":
         return None
+    main = accelerator is None or accelerator.is_main_process
+    chosen = ckpt.newest_complete(config.output_dir) if main and latest is not None else None
     if accelerator is None or accelerator.num_processes == 1:
-        return ckpt.newest_complete(config.output_dir)
+        return chosen
     from accelerate.utils import broadcast_object_list
 
-    chosen = [ckpt.newest_complete(config.output_dir) if accelerator.is_main_process else None]
-    return broadcast_object_list(chosen, from_process=0)[0]
+    return broadcast_object_list([chosen], from_process=0)[0]  # every process takes part, found or not
 
 
 def check_output_dir(config: TrainConfig, overwrite: bool = False) -> None:

@@ -15,6 +15,8 @@ sum(loss_sum) / global_count, whatever the split into micro-batches and processe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +38,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         elif isinstance(model, TokenLoss):
             model = model.model
         elif hasattr(model, "get_base_model"):  # peft.PeftModel
-            model = model.get_base_model()
+            model = _call_if_present(model, "get_base_model")
         else:
             return model
     raise ModelError("could not unwrap the model (too many nested wrappers)")
@@ -45,14 +47,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(decoder returning hidden states, LM head) of a Hugging Face causal LM, peft-wrapped or not."""
     lm = unwrap(model)
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    decoder = _call_if_present(lm, "get_decoder")
     if decoder is None or decoder is lm:
         base = getattr(lm, "base_model", None)  # transformers: the `base_model_prefix` submodule
         decoder = base if base is not None and base is not lm else None
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    head = _call_if_present(lm, "get_output_embeddings")
     if decoder is None or head is None:
         raise ModelError(f"{type(lm).__name__} has no separate decoder and LM head; instillm needs a causal LM")
     return decoder, head
+
+
+def _call_if_present(model: nn.Module, method: str) -> Any:
+    """`model.<method>()` when the model has that method, else None (Hugging Face / peft API lookups)."""
+    found = getattr(model, method, None)
+    return found() if found is not None else None
 
 
 def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -60,17 +68,30 @@ def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tor
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def chunked_ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def chunked_ce_sum(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
     """Sum of cross-entropy over rows, projecting at most `chunk_size` rows to the vocabulary at once."""
     if hidden.shape[0] == 0:
         # No trained token: a zero that still depends on every parameter (DDP expects gradients).
         return head(hidden).float().sum() * 0.0
     if hidden.shape[0] <= chunk_size or not torch.is_grad_enabled():
-        return sum(_ce_sum(head, h, t) for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)))
-    parts = [checkpoint(_ce_sum, head, h, t, use_reentrant=False)
-             for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size))]
+        total = sum(_ce_sum(head, h, t) for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)))
+        assert isinstance(total, torch.Tensor)  # hidden has rows, so there is at least one chunk
+        return total
+    parts = [
+        checkpoint(_ce_sum, head, h, t, use_reentrant=False)
+        for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size))
+    ]
     return torch.stack(parts).sum()
+
+
+def _weight_dtype(head: nn.Module) -> torch.dtype:
+    """The dtype of the LM head's weight (what the additive attention mask is built in)."""
+    weight = head.weight
+    if not isinstance(weight, torch.Tensor):
+        raise ModelError(f"the LM head {type(head).__name__} has no weight tensor")
+    return weight.dtype
 
 
 def token_loss_sum(
@@ -99,9 +120,10 @@ def token_loss_sum(
             # All ones: no padding mask, so transformers builds no (L, L) mask from the positions.
             attention_mask = torch.ones_like(segment_ids)
         elif backend != "flash_attention_2":
-            attention_mask = packed_attention_mask(segment_ids, dtype=head.weight.dtype)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False, **extra)
+            attention_mask = packed_attention_mask(segment_ids, dtype=_weight_dtype(head))
+    out = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
+    )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, H)
     targets = labels[:, 1:]  # (B, L-1): the token each position must predict
     keep = targets != IGNORE_INDEX

@@ -21,15 +21,30 @@ WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # no wrapping inside option 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 GENERATION = {"--template", "--max-new-tokens", "--batch-size", "--device", "--limit", "--output"}
-JUDGE_BACKEND = {"--judge-backend", "--judge-base-url", "--judge-model", "--judge-api-key", "--judge-cache",
-                 "--judge-concurrency"}
+JUDGE_BACKEND = {
+    "--judge-backend",
+    "--judge-base-url",
+    "--judge-model",
+    "--judge-api-key",
+    "--judge-cache",
+    "--judge-concurrency",
+}
 OWN_OPTIONS = {
     "heldout": GENERATION | {"--data"},
     "ifeval": GENERATION | {"--responses", "--inputs"},
     "zeroshot": GENERATION | {"--data", "--heldout-clusters", "--length-normalize"},
     "mt-bench": GENERATION | {"--data", "--judge-max-tokens"} | JUDGE_BACKEND,
-    "judge": {"--outputs", "--reference", "--output", "--limit", "--json", "--judge-style", "--judge-max-tokens",
-              "--device"} | JUDGE_BACKEND,
+    "judge": {
+        "--outputs",
+        "--reference",
+        "--output",
+        "--limit",
+        "--json",
+        "--judge-style",
+        "--judge-max-tokens",
+        "--device",
+    }
+    | JUDGE_BACKEND,
     "winrate": {"--json", "--leaderboard"},
 }
 
@@ -79,27 +94,31 @@ def test_eval_group_lists_the_subcommands_and_the_old_spelling():
 
 
 def test_python_dash_m_runs_the_same_app():
-    res = subprocess.run([sys.executable, "-m", "instillm.cli", "eval", "winrate", "--help"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "instillm.cli", "eval", "winrate", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "--leaderboard" in res.stdout, res.stderr
 
 
 # ------------------------------------------------------------------------------ the old spelling
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["m", "--suite", "ifeval", "--limit", "2"], ["ifeval", "m", "--limit", "2"]),
-    (["--suite=zeroshot", "m", "--data", "d"], ["zeroshot", "m", "--data", "d"]),
-    (["--suite", "mt-bench", "m"], ["mt-bench", "m"]),
-    (["m", "--data", "f.jsonl"], ["heldout", "m", "--data", "f.jsonl"]),
-    (["--data", "f.jsonl", "m"], ["heldout", "--data", "f.jsonl", "m"]),
-    (["m", "--", "--suite"], ["heldout", "m", "--", "--suite"]),
-    (["heldout", "m", "--data", "f"], ["heldout", "m", "--data", "f"]),
-    (["winrate", "a.json", "--json"], ["winrate", "a.json", "--json"]),
-    (["judge", "--outputs", "o.json"], ["judge", "--outputs", "o.json"]),
-    (["--help"], ["--help"]),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["m", "--suite", "ifeval", "--limit", "2"], ["ifeval", "m", "--limit", "2"]),
+        (["--suite=zeroshot", "m", "--data", "d"], ["zeroshot", "m", "--data", "d"]),
+        (["--suite", "mt-bench", "m"], ["mt-bench", "m"]),
+        (["m", "--data", "f.jsonl"], ["heldout", "m", "--data", "f.jsonl"]),
+        (["--data", "f.jsonl", "m"], ["heldout", "--data", "f.jsonl", "m"]),
+        (["m", "--", "--suite"], ["heldout", "m", "--", "--suite"]),
+        (["heldout", "m", "--data", "f"], ["heldout", "m", "--data", "f"]),
+        (["winrate", "a.json", "--json"], ["winrate", "a.json", "--json"]),
+        (["judge", "--outputs", "o.json"], ["judge", "--outputs", "o.json"]),
+        (["--help"], ["--help"]),
+        ([], []),
+    ],
+)
 def test_legacy_args_maps_the_suite_option_onto_a_subcommand(args, expected):
     commands = {"heldout", "ifeval", "zeroshot", "mt-bench", "judge", "winrate"}
     assert legacy_args(args, commands) == expected
@@ -116,8 +135,11 @@ def test_old_and_new_heldout_spellings_give_the_same_results(tmp_path: Path, tin
     assert run("data", "skills", "-o", str(tmp_path / "s"), "--n-train", "2", "--n-eval", "1").exit_code == 0
     common = ["--data", str(tmp_path / "s" / "heldout_families.jsonl"), "--max-new-tokens", "4"]
     model = str(tiny_model_dir)
-    spellings = {"old": ["eval", model, *common], "old_suite": ["eval", model, "--suite", "heldout", *common],
-                 "new": ["eval", "heldout", model, *common]}
+    spellings = {
+        "old": ["eval", model, *common],
+        "old_suite": ["eval", model, "--suite", "heldout", *common],
+        "new": ["eval", "heldout", model, *common],
+    }
     results = {}
     for name, args in spellings.items():
         res = run(*args, "-o", str(tmp_path / f"{name}.json"))
@@ -138,8 +160,7 @@ def test_old_and_new_ifeval_spellings_give_the_same_results(tmp_path: Path, shar
     assert old.stdout == new.stdout.replace(str(tmp_path / "new"), str(tmp_path / "old"))
 
 
-def test_old_and_new_zeroshot_spellings_give_the_same_results(tmp_path: Path, shared_data: Path,
-                                                             tiny_model_dir: Path):
+def test_old_and_new_zeroshot_spellings_give_the_same_results(tmp_path: Path, shared_data: Path, tiny_model_dir: Path):
     common = ["--data", str(shared_data / "t0_multitask" / "glue_mrpc_equivalent.jsonl"), "--limit", "3"]
     old = run("eval", str(tiny_model_dir), "--suite", "zeroshot", *common, "-o", str(tmp_path / "old.json"))
     new = run("eval", "zeroshot", str(tiny_model_dir), *common, "-o", str(tmp_path / "new.json"))
@@ -152,8 +173,11 @@ def test_old_and_new_zeroshot_spellings_give_the_same_results(tmp_path: Path, sh
 
 def _group(command, panel: str, prefix: str) -> dict:
     """flag without prefix → (help, default, env var, ...) of the options listed under `panel`."""
-    return {p.opts[0].replace(f"--{prefix}", "--"): (p.help, p.default, p.envvar, p.required, p.multiple, p.is_flag)
-            for p in command.params if getattr(p, "rich_help_panel", None) == panel}
+    return {
+        p.opts[0].replace(f"--{prefix}", "--"): (p.help, p.default, p.envvar, p.required, p.multiple, p.is_flag)
+        for p in command.params
+        if getattr(p, "rich_help_panel", None) == panel
+    }
 
 
 def _panel_text(text: str, title: str) -> str:
@@ -161,7 +185,7 @@ def _panel_text(text: str, title: str) -> str:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"╭─ {title} "))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("╰"))
-    return " ".join(" ".join(line.strip("│ ").split()) for line in lines[start + 1:end])
+    return " ".join(" ".join(line.strip("│ ").split()) for line in lines[start + 1 : end])
 
 
 def test_the_backend_option_group_is_one_definition_prefixed_for_the_judge():
@@ -195,10 +219,22 @@ def test_backend_errors_name_the_flags_of_their_group(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("path", [("eval", "heldout"), ("eval", "ifeval"), ("eval", "zeroshot"),
-                                  ("eval", "mt-bench"), ("eval", "judge"), ("data", "score"),
-                                  ("data", "self-instruct"), ("data", "evolve"), ("train",), ("run",),
-                                  ("serve",)])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("eval", "heldout"),
+        ("eval", "ifeval"),
+        ("eval", "zeroshot"),
+        ("eval", "mt-bench"),
+        ("eval", "judge"),
+        ("data", "score"),
+        ("data", "self-instruct"),
+        ("data", "evolve"),
+        ("train",),
+        ("run",),
+        ("serve",),
+    ],
+)
 def test_commands_that_load_a_model_take_device(path: tuple):
     device = [p for p in click_command(*path).params if "--device" in p.opts]
     assert len(device) == 1 and device[0].default == "auto"

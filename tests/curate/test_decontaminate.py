@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from instillm.curate.decontaminate import EvalIndex, decontaminate_file
 from instillm.data.importer import read_examples, write_examples
 from instillm.data.schema import Example, Message
 from instillm.errors import ConfigError, DataError
-from instillm.curate.decontaminate import EvalIndex, decontaminate_file
 
 EVAL_A = "The quick brown fox jumps over the lazy dog while the farmer watches from his old red barn door."
 EVAL_B = "Describe in detail how photosynthesis converts sunlight water and carbon dioxide into glucose and oxygen."
@@ -27,21 +27,29 @@ def eval_sets(tmp_path):
     a = tmp_path / "set_a.jsonl"
     a.write_text(json.dumps({"key": 1, "prompt": EVAL_A, "ids": ["x:y"]}) + "\n")
     b = tmp_path / "set_b.json"
-    b.write_text(json.dumps([{"instruction": EVAL_B, "output": "unrelated"},
-                             {"instruction": EVAL_SHORT, "output": "Canberra."},
-                             {"instruction": EVAL_TINY, "output": "Roses."}]))
+    b.write_text(
+        json.dumps(
+            [
+                {"instruction": EVAL_B, "output": "unrelated"},
+                {"instruction": EVAL_SHORT, "output": "Canberra."},
+                {"instruction": EVAL_TINY, "output": "Roses."},
+            ]
+        )
+    )
     return [a, b]
 
 
 def test_contaminated_rows_are_removed_with_the_matching_set_and_gram(tmp_path, eval_sets):
     b13 = "in DETAIL: how photosynthesis converts sunlight, WATER and carbon-dioxide into glucose and oxygen!"
     rows = [
-        _conv("Tell me a story.", "Once upon a time, " + EVAL_A.upper()),          # 1 set_a (response side)
-        _conv(f"Please answer: {b13}", "Sure."),                                     # 2 set_b (case, punctuation)
+        _conv("Tell me a story.", "Once upon a time, " + EVAL_A.upper()),  # 1 set_a (response side)
+        _conv(f"Please answer: {b13}", "Sure."),  # 2 set_b (case, punctuation)
         _conv("Quiz: what is the capital city of the country Australia? Be brief.", "Canberra"),  # 3 short whole text
-        _conv("Write a poem about love.", "Roses are red."),                         # 4 kept: 5 tokens < min_tokens
-        _conv("Describe how photosynthesis converts sunlight water and carbon dioxide into glucose", "ok"),  # 5 kept: 12-gram
-        _conv("Hello there.", "Hi.", system=EVAL_A),                                 # 6 kept: system prompts not checked
+        _conv("Write a poem about love.", "Roses are red."),  # 4 kept: 5 tokens < min_tokens
+        _conv(
+            "Describe how photosynthesis converts sunlight water and carbon dioxide into glucose", "ok"
+        ),  # 5 kept: 12-gram
+        _conv("Hello there.", "Hi.", system=EVAL_A),  # 6 kept: system prompts not checked
     ]
     inp = write_examples(rows, tmp_path / "train.jsonl")
     s = decontaminate_file(inp, tmp_path / "clean.jsonl", eval_sets)
@@ -52,8 +60,13 @@ def test_contaminated_rows_are_removed_with_the_matching_set_and_gram(tmp_path, 
     rej = [json.loads(line) for line in s.rejects_path.read_text().splitlines()]
     assert [r["line"] for r in rej] == [1, 2, 3]
     assert "set_a.jsonl" in rej[0]["detail"] and "13-gram" in rej[0]["detail"]
-    assert "set_b.json" in rej[1]["detail"] and "photosynthesis converts sunlight water and carbon dioxide" in rej[1]["detail"]
-    assert "whole eval text (9 tokens)" in rej[2]["detail"] and "capital city of the country australia" in rej[2]["detail"]
+    assert (
+        "set_b.json" in rej[1]["detail"]
+        and "photosynthesis converts sunlight water and carbon dioxide" in rej[1]["detail"]
+    )
+    assert (
+        "whole eval text (9 tokens)" in rej[2]["detail"] and "capital city of the country australia" in rej[2]["detail"]
+    )
     assert all(r["reason"] == "contaminated" and json.loads(r["raw"])["messages"] for r in rej)
 
 

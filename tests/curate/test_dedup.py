@@ -1,4 +1,5 @@
-"""Dedup: the greedy ROUGE-L filter equals the Self-Instruct filter on rouge-score, exact keys, MinHash-LSH, file API."""
+"""Dedup: the greedy ROUGE-L filter equals the Self-Instruct filter on rouge-score, exact keys, MinHash-LSH,
+file API."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from instillm.data.importer import read_examples, write_examples
-from instillm.data.schema import Example, Message
-from instillm.errors import ConfigError, DataError
-from instillm.metrics import rouge_l_tokens, rouge_tokenize
 from instillm.curate.dedup import (
     MinHasher,
     RougeLFilter,
@@ -26,6 +23,10 @@ from instillm.curate.dedup import (
     rouge_filter_examples,
     shingle_hash32,
 )
+from instillm.data.importer import read_examples, write_examples
+from instillm.data.schema import Example, Message
+from instillm.errors import ConfigError, DataError
+from instillm.metrics import rouge_l_tokens, rouge_tokenize
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -56,12 +57,15 @@ def bruteforce_filter(texts, threshold=0.7):
 
 
 def real_instructions(shared: Path) -> list[str]:
-    """Instructions of the reference data, in a fixed order (seeds, user-oriented, AlpacaEval, WizardLM, MT-Bench, IFEval)."""
+    """Instructions of the reference data, in a fixed order (seeds, user-oriented, AlpacaEval, WizardLM, MT-Bench,
+    IFEval)."""
     out: list[str] = []
-    for name, key in (("self_instruct/seed_tasks.jsonl", "instruction"),
-                      ("self_instruct/user_oriented_instructions.jsonl", "instruction"),
-                      ("wizardlm/WizardLM_testset.jsonl", "Instruction"),
-                      ("ifeval/input_data.jsonl", "prompt")):
+    for name, key in (
+        ("self_instruct/seed_tasks.jsonl", "instruction"),
+        ("self_instruct/user_oriented_instructions.jsonl", "instruction"),
+        ("wizardlm/WizardLM_testset.jsonl", "Instruction"),
+        ("ifeval/input_data.jsonl", "prompt"),
+    ):
         with open(shared / name, encoding="utf-8") as f:
             out += [json.loads(line)[key] for line in f if line.strip()]
     out += [r["instruction"] for r in json.loads((shared / "alpaca_eval/text_davinci_003_outputs.json").read_text())]
@@ -77,8 +81,11 @@ TEXT = st.lists(st.sampled_from(WORDS + ["!", "...", "", "Cat,", "42"]), max_siz
 
 
 @settings(max_examples=150, deadline=None)
-@given(texts=st.lists(TEXT, max_size=25), against=st.lists(TEXT, max_size=3),
-       threshold=st.sampled_from([0.7, 0.5, 0.3, 0.0, 0.9, 1.0, 0.65, -0.1]))
+@given(
+    texts=st.lists(TEXT, max_size=25),
+    against=st.lists(TEXT, max_size=3),
+    threshold=st.sampled_from([0.7, 0.5, 0.3, 0.0, 0.9, 1.0, 0.65, -0.1]),
+)
 def test_rouge_filter_equals_rouge_score_on_random_lists(texts, against, threshold):
     assert rouge_filter(texts, threshold, against) == reference_filter(texts, threshold, against)
 
@@ -107,8 +114,16 @@ def test_rouge_filter_equals_rouge_score_on_seeded_near_duplicates():
         assert rouge_filter(texts) == reference_filter(texts)
 
 
-@pytest.mark.parametrize("la,lb,lcs", [(la, lb, l) for la in range(1, 31) for lb in range(1, 31)
-                                       for l in range(1, min(la, lb) + 1) if 20 * l == 7 * (la + lb)])
+@pytest.mark.parametrize(
+    "la,lb,lcs",
+    [
+        (la, lb, lcs)
+        for la in range(1, 31)
+        for lb in range(1, 31)
+        for lcs in range(1, min(la, lb) + 1)
+        if 20 * lcs == 7 * (la + lb)
+    ],
+)
 def test_rouge_filter_at_exactly_the_threshold(la, lb, lcs):
     """F = 0.7 in exact arithmetic: the float decision must be rouge-score's, whichever side it rounds to.
 
@@ -150,8 +165,10 @@ def test_rouge_filter_reports_the_maximum_f():
     for t in ["write a poem about the sea", "a b c d e f g h", "write a poem about the blue sea"]:
         f.add(t, t)
     score, label = f.match("write a poem about the blue sea today", best=True)
-    expected = max(SCORER.score("write a poem about the blue sea today", k)["rougeL"].fmeasure
-                   for k in ["write a poem about the sea", "a b c d e f g h", "write a poem about the blue sea"])
+    expected = max(
+        SCORER.score("write a poem about the blue sea today", k)["rougeL"].fmeasure
+        for k in ["write a poem about the sea", "a b c d e f g h", "write a poem about the blue sea"]
+    )
     assert score == expected and label == "write a poem about the blue sea"
     assert f.match("zzz qqq") is None
 
@@ -168,9 +185,11 @@ def test_rouge_filter_examples_compares_user_turns_only():
         msgs = ([Message("system", system)] if system else []) + [Message("user", user), Message("assistant", answer)]
         return Example(messages=tuple(msgs))
 
-    rows = [ex("Name three fruits.", "apple banana cherry"),
-            ex("Name three fruits.", "something entirely different here", system="be brief and kind"),
-            ex("Explain photosynthesis to a child.", "apple banana cherry")]
+    rows = [
+        ex("Name three fruits.", "apple banana cherry"),
+        ex("Name three fruits.", "something entirely different here", system="be brief and kind"),
+        ex("Explain photosynthesis to a child.", "apple banana cherry"),
+    ]
     assert rouge_filter_examples(rows) == [rows[0], rows[2]]
 
 
@@ -268,12 +287,12 @@ def test_dedup_file_accounts_for_every_row(tmp_path):
     rng = random.Random(5)
     long = " ".join(_words(rng, 80))
     rows = [
-        _conv("Name three fruits.", "Apple, banana, cherry."),         # 1 kept
-        _conv("name three fruits", "apple banana cherry"),             # 2 exact duplicate of 1
-        _conv("Tell me about it.", long),                              # 3 kept
-        _conv("Tell me about it!", long.replace("w", "v", 1)),         # 4 MinHash near duplicate of 3
-        _conv("Name three fruits, please.", "Pear."),                  # 5 ROUGE-L duplicate of 1
-        _conv("Explain gravity to a child.", "Things fall down."),     # 6 kept
+        _conv("Name three fruits.", "Apple, banana, cherry."),  # 1 kept
+        _conv("name three fruits", "apple banana cherry"),  # 2 exact duplicate of 1
+        _conv("Tell me about it.", long),  # 3 kept
+        _conv("Tell me about it!", long.replace("w", "v", 1)),  # 4 MinHash near duplicate of 3
+        _conv("Name three fruits, please.", "Pear."),  # 5 ROUGE-L duplicate of 1
+        _conv("Explain gravity to a child.", "Things fall down."),  # 6 kept
     ]
     inp = write_examples(rows, tmp_path / "in.jsonl")
     s = dedup_file(inp, tmp_path / "out.jsonl", exact=True, minhash=0.7, rouge_l=0.7)
@@ -281,10 +300,17 @@ def test_dedup_file_accounts_for_every_row(tmp_path):
     assert s.rejected_by_reason == {"exact_duplicate": 1, "minhash_duplicate": 1, "rouge_l_duplicate": 1}
     assert s.n_kept + s.n_rejected == s.n_in
     kept = list(read_examples(s.output))
-    assert [e.messages[0].content for e in kept] == ["Name three fruits.", "Tell me about it.", "Explain gravity to a child."]
+    assert [e.messages[0].content for e in kept] == [
+        "Name three fruits.",
+        "Tell me about it.",
+        "Explain gravity to a child.",
+    ]
     rej = _rejects(s)
-    assert [(r["line"], r["reason"]) for r in rej] == [(2, "exact_duplicate"), (4, "minhash_duplicate"),
-                                                       (5, "rouge_l_duplicate")]
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (2, "exact_duplicate"),
+        (4, "minhash_duplicate"),
+        (5, "rouge_l_duplicate"),
+    ]
     assert all(r["file"] == str(inp) and r["detail"] and json.loads(r["raw"])["messages"] for r in rej)
     assert "line 1" in rej[0]["detail"] and "line 3" in rej[1]["detail"] and "line 1" in rej[2]["detail"]
 
@@ -294,7 +320,8 @@ def test_dedup_file_rouge_alone_is_the_self_instruct_filter(tmp_path):
     inp = write_examples([_conv(t, f"answer {i}") for i, t in enumerate(texts)], tmp_path / "in.jsonl")
     s = dedup_file(inp, tmp_path / "out.jsonl", rouge_l=0.7)
     assert [e.messages[0].content for e in read_examples(s.output)] == [
-        t for t, keep in zip(texts, reference_filter(texts)) if keep]
+        t for t, keep in zip(texts, reference_filter(texts)) if keep
+    ]
     assert set(s.rejected_by_reason) == {"rouge_l_duplicate"}
     # at threshold 1.0 nothing is similar enough, and exact dedup is off unless asked
     assert dedup_file(inp, tmp_path / "o2.jsonl", rouge_l=1.0).n_kept == 4

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from instillm.curate.filters import RuleFilter, filter_file, not_english
 from instillm.data.importer import read_examples, write_examples
 from instillm.data.schema import Example, Message
 from instillm.errors import ConfigError
-from instillm.curate.filters import RuleFilter, filter_file, not_english
 
 
 def _conv(user: str, answer: str, *more: str) -> Example:
@@ -25,26 +25,33 @@ def _reason(ex: Example, **kw) -> str | None:
 OK_ANSWER = "Here is a clear and complete answer."
 
 
-@pytest.mark.parametrize("user,answer,reason", [
-    ("Give me three tips for better sleep.", OK_ANSWER, None),
-    ("Give me three tips for better sleep.", "...", "empty_response"),
-    ("Give me three tips for better sleep.", "give me three tips, for better sleep!", "response_repeats_instruction"),
-    ("Summarize it now.", OK_ANSWER, "instruction_too_short"),  # 3 words <= 3: Self-Instruct's rule
-    ("Summarize this now, please.", OK_ANSWER, None),  # 4 words
-    (" ".join(["word"] * 151), OK_ANSWER, "instruction_too_long"),
-    (" ".join(["word"] * 150), OK_ANSWER, None),
-    ("Describe the image below in two sentences.", OK_ANSWER, "blacklisted_keyword"),
-    ("Please GO TO the website and report back.", OK_ANSWER, "blacklisted_keyword"),
-    ("Explain how Maps are made by cartographers.", OK_ANSWER, "blacklisted_keyword"),
-    ("Explain why the filed report was late today.", OK_ANSWER, None),  # word boundary: 'filed' is not 'file'
-    ("Explain why imagery matters in poetry today.", OK_ANSWER, None),
-    ("Schreibe ein Gedicht über den Ozean und die Wellen am Strand.", OK_ANSWER, "not_english"),
-    ("Écrivez un poème sur la mer et les vagues dans la nuit.", OK_ANSWER, "not_english"),
-    ("Напишите стихотворение о море и волнах ночью на пляже.", OK_ANSWER, "not_english"),
-    ("写一首关于大海和夜晚海浪的诗，要求押韵并且有四行。", OK_ANSWER, "not_english"),
-    ("Fix this code: def f(x): return [i for i in range(x) if i % 2]", OK_ANSWER, None),
-    ("Translate 'Je suis un étudiant' into English for me.", "I am a student.", None),
-])
+@pytest.mark.parametrize(
+    "user,answer,reason",
+    [
+        ("Give me three tips for better sleep.", OK_ANSWER, None),
+        ("Give me three tips for better sleep.", "...", "empty_response"),
+        (
+            "Give me three tips for better sleep.",
+            "give me three tips, for better sleep!",
+            "response_repeats_instruction",
+        ),
+        ("Summarize it now.", OK_ANSWER, "instruction_too_short"),  # 3 words <= 3: Self-Instruct's rule
+        ("Summarize this now, please.", OK_ANSWER, None),  # 4 words
+        (" ".join(["word"] * 151), OK_ANSWER, "instruction_too_long"),
+        (" ".join(["word"] * 150), OK_ANSWER, None),
+        ("Describe the image below in two sentences.", OK_ANSWER, "blacklisted_keyword"),
+        ("Please GO TO the website and report back.", OK_ANSWER, "blacklisted_keyword"),
+        ("Explain how Maps are made by cartographers.", OK_ANSWER, "blacklisted_keyword"),
+        ("Explain why the filed report was late today.", OK_ANSWER, None),  # word boundary: 'filed' is not 'file'
+        ("Explain why imagery matters in poetry today.", OK_ANSWER, None),
+        ("Schreibe ein Gedicht über den Ozean und die Wellen am Strand.", OK_ANSWER, "not_english"),
+        ("Écrivez un poème sur la mer et les vagues dans la nuit.", OK_ANSWER, "not_english"),
+        ("Напишите стихотворение о море и волнах ночью на пляже.", OK_ANSWER, "not_english"),
+        ("写一首关于大海和夜晚海浪的诗，要求押韵并且有四行。", OK_ANSWER, "not_english"),
+        ("Fix this code: def f(x): return [i for i in range(x) if i % 2]", OK_ANSWER, None),
+        ("Translate 'Je suis un étudiant' into English for me.", "I am a student.", None),
+    ],
+)
 def test_each_rule(user, answer, reason):
     assert _reason(_conv(user, answer)) == reason
 
@@ -64,8 +71,12 @@ def test_settings_change_the_rules():
     assert _reason(ex, blacklist=(), min_words=None, max_words=3) == "instruction_too_long"
     foreign = _conv("Schreibe ein Gedicht über den Ozean und die Wellen am Strand.", OK_ANSWER)
     assert _reason(foreign, language=None) is None
-    assert _reason(_conv("Write a program that sorts a list.", OK_ANSWER), self_instruct_rules=True) == "write_a_program"
-    assert _reason(_conv("- list three colors please", OK_ANSWER), self_instruct_rules=True) == "starts_with_punctuation"
+    assert (
+        _reason(_conv("Write a program that sorts a list.", OK_ANSWER), self_instruct_rules=True) == "write_a_program"
+    )
+    assert (
+        _reason(_conv("- list three colors please", OK_ANSWER), self_instruct_rules=True) == "starts_with_punctuation"
+    )
     assert _reason(_conv("- list three colors please", OK_ANSWER)) is None
     with pytest.raises(ConfigError):
         RuleFilter(language="de")
@@ -87,11 +98,13 @@ def test_language_heuristic_keeps_real_english_instructions(shared_data):
 
 
 def test_filter_file_accounts_for_every_row(tmp_path):
-    rows = [_conv("Give me three tips for better sleep.", OK_ANSWER),
-            _conv("Summarize it.", OK_ANSWER),
-            _conv("Draw a cat using ASCII characters please.", OK_ANSWER),
-            _conv("Explain how vaccines train the immune system.", OK_ANSWER),
-            _conv("Écrivez un poème sur la mer et les vagues dans la nuit.", OK_ANSWER)]
+    rows = [
+        _conv("Give me three tips for better sleep.", OK_ANSWER),
+        _conv("Summarize it.", OK_ANSWER),
+        _conv("Draw a cat using ASCII characters please.", OK_ANSWER),
+        _conv("Explain how vaccines train the immune system.", OK_ANSWER),
+        _conv("Écrivez un poème sur la mer et les vagues dans la nuit.", OK_ANSWER),
+    ]
     inp = write_examples(rows, tmp_path / "in.jsonl")
     s = filter_file(inp, tmp_path / "out.jsonl")
     assert (s.n_in, s.n_kept) == (5, 2)
@@ -99,7 +112,10 @@ def test_filter_file_accounts_for_every_row(tmp_path):
     assert s.n_kept + s.n_rejected == s.n_in
     assert len(list(read_examples(s.output))) == 2
     rej = [json.loads(line) for line in s.rejects_path.read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in rej] == [(2, "instruction_too_short"), (3, "blacklisted_keyword"),
-                                                       (5, "not_english")]
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (2, "instruction_too_short"),
+        (3, "blacklisted_keyword"),
+        (5, "not_english"),
+    ]
     assert all(set(r) == {"file", "line", "reason", "detail", "raw"} and r["detail"] for r in rej)
     assert "'Draw'" in rej[1]["detail"]

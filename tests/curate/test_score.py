@@ -9,12 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from instillm.data.importer import read_examples, write_examples
-from instillm.data.render import IGNORE_INDEX, Renderer
-from instillm.data.schema import Example, Message
-from instillm.errors import ConfigError, DataError, RowError
-from instillm.models.loading import load_model, load_tokenizer
-from instillm.llm.backend import BackendConfig
 from instillm.curate.score import (
     IFDConfig,
     IFDScore,
@@ -28,6 +22,12 @@ from instillm.curate.score import (
     score_file,
     select,
 )
+from instillm.data.importer import read_examples, write_examples
+from instillm.data.render import IGNORE_INDEX, Renderer
+from instillm.data.schema import Example, Message
+from instillm.errors import ConfigError, DataError, RowError
+from instillm.llm.backend import BackendConfig
+from instillm.models.loading import load_model, load_tokenizer
 
 torch.set_num_threads(1)
 
@@ -63,8 +63,9 @@ def test_ifd_equals_a_hand_computation(scorer):
     question, answer = "Repeat after me: the quick brown fox", "the quick brown fox"
     got = scorer.score([_ex(question, answer)])[0]
     # chatml as the tiny model's template writes it; trained tokens = answer + <|im_end|>
-    cond = _hand_loss(model, tok, f"<s><|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
-                      answer + "<|im_end|>")
+    cond = _hand_loss(
+        model, tok, f"<s><|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n", answer + "<|im_end|>"
+    )
     direct = _hand_loss(model, tok, "<s><|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n", answer + "<|im_end|>")
     assert got.n_tokens == len(tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
     assert got.conditioned_loss == pytest.approx(cond, abs=1e-5)
@@ -84,12 +85,17 @@ def test_multi_turn_scores_the_last_turn_only(scorer):
 
 
 def test_batched_equals_one_by_one(tiny_model_dir: Path, scorer):
-    examples = [_ex("Name a color.", "red"), _ex("Write a long sentence about the sea and the wind.",
-                                                 "The sea is wide and the wind is strong today."),
-                _ex("Hi.", "Hello, how can I help?", "Count to five.", "one two three four five"),
-                _ex("x", "y"), _ex("Translate 'chat' to English.", "cat")]
+    examples = [
+        _ex("Name a color.", "red"),
+        _ex("Write a long sentence about the sea and the wind.", "The sea is wide and the wind is strong today."),
+        _ex("Hi.", "Hello, how can I help?", "Count to five.", "one two three four five"),
+        _ex("x", "y"),
+        _ex("Translate 'chat' to English.", "cat"),
+    ]
     batched = scorer.score(examples)
-    single = IFDScorer(scorer.model, scorer.tokenizer, IFDConfig(model=str(tiny_model_dir), max_length=96, batch_size=1))
+    single = IFDScorer(
+        scorer.model, scorer.tokenizer, IFDConfig(model=str(tiny_model_dir), max_length=96, batch_size=1)
+    )
     one_by_one = [single.score([ex])[0] for ex in examples]
     for b, s in zip(batched, one_by_one):
         assert b.n_tokens == s.n_tokens
@@ -106,8 +112,12 @@ def test_too_long_rows_are_errors_and_prompt_truncation_is_flagged(scorer):
     assert drop.score([long_prompt])[0].reason == "too_long"
 
 
-PAIRS = {"Name a color.": "red green blue", "Name an animal.": "cat dog horse",
-         "Name a fruit.": "apple pear plum", "Name a number.": "one two three"}
+PAIRS = {
+    "Name a color.": "red green blue",
+    "Name an animal.": "cat dog horse",
+    "Name a fruit.": "apple pear plum",
+    "Name a number.": "one two three",
+}
 
 
 def _train(model, tok, examples, steps: int, lr: float) -> float:
@@ -157,33 +167,39 @@ def test_an_instruction_that_predicts_the_response_gives_low_ifd(tiny_model_dir:
 # rating
 
 
-@pytest.mark.parametrize("text,rating", [
-    ("4.5\nThe response is accurate and complete.", 4.5),
-    ("5", 5.0),
-    ("Score: 3\nIt misses one step.", 3.0),
-    ("**4**\n\nExplanation: good.", 4.0),
-    ("4/5\nmostly right", 4.0),
-    ("4 out of 5", 4.0),
-    ("The answer lists 2 reasons correctly. Score: 4", 4.0),  # a labelled score beats the first number
-    ("I would rate this response a 3 because it is vague.", 3.0),  # first number anywhere
-    ("The score is 2.5, since half of it is wrong.", 2.5),
-    ("Step 1 is right, step 2 is not.\nRating: 3.5", 3.5),
-    ("0\nCompletely wrong.", 0.0),
-    ("7\nGreat answer.", None),  # out of the 0..5 scale
-    ("8/10", None),
-    ("-1", None),
-    ("The response has 12 steps, I give it 4.", None),  # first number 12 is out of range: no later one is tried
-    ("Excellent, accurate answer.", None),
-    ("", None),
-    ("ⅷ ⅸ qq zzz 3d", None),  # "3d" is a word, not a number
-])
+@pytest.mark.parametrize(
+    "text,rating",
+    [
+        ("4.5\nThe response is accurate and complete.", 4.5),
+        ("5", 5.0),
+        ("Score: 3\nIt misses one step.", 3.0),
+        ("**4**\n\nExplanation: good.", 4.0),
+        ("4/5\nmostly right", 4.0),
+        ("4 out of 5", 4.0),
+        ("The answer lists 2 reasons correctly. Score: 4", 4.0),  # a labelled score beats the first number
+        ("I would rate this response a 3 because it is vague.", 3.0),  # first number anywhere
+        ("The score is 2.5, since half of it is wrong.", 2.5),
+        ("Step 1 is right, step 2 is not.\nRating: 3.5", 3.5),
+        ("0\nCompletely wrong.", 0.0),
+        ("7\nGreat answer.", None),  # out of the 0..5 scale
+        ("8/10", None),
+        ("-1", None),
+        ("The response has 12 steps, I give it 4.", None),  # first number 12 is out of range: no later one is tried
+        ("Excellent, accurate answer.", None),
+        ("", None),
+        ("ⅷ ⅸ qq zzz 3d", None),  # "3d" is a word, not a number
+    ],
+)
 def test_parse_rating(text, rating):
     assert parse_rating(text) == rating
 
 
 def test_rating_prompt_fields():
-    alpaca = _ex("Summarize.\n\nThe cat sat on the mat.", "A cat sat.",
-                 meta={"instruction": "Summarize.", "input": "The cat sat on the mat."})
+    alpaca = _ex(
+        "Summarize.\n\nThe cat sat on the mat.",
+        "A cat sat.",
+        meta={"instruction": "Summarize.", "input": "The cat sat on the mat."},
+    )
     assert rating_fields(alpaca) == ("Summarize.", "The cat sat on the mat.", "A cat sat.")
     assert rating_fields(_ex("Name a color.", "red")) == ("Name a color.", "", "red")
     inst, inp, resp = rating_fields(_ex("Hi.", "Hello!", "Say bye.", "bye", system="Be brief."))
@@ -199,8 +215,13 @@ def test_rating_end_to_end_against_a_served_model(tmp_path: Path, tiny_server):
     rows = [_ex(f"Give me fact number {i} about the sea.", f"The sea covers fact {i}.") for i in range(6)]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_examples(rows, inp)
-    backend = BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                            api_key=tiny_server.api_key, cache=str(tmp_path / "cache"))
+    backend = BackendConfig(
+        kind="openai",
+        model=tiny_server.model,
+        base_url=tiny_server.base_url,
+        api_key=tiny_server.api_key,
+        cache=str(tmp_path / "cache"),
+    )
     config = ScoreConfig(rating=RatingConfig(backend=backend, max_tokens=12), min_rating=4.5)
     summary = score_file(inp, out, config)
     cur = summary.curation
@@ -215,18 +236,27 @@ def test_rating_end_to_end_against_a_served_model(tmp_path: Path, tiny_server):
     # without a threshold every row is kept, unreadable ratings as None; the cache answers the same
     again = score_file(inp, tmp_path / "all.jsonl", ScoreConfig(rating=config.rating))
     assert again.curation.n_kept == 6 and again.n_rating_unparseable == summary.n_rating_unparseable
-    assert sum(ex.meta["rating"] is None for ex in read_examples(tmp_path / "all.jsonl")) == summary.n_rating_unparseable
+    assert (
+        sum(ex.meta["rating"] is None for ex in read_examples(tmp_path / "all.jsonl")) == summary.n_rating_unparseable
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # selection
 
 
-def _row(line: int, ifd: float | None = None, rating: float | None = None, rated: bool = False,
-         error: str | None = None) -> RowScores:
+def _row(
+    line: int, ifd: float | None = None, rating: float | None = None, rated: bool = False, error: str | None = None
+) -> RowScores:
     score = None if ifd is None else IFDScore(conditioned_loss=ifd, direct_loss=1.0, n_tokens=3)
-    return RowScores(line, ifd=score, error=RowError(error) if error else None,
-                     rated=rated or rating is not None, rating=rating, rating_raw=str(rating))
+    return RowScores(
+        line,
+        ifd=score,
+        error=RowError(error) if error else None,
+        rated=rated or rating is not None,
+        rating=rating,
+        rating_raw=str(rating),
+    )
 
 
 IFD_ONLY = IFDConfig(model="m")
@@ -242,7 +272,12 @@ def test_selection_thresholds():
     assert _reasons(rows, ifd=IFD_ONLY) == {1: None, 2: None, 3: "ifd_above_max", 4: "too_long", 5: None}
     assert _reasons(rows, ifd=IFD_ONLY, max_ifd=None)[3] is None
     rated = [_row(1, rating=4.5), _row(2, rating=4.4), _row(3, rated=True), _row(4, rating=5.0)]
-    assert _reasons(rated, rating=JUDGE, min_rating=4.5) == {1: None, 2: "rating_below_min", 3: "rating_unparseable", 4: None}
+    assert _reasons(rated, rating=JUDGE, min_rating=4.5) == {
+        1: None,
+        2: "rating_below_min",
+        3: "rating_unparseable",
+        4: None,
+    }
     assert _reasons(rated, rating=JUDGE) == {1: None, 2: None, 3: None, 4: None}
 
 
@@ -258,11 +293,18 @@ def test_top_selection_keeps_highest_ifd_below_max():
     assert got == {1: "rating_below_min", 2: None, 3: "not_in_top"}
 
 
-@pytest.mark.parametrize("kw", [
-    {}, {"rating": JUDGE, "top_k": 3}, {"ifd": IFD_ONLY, "min_rating": 4.5},
-    {"ifd": IFD_ONLY, "top_k": 2, "top_fraction": 0.5}, {"ifd": IFD_ONLY, "top_fraction": 1.5},
-    {"rating": JUDGE, "min_rating": 7.0}, {"ifd": IFD_ONLY, "max_ifd": 0},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"rating": JUDGE, "top_k": 3},
+        {"ifd": IFD_ONLY, "min_rating": 4.5},
+        {"ifd": IFD_ONLY, "top_k": 2, "top_fraction": 0.5},
+        {"ifd": IFD_ONLY, "top_fraction": 1.5},
+        {"rating": JUDGE, "min_rating": 7.0},
+        {"ifd": IFD_ONLY, "max_ifd": 0},
+    ],
+)
 def test_bad_settings_are_config_errors(kw):
     with pytest.raises(ConfigError):
         ScoreConfig(**kw)
@@ -280,11 +322,15 @@ def test_ifd_config_errors_name_the_setting():
 
 
 def _rows() -> list[Example]:
-    return [_ex("Name a color.", "red"), _ex("Write two words.", "two words"),
-            _ex("word " * 200, "ok"),  # prompt cut to fit 96 tokens
-            _ex("ok", "word " * 200),  # response alone too long
-            _ex("Hi.", "Hello!", "Say bye.", "bye bye"), _ex("Count to three.", "one two three"),
-            _ex("Say yes.", "yes")]
+    return [
+        _ex("Name a color.", "red"),
+        _ex("Write two words.", "two words"),
+        _ex("word " * 200, "ok"),  # prompt cut to fit 96 tokens
+        _ex("ok", "word " * 200),  # response alone too long
+        _ex("Hi.", "Hello!", "Say bye.", "bye bye"),
+        _ex("Count to three.", "one two three"),
+        _ex("Say yes.", "yes"),
+    ]
 
 
 def test_score_file_accounts_for_every_row(tmp_path: Path, tiny_model_dir: Path, scorer):
@@ -333,8 +379,24 @@ def test_cli_data_score(tmp_path: Path, tiny_model_dir: Path):
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_examples(_rows(), inp)
-    res = CliRunner().invoke(app, ["data", "score", str(inp), "-o", str(out), "--ifd-model", str(tiny_model_dir),
-                                   "--max-length", "96", "--max-ifd", "5", "--top-k", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "score",
+            str(inp),
+            "-o",
+            str(out),
+            "--ifd-model",
+            str(tiny_model_dir),
+            "--max-length",
+            "96",
+            "--max-ifd",
+            "5",
+            "--top-k",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "kept 2 of 7" in res.output and "too_long: 1" in res.output and "not_in_top: 4" in res.output
     assert "truncated" in res.output

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from instillm.data.formats import (
-    FORMATS, RowContext, convert_rows, detect_format, parse_transcript,
+    FORMATS,
+    RowContext,
+    convert_rows,
+    detect_format,
+    parse_transcript,
 )
 from instillm.data.io import RawRow, read_rows
 from instillm.data.schema import Example
@@ -16,11 +20,20 @@ from instillm.errors import RowError
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
 
 EXPECTED_FORMAT = {
-    "alpaca.jsonl": "alpaca", "alpaca_eval.json": "alpaca", "dolly.jsonl": "dolly",
-    "sharegpt.json": "sharegpt", "openai.jsonl": "openai", "canonical.jsonl": "openai",
-    "oasst_tree.jsonl": "oasst", "oasst_message.jsonl": "oasst", "oasst_flat.jsonl": "oasst",
-    "hh.jsonl": "hh", "openorca.jsonl": "openorca", "flan.jsonl": "flan",
-    "ag_news_classify.jsonl": "prompt_completion", "self_instruct.jsonl": "self_instruct",
+    "alpaca.jsonl": "alpaca",
+    "alpaca_eval.json": "alpaca",
+    "dolly.jsonl": "dolly",
+    "sharegpt.json": "sharegpt",
+    "openai.jsonl": "openai",
+    "canonical.jsonl": "openai",
+    "oasst_tree.jsonl": "oasst",
+    "oasst_message.jsonl": "oasst",
+    "oasst_flat.jsonl": "oasst",
+    "hh.jsonl": "hh",
+    "openorca.jsonl": "openorca",
+    "flan.jsonl": "flan",
+    "ag_news_classify.jsonl": "prompt_completion",
+    "self_instruct.jsonl": "self_instruct",
     "mt_bench_question.jsonl": "mt_bench",
 }
 
@@ -60,7 +73,10 @@ def test_detect_unknown_format_lists_the_keys() -> None:
 
 def test_alpaca_input_joins_instruction_and_sets_meta() -> None:
     plain, with_input, evol = convert("alpaca.jsonl")
-    assert turns(plain) == [("user", "Give three tips for staying healthy."), ("assistant", "Eat well, sleep, and exercise.")]
+    assert turns(plain) == [
+        ("user", "Give three tips for staying healthy."),
+        ("assistant", "Eat well, sleep, and exercise."),
+    ]
     assert plain.meta == {}
     assert with_input.messages[0].content == "Translate to French.\n\nGood morning"
     assert with_input.meta == {"instruction": "Translate to French.", "input": "Good morning"}
@@ -115,8 +131,12 @@ def test_canonical_rows_round_trip_unchanged() -> None:
     assert [m.trained for m in ex.messages] == [False, False, False, True]
 
 
-BEST = [("user", "What is a good first pet?"), ("assistant", "A cat is a good first pet."),
-        ("user", "How do I feed it?"), ("assistant", "Twice a day with cat food.")]
+BEST = [
+    ("user", "What is a good first pet?"),
+    ("assistant", "A cat is a good first pet."),
+    ("user", "How do I feed it?"),
+    ("assistant", "Twice a day with cat food."),
+]
 
 
 @pytest.mark.parametrize("name", ["oasst_tree.jsonl", "oasst_message.jsonl", "oasst_flat.jsonl"])
@@ -150,8 +170,13 @@ def test_oasst_prompt_without_answer_is_no_response() -> None:
 
 
 def test_oasst_unknown_role() -> None:
-    rec = {"message_id": "X", "parent_id": None, "role": "prompter", "text": "Hi",
-           "replies": [{"message_id": "Y", "role": "moderator", "text": "?", "replies": []}]}
+    rec = {
+        "message_id": "X",
+        "parent_id": None,
+        "role": "prompter",
+        "text": "Hi",
+        "replies": [{"message_id": "Y", "role": "moderator", "text": "?", "replies": []}],
+    }
     with pytest.raises(RowError) as e:
         FORMATS["oasst"](rec, ctx())
     assert e.value.reason == "unknown_role"
@@ -168,9 +193,16 @@ def units_of(records: list[dict]):
 
 
 def test_oasst_flat_orphans_and_split_trees_are_rejected_row_by_row() -> None:
-    units = units_of([flat("T", None, "prompter"), flat("a", "T", "assistant"), flat("o", "missing", "assistant"),
-                      flat("U", None, "prompter", "U"), flat("b", "U", "assistant", "U"),
-                      flat("late", "T", "assistant")])
+    units = units_of(
+        [
+            flat("T", None, "prompter"),
+            flat("a", "T", "assistant"),
+            flat("o", "missing", "assistant"),
+            flat("U", None, "prompter", "U"),
+            flat("b", "U", "assistant", "U"),
+            flat("late", "T", "assistant"),
+        ]
+    )
     by_line = {r.line: u for u in units for r in u.rows}
     assert sorted(by_line) == [1, 2, 3, 4, 5, 6]  # every row accounted for exactly once
     assert by_line[1] is by_line[2] and by_line[1].error is None and len(by_line[1].examples) == 1
@@ -186,18 +218,25 @@ def test_oasst_flat_tree_without_root() -> None:
 
 def test_hh_trains_on_chosen_and_keeps_rejected() -> None:
     first, second = convert("hh.jsonl")
-    assert turns(first) == [("user", "How do I bake bread?"), ("assistant", "Mix flour, water, yeast and salt, then bake."),
-                            ("user", "How long?"), ("assistant", "About 35 minutes.")]
+    assert turns(first) == [
+        ("user", "How do I bake bread?"),
+        ("assistant", "Mix flour, water, yeast and salt, then bake."),
+        ("user", "How long?"),
+        ("assistant", "About 35 minutes."),
+    ]
     assert first.meta["rejected"].endswith("No idea.")
     assert second.meta["rejected"].startswith("\n\nHuman: Tell me a joke.")
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("\n\nHuman: hi\n\nAssistant: ", "empty_response"),
-    ("\n\nHuman: hi\n\nAssistant: a\n\nAssistant: b", "non_alternating_turns"),
-    ("preamble\n\nHuman: hi\n\nAssistant: yo", "malformed_transcript"),
-    ("just text", "malformed_transcript"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("\n\nHuman: hi\n\nAssistant: ", "empty_response"),
+        ("\n\nHuman: hi\n\nAssistant: a\n\nAssistant: b", "non_alternating_turns"),
+        ("preamble\n\nHuman: hi\n\nAssistant: yo", "malformed_transcript"),
+        ("just text", "malformed_transcript"),
+    ],
+)
 def test_hh_bad_transcripts(text: str, reason: str) -> None:
     with pytest.raises(RowError) as e:
         FORMATS["hh"]({"chosen": text, "rejected": ""}, ctx())
@@ -205,7 +244,10 @@ def test_hh_bad_transcripts(text: str, reason: str) -> None:
 
 
 def test_parse_transcript_without_leading_newlines() -> None:
-    assert [(m.role, m.content) for m in parse_transcript("Human: a\n\nAssistant: b")] == [("user", "a"), ("assistant", "b")]
+    assert [(m.role, m.content) for m in parse_transcript("Human: a\n\nAssistant: b")] == [
+        ("user", "a"),
+        ("assistant", "b"),
+    ]
 
 
 def test_openorca_system_prompt() -> None:
@@ -223,8 +265,10 @@ def test_flan_task_template_and_cot() -> None:
 
 def test_prompt_completion_strips_only_the_marker() -> None:
     first, second = convert("ag_news_classify.jsonl")
-    assert turns(first) == [("user", "What label best describes this news article?\nStocks rally on Friday.\n"),
-                            ("assistant", "Business")]
+    assert turns(first) == [
+        ("user", "What label best describes this news article?\nStocks rally on Friday.\n"),
+        ("assistant", "Business"),
+    ]
     assert second.messages[1].content == " Sports\n"
     assert first.task == "ag_news_classify" and first.id == "ag_news_classify-1"
 
@@ -238,8 +282,13 @@ def test_prompt_completion_empty_after_marker() -> None:
 def test_self_instruct_one_example_per_instance() -> None:
     one, pos, neg, user = convert("self_instruct.jsonl")
     assert one.id == "self_instruct-1" and one.task == "antonym"
-    assert one.meta == {"task_id": "seed_task_0", "is_classification": False, "instruction": "Give the antonym.",
-                        "input": "hot", "instance": 0}
+    assert one.meta == {
+        "task_id": "seed_task_0",
+        "is_classification": False,
+        "instruction": "Give the antonym.",
+        "input": "hot",
+        "instance": 0,
+    }
     assert (pos.id, neg.id) == ("self_instruct-2-0", "self_instruct-2-1")
     assert neg.messages[0].content == "Classify the sentiment.\n\nI hate it" and neg.meta["instance"] == 1
     assert user.category == "Grammarly" and user.task == "user_oriented_task_0"
@@ -262,29 +311,40 @@ def test_mt_bench_inline_reference_and_no_answer() -> None:
     units = list(convert_rows(read_rows(path), "mt_bench", RowContext.for_file(str(path))))
     assert units[0].error.reason == "no_response"
     (ex,) = units[1].examples
-    assert turns(ex) == [("user", "I overtake the second person. My place?"), ("assistant", "Second."),
-                         ("user", "And the last person?"), ("assistant", "Impossible.")]
+    assert turns(ex) == [
+        ("user", "I overtake the second person. My place?"),
+        ("assistant", "Second."),
+        ("user", "And the last person?"),
+        ("assistant", "Impossible."),
+    ]
     assert ex.category == "reasoning" and ex.task == "mt_bench" and ex.meta["question_id"] == 101
 
 
-@pytest.mark.parametrize("fmt,rec,reason", [
-    ("alpaca", {"instruction": "x"}, "missing_field"),
-    ("alpaca", {"instruction": "x", "output": None}, "missing_field"),
-    ("alpaca", {"instruction": "x", "output": 3}, "wrong_type"),
-    ("alpaca", {"instruction": "x", "output": "   "}, "empty_response"),
-    ("alpaca", {"instruction": "", "output": "y"}, "empty_prompt"),
-    ("dolly", {"instruction": "x", "context": ["a"], "response": "y"}, "wrong_type"),
-    ("sharegpt", {"conversations": "hi"}, "wrong_type"),
-    ("sharegpt", {"conversations": [{"from": "human"}]}, "missing_field"),
-    ("sharegpt", {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]}, "non_alternating_turns"),
-    ("sharegpt", {"conversations": [{"from": "human", "value": "a"}]}, "no_response"),
-    ("openai", {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "unknown_role"),
-    ("openai", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]}, "wrong_type"),
-    ("openorca", {"question": "q"}, "missing_field"),
-    ("flan", {"inputs": "q", "targets": ""}, "empty_response"),
-    ("self_instruct", {"instruction": "x", "instances": {}}, "wrong_type"),
-    ("mt_bench", {"question_id": 1, "turns": ["a", 2], "reference": ["b", "c"]}, "wrong_type"),
-])
+@pytest.mark.parametrize(
+    "fmt,rec,reason",
+    [
+        ("alpaca", {"instruction": "x"}, "missing_field"),
+        ("alpaca", {"instruction": "x", "output": None}, "missing_field"),
+        ("alpaca", {"instruction": "x", "output": 3}, "wrong_type"),
+        ("alpaca", {"instruction": "x", "output": "   "}, "empty_response"),
+        ("alpaca", {"instruction": "", "output": "y"}, "empty_prompt"),
+        ("dolly", {"instruction": "x", "context": ["a"], "response": "y"}, "wrong_type"),
+        ("sharegpt", {"conversations": "hi"}, "wrong_type"),
+        ("sharegpt", {"conversations": [{"from": "human"}]}, "missing_field"),
+        (
+            "sharegpt",
+            {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+            "non_alternating_turns",
+        ),
+        ("sharegpt", {"conversations": [{"from": "human", "value": "a"}]}, "no_response"),
+        ("openai", {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "unknown_role"),
+        ("openai", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]}, "wrong_type"),
+        ("openorca", {"question": "q"}, "missing_field"),
+        ("flan", {"inputs": "q", "targets": ""}, "empty_response"),
+        ("self_instruct", {"instruction": "x", "instances": {}}, "wrong_type"),
+        ("mt_bench", {"question_id": 1, "turns": ["a", 2], "reference": ["b", "c"]}, "wrong_type"),
+    ],
+)
 def test_converter_reasons(fmt: str, rec: dict, reason: str) -> None:
     with pytest.raises(RowError) as e:
         FORMATS[fmt](rec, ctx())

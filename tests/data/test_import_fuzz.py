@@ -17,18 +17,24 @@ from instillm.data.formats import FORMATS
 from instillm.data.importer import ImportSummary, import_files, read_examples
 from instillm.errors import InstillmError
 
-FUZZ = settings(max_examples=60, deadline=5_000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=60, deadline=5_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 BOM = b"\xef\xbb\xbf"
 
 # ---------------------------------------------------------------- strategies
 
-texts = st.one_of(st.text(max_size=12), st.sampled_from(["", " ", "Hi", "<|endoftext|>", "\ud800", "a\u2028b",
-                                                          "\n\nHuman: a\n\nAssistant: b", "Human: a"]))
+texts = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "Hi", "<|endoftext|>", "\ud800", "a\u2028b", "\n\nHuman: a\n\nAssistant: b", "Human: a"]),
+)
 words = st.text("abc xyz\n\u00e9\u2028", min_size=1, max_size=8).filter(str.strip)  # usable prompt/answer text
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), texts)
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                            st.dictionaries(texts, inner, max_size=3)), max_leaves=8)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)),
+    max_leaves=8,
+)
 roles = st.sampled_from(["user", "assistant", "system", "developer", "human", "gpt", "prompter", "tool", ""])
 
 
@@ -37,39 +43,55 @@ def either(plausible: st.SearchStrategy) -> st.SearchStrategy:
     return st.one_of(plausible, plausible, json_values)
 
 
-def record(fields: dict[str, st.SearchStrategy], required: dict[str, st.SearchStrategy] | None = None
-           ) -> st.SearchStrategy:
+def record(
+    fields: dict[str, st.SearchStrategy], required: dict[str, st.SearchStrategy] | None = None
+) -> st.SearchStrategy:
     """Rows shaped like a format: either all `required` fields usable plus some optional ones (mostly valid),
     or any subset of every field, each plausible or not (mostly rejected)."""
     loose = st.fixed_dictionaries({}, optional={k: either(v) for k, v in {**(required or {}), **fields}.items()})
     if not required:
         return loose
-    return st.one_of(st.fixed_dictionaries(required, optional={k: v for k, v in fields.items() if k not in required}),
-                     loose)
+    return st.one_of(
+        st.fixed_dictionaries(required, optional={k: v for k, v in fields.items() if k not in required}), loose
+    )
 
 
 def chat(user: str, assistant: str, system: str = "system", n: int = 2) -> st.SearchStrategy:
     """Alternating turns (user first), optionally after a system turn, as (role, text) pairs."""
     pairs = st.lists(st.tuples(words, words), min_size=1, max_size=n).map(
-        lambda ps: [(r, t) for q, a in ps for r, t in ((user, q), (assistant, a))])
+        lambda ps: [(r, t) for q, a in ps for r, t in ((user, q), (assistant, a))]
+    )
     return st.one_of(pairs, st.builds(lambda s, p: [(system, s), *p], words, pairs))
 
 
 message = record({"role": roles, "content": texts, "train": st.booleans(), "weight": st.sampled_from([0, 1, 0.5])})
-messages = st.one_of(chat("user", "assistant").map(lambda ps: [{"role": r, "content": t} for r, t in ps]),
-                     st.lists(message, max_size=4))
-turns = st.one_of(chat("human", "gpt").map(lambda ps: [{"from": r, "value": t} for r, t in ps]),
-                  st.lists(record({"from": roles, "value": texts}), max_size=4))
+messages = st.one_of(
+    chat("user", "assistant").map(lambda ps: [{"role": r, "content": t} for r, t in ps]), st.lists(message, max_size=4)
+)
+turns = st.one_of(
+    chat("human", "gpt").map(lambda ps: [{"from": r, "value": t} for r, t in ps]),
+    st.lists(record({"from": roles, "value": texts}), max_size=4),
+)
 transcript = chat("Human", "Assistant").map(lambda ps: "".join(f"\n\n{r}: {t}" for r, t in ps if r != "system"))
 node_ids = st.sampled_from(["a", "b", "c", "d"])
 oasst_node = st.recursive(
-    record({"message_id": node_ids, "role": roles, "text": texts, "rank": st.integers(-1, 2), "deleted": st.booleans()},
-           {"role": st.sampled_from(["prompter", "assistant"]), "text": words}),
-    lambda inner: st.builds(lambda n, r: {**n, "replies": r}, inner, st.lists(inner, max_size=3)), max_leaves=10)
+    record(
+        {"message_id": node_ids, "role": roles, "text": texts, "rank": st.integers(-1, 2), "deleted": st.booleans()},
+        {"role": st.sampled_from(["prompter", "assistant"]), "text": words},
+    ),
+    lambda inner: st.builds(lambda n, r: {**n, "replies": r}, inner, st.lists(inner, max_size=3)),
+    max_leaves=10,
+)
 flat_message = st.fixed_dictionaries(
-    {"message_id": node_ids, "parent_id": st.one_of(st.none(), node_ids),
-     "message_tree_id": st.sampled_from(["T", "U"]), "role": st.sampled_from(["prompter", "assistant"]), "text": texts},
-    optional={"rank": st.integers(0, 2), "deleted": st.booleans()})
+    {
+        "message_id": node_ids,
+        "parent_id": st.one_of(st.none(), node_ids),
+        "message_tree_id": st.sampled_from(["T", "U"]),
+        "role": st.sampled_from(["prompter", "assistant"]),
+        "text": texts,
+    },
+    optional={"rank": st.integers(0, 2), "deleted": st.booleans()},
+)
 
 
 @st.composite
@@ -80,37 +102,77 @@ def flat_tree(draw: st.DrawFn) -> list[dict]:
     depth = [0] * n
     for i in range(1, n):
         depth[i] = depth[parents[i]] + 1
-    return [{"message_id": f"{tree}{i}", "parent_id": None if p is None else f"{tree}{p}", "message_tree_id": tree,
-             "role": "assistant" if depth[i] % 2 else "prompter", "text": draw(words), "rank": draw(st.integers(0, 2))}
-            for i, p in enumerate(parents)]
+    return [
+        {
+            "message_id": f"{tree}{i}",
+            "parent_id": None if p is None else f"{tree}{p}",
+            "message_tree_id": tree,
+            "role": "assistant" if depth[i] % 2 else "prompter",
+            "text": draw(words),
+            "rank": draw(st.integers(0, 2)),
+        }
+        for i, p in enumerate(parents)
+    ]
 
 
 RECORDS: dict[str, st.SearchStrategy] = {
     "alpaca": record({"input": texts, "system": texts, "dataset": texts}, {"instruction": words, "output": words}),
     "dolly": record({"context": texts, "category": texts}, {"instruction": words, "response": words}),
     "sharegpt": record({"system": texts, "id": texts}, {"conversations": turns}),
-    "openai": record({"id": st.sampled_from(["x", "in-1", "in-2"]), "source": texts, "task": texts,
-                      "meta": st.dictionaries(texts, json_values, max_size=2)}, {"messages": messages}),
-    "oasst": st.one_of(flat_message, oasst_node, record({"tree_state": texts},
-                                                         {"message_tree_id": node_ids, "prompt": oasst_node})),
+    "openai": record(
+        {
+            "id": st.sampled_from(["x", "in-1", "in-2"]),
+            "source": texts,
+            "task": texts,
+            "meta": st.dictionaries(texts, json_values, max_size=2),
+        },
+        {"messages": messages},
+    ),
+    "oasst": st.one_of(
+        flat_message, oasst_node, record({"tree_state": texts}, {"message_tree_id": node_ids, "prompt": oasst_node})
+    ),
     "hh": record({"rejected": texts}, {"chosen": st.one_of(transcript, messages, texts)}),
     "openorca": record({"system_prompt": texts, "id": texts}, {"question": words, "response": words}),
-    "flan": record({"task_name": texts, "template_type": texts, "_task_source": texts,
-                    "_template_idx": st.integers(0, 3)}, {"inputs": words, "targets": words}),
+    "flan": record(
+        {"task_name": texts, "template_type": texts, "_task_source": texts, "_template_idx": st.integers(0, 3)},
+        {"inputs": words, "targets": words},
+    ),
     "prompt_completion": record({}, {"prompt": words, "completion": words}),
-    "self_instruct": record({"name": texts, "id": texts, "is_classification": st.booleans()},
-                            {"instruction": words, "instances": st.lists(record({"input": texts}, {"output": words}),
-                                                                         max_size=3)}),
-    "mt_bench": record({"category": texts, "choices": st.lists(record({}, {"turns": st.lists(words, max_size=3)}),
-                                                               max_size=2)},
-                       {"question_id": st.integers(0, 3), "turns": st.lists(words, min_size=1, max_size=3),
-                        "reference": st.lists(words, max_size=3)}),
+    "self_instruct": record(
+        {"name": texts, "id": texts, "is_classification": st.booleans()},
+        {"instruction": words, "instances": st.lists(record({"input": texts}, {"output": words}), max_size=3)},
+    ),
+    "mt_bench": record(
+        {"category": texts, "choices": st.lists(record({}, {"turns": st.lists(words, max_size=3)}), max_size=2)},
+        {
+            "question_id": st.integers(0, 3),
+            "turns": st.lists(words, min_size=1, max_size=3),
+            "reference": st.lists(words, max_size=3),
+        },
+    ),
 }
 
 malformed = st.one_of(
-    st.sampled_from([b"{", b"[1, 2", b"NaN", b'{"a": NaN}', b'{"a": -Infinity}', b'"text"', b"[]", b"\xff\xfe{}",
-                     b"[" * 3000 + b"]" * 3000, b'{"n": ' + b"9" * 5000 + b"}", BOM + b"{}", b"\r", b"   "]),
-    st.binary(max_size=24), st.text(max_size=24).map(lambda t: t.encode("utf-8", "surrogatepass")))
+    st.sampled_from(
+        [
+            b"{",
+            b"[1, 2",
+            b"NaN",
+            b'{"a": NaN}',
+            b'{"a": -Infinity}',
+            b'"text"',
+            b"[]",
+            b"\xff\xfe{}",
+            b"[" * 3000 + b"]" * 3000,
+            b'{"n": ' + b"9" * 5000 + b"}",
+            BOM + b"{}",
+            b"\r",
+            b"   ",
+        ]
+    ),
+    st.binary(max_size=24),
+    st.text(max_size=24).map(lambda t: t.encode("utf-8", "surrogatepass")),
+)
 
 
 def dumps(value: Any) -> bytes:
@@ -122,7 +184,8 @@ def jsonl_lines(fmt: str) -> st.SearchStrategy:
     """Lines of a JSONL file for `fmt` (any format's rows for auto): records, random JSON and garbage."""
     records = st.sampled_from(sorted(RECORDS)).flatmap(RECORDS.get) if fmt == "auto" else RECORDS[fmt]
     line = st.one_of(records.map(dumps), records.map(dumps), json_values.map(dumps), malformed).map(
-        lambda b: b.replace(b"\n", b" "))
+        lambda b: b.replace(b"\n", b" ")
+    )
     lines = st.lists(line, min_size=1, max_size=8)
     if fmt in ("auto", "oasst"):  # whole flat trees among the rows: every layout of a tree gets fuzzed
         trees = flat_tree().map(lambda rows: [dumps(r) for r in rows])
@@ -145,6 +208,7 @@ def rows_in(lines: list[bytes]) -> int:
 
 def strict_lines(path: Path) -> list[dict]:
     """JSON lines parsed strictly: NaN / Infinity are not JSON."""
+
     def refuse(token: str) -> None:
         raise AssertionError(f"{token} written to {path}")
 
@@ -199,8 +263,12 @@ def test_fuzz_jsonl_rows(fmt: str, data: st.DataObject) -> None:
 
 @pytest.mark.timeout(60)
 @FUZZ
-@given(rows=st.lists(st.one_of(flat_message.map(lambda r: [r]), flat_tree()), min_size=1, max_size=5).map(
-    lambda groups: [r for g in groups for r in g]), all_paths=st.booleans())
+@given(
+    rows=st.lists(st.one_of(flat_message.map(lambda r: [r]), flat_tree()), min_size=1, max_size=5).map(
+        lambda groups: [r for g in groups for r in g]
+    ),
+    all_paths=st.booleans(),
+)
 def test_fuzz_openassistant_trees(rows: list[dict], all_paths: bool) -> None:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "in.jsonl"

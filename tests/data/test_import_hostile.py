@@ -66,8 +66,12 @@ def rejects(summary: ImportSummary) -> list[tuple[int, str]]:
 
 @pytest.mark.timeout(20)
 def test_flat_oasst_message_that_is_its_own_parent_is_a_cycle(tmp_path: Path) -> None:
-    rows = [flat("s", None, "prompter"), flat("s", "s", "assistant"),
-            flat("t", None, "prompter", "t"), flat("u", "t", "assistant", "t")]
+    rows = [
+        flat("s", None, "prompter"),
+        flat("s", "s", "assistant"),
+        flat("t", None, "prompter", "t"),
+        flat("u", "t", "assistant", "t"),
+    ]
     summary = import_files([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out.jsonl")
     accounted(summary)
     assert sorted(rejects(summary)) == [(1, "no_response"), (2, "cycle")]
@@ -76,8 +80,13 @@ def test_flat_oasst_message_that_is_its_own_parent_is_a_cycle(tmp_path: Path) ->
 
 @pytest.mark.timeout(20)
 def test_flat_oasst_loop_detached_from_the_root_is_a_cycle(tmp_path: Path) -> None:
-    rows = [flat("r", None, "prompter"), flat("a", "r", "assistant"),
-            flat("x", "y", "prompter"), flat("y", "x", "assistant"), flat("o", "gone", "assistant")]
+    rows = [
+        flat("r", None, "prompter"),
+        flat("a", "r", "assistant"),
+        flat("x", "y", "prompter"),
+        flat("y", "x", "assistant"),
+        flat("o", "gone", "assistant"),
+    ]
     summary = import_files([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out.jsonl")
     accounted(summary)
     assert sorted(rejects(summary)) == [(3, "cycle"), (4, "cycle"), (5, "orphan_message")]
@@ -111,8 +120,11 @@ def test_flat_oasst_chain_deeper_than_the_bound_is_too_deep(tmp_path: Path, all_
 
 
 def test_flat_oasst_duplicate_message_id_is_rejected_not_lost(tmp_path: Path) -> None:
-    rows = [flat("a", None, "prompter"), flat("b", "a", "assistant", text="first reply"),
-            flat("b", "a", "assistant", text="second reply")]
+    rows = [
+        flat("a", None, "prompter"),
+        flat("b", "a", "assistant", text="first reply"),
+        flat("b", "a", "assistant", text="second reply"),
+    ]
     summary = import_files([write_jsonl(tmp_path / "in.jsonl", rows)], tmp_path / "out.jsonl")
     accounted(summary)
     assert summary.rows_imported == 2 and rejects(summary) == [(3, "duplicate_id")]
@@ -150,17 +162,26 @@ def corrupt_gzip(path: Path, variant: str, n: int = 30) -> Path:
     second = bytearray(gzip.compress(b'{"instruction": "a", "output": "b"}\n' * 10))
     if variant == "bad_block":
         second[10] = 0x07  # a deflate block of the reserved type 3: zlib.error
-    data = {"bad_block": good + second, "truncated": good + second[: len(second) // 2],
-            "not_gzip": b"this is not gzip data\n"}[variant]
+    data = {
+        "bad_block": good + second,
+        "truncated": good + second[: len(second) // 2],
+        "not_gzip": b"this is not gzip data\n",
+    }[variant]
     path.write_bytes(bytes(data))
     return path
 
 
-@pytest.mark.parametrize("variant,cause,where", [
-    ("bad_block", zlib.error, "after line 30"), ("truncated", EOFError, "after line 30"),
-    ("not_gzip", gzip.BadGzipFile, "at its start")])
+@pytest.mark.parametrize(
+    "variant,cause,where",
+    [
+        ("bad_block", zlib.error, "after line 30"),
+        ("truncated", EOFError, "after line 30"),
+        ("not_gzip", gzip.BadGzipFile, "at its start"),
+    ],
+)
 def test_corrupt_gzip_is_one_line_data_error_naming_file_and_last_good_line(
-        tmp_path: Path, variant: str, cause: type, where: str) -> None:
+    tmp_path: Path, variant: str, cause: type, where: str
+) -> None:
     src = corrupt_gzip(tmp_path / "bad.jsonl.gz", variant)
     with pytest.raises(DataError) as e:
         import_files([src], tmp_path / "out.jsonl")
@@ -257,8 +278,10 @@ def test_non_finite_number_in_parquet_is_rejected(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist([{"messages": CHAT, "score": 1.0}, {"messages": CHAT, "score": float("nan")}]),
-                   tmp_path / "in.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"messages": CHAT, "score": 1.0}, {"messages": CHAT, "score": float("nan")}]),
+        tmp_path / "in.parquet",
+    )
     summary = import_files([tmp_path / "in.parquet"], tmp_path / "out.jsonl")
     accounted(summary)
     assert rejects(summary) == [(2, "not_finite")] and lines(summary.output)[0]["meta"] == {"score": 1.0}
@@ -316,7 +339,10 @@ def test_canonical_rows_sharing_an_id_keep_the_first(tmp_path: Path) -> None:
     out = lines(summary.output)
     assert [r["id"] for r in out] == ["x", "y", "two-3"] and out[0] == row  # line 3's own id would be two-3
     assert [(Path(r["file"]).name, r["line"], r["reason"]) for r in lines(summary.rejects_path)] == [
-        ("one.jsonl", 2, "duplicate_id"), ("two.jsonl", 1, "duplicate_id"), ("two.jsonl", 3, "duplicate_id")]
+        ("one.jsonl", 2, "duplicate_id"),
+        ("two.jsonl", 1, "duplicate_id"),
+        ("two.jsonl", 3, "duplicate_id"),
+    ]
 
 
 # ---------------------------------------------------------------- atomic outputs: permissions and signals
@@ -327,9 +353,11 @@ def test_outputs_get_the_users_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
         summary = import_files([src], tmp_path / "out.jsonl")
-        import_mt_bench(write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["Hi?"]}]),
-                        write_jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "choices": [{"turns": ["Yo."]}]}]),
-                        output=tmp_path / "mt.jsonl")
+        import_mt_bench(
+            write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["Hi?"]}]),
+            write_jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "choices": [{"turns": ["Yo."]}]}]),
+            output=tmp_path / "mt.jsonl",
+        )
     finally:
         os.umask(old)
     for path in (summary.output, summary.rejects_path, tmp_path / "mt.jsonl"):
@@ -346,8 +374,13 @@ import_files([sys.argv[1]], sys.argv[2], progress=lambda n: os.kill(os.getpid(),
 def test_sigterm_while_writing_leaves_no_temp_file(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [GOOD] * 5)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(src), str(tmp_path / "out.jsonl")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(src), str(tmp_path / "out.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"], done.stderr
 

@@ -80,8 +80,13 @@ def test_reject_unknown_role(tmp_path: Path) -> None:
 
 
 def test_reject_non_alternating_turns(tmp_path: Path) -> None:
-    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                        {"role": "assistant", "content": "c"}]}
+    bad = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "c"},
+        ]
+    }
     rows = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, bad]
     _, _, rejects = run(tmp_path, rows)
     assert [(r["line"], r["reason"]) for r in rejects] == [(2, "non_alternating_turns")]
@@ -98,7 +103,14 @@ def test_reject_empty_file(tmp_path: Path) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
     summary = import_files([tmp_path / "empty.jsonl", good], tmp_path / "out.jsonl")
     assert lines(summary.rejects_path) == [
-        {"file": str(tmp_path / "empty.jsonl"), "line": 0, "reason": "empty_file", "detail": "the input holds no row", "raw": ""}]
+        {
+            "file": str(tmp_path / "empty.jsonl"),
+            "line": 0,
+            "reason": "empty_file",
+            "detail": "the input holds no row",
+            "raw": "",
+        }
+    ]
     assert summary.rejects_by_reason == {"empty_file": 1}
     assert summary.empty_files == [str(tmp_path / "empty.jsonl")]
     # An empty file is not a row: the row invariant holds without it.
@@ -118,8 +130,17 @@ def test_unrecognised_file_rejects_every_row(tmp_path: Path) -> None:
 
 
 def test_every_input_line_lands_exactly_once(tmp_path: Path) -> None:
-    rows = [GOOD, "{not json", {"instruction": "x"}, b"\xc3\x28", {**GOOD, "output": ""}, [1],
-            {**GOOD, "input": "ctx"}, {"instruction": 5, "output": "y"}, GOOD]
+    rows = [
+        GOOD,
+        "{not json",
+        {"instruction": "x"},
+        b"\xc3\x28",
+        {**GOOD, "output": ""},
+        [1],
+        {**GOOD, "input": "ctx"},
+        {"instruction": 5, "output": "y"},
+        GOOD,
+    ]
     summary, out, rejects = run(tmp_path, rows, format="alpaca")
     imported = [int(r["id"].rsplit("-", 1)[1]) for r in out]
     rejected = [r["line"] for r in rejects]
@@ -132,8 +153,9 @@ def test_every_input_line_lands_exactly_once(tmp_path: Path) -> None:
 
 
 def test_rows_yielding_several_examples_count_once(tmp_path: Path) -> None:
-    summary = import_files([FIXTURES / "self_instruct.jsonl", FIXTURES / "oasst_flat.jsonl"],
-                           tmp_path / "out.jsonl", all_paths=True)
+    summary = import_files(
+        [FIXTURES / "self_instruct.jsonl", FIXTURES / "oasst_flat.jsonl"], tmp_path / "out.jsonl", all_paths=True
+    )
     assert summary.rows_read == 3 + 11 and summary.rows_imported == 14 and summary.rows_rejected == 0
     assert summary.examples_written == 4 + 4 + 1
 
@@ -239,8 +261,9 @@ def test_read_examples_round_trip_and_errors(tmp_path: Path) -> None:
 
 
 def test_import_mt_bench_joins_answers(tmp_path: Path) -> None:
-    examples = import_mt_bench(FIXTURES / "mt_bench_question.jsonl", FIXTURES / "mt_bench_answers.jsonl",
-                               output=tmp_path / "mt.jsonl")
+    examples = import_mt_bench(
+        FIXTURES / "mt_bench_question.jsonl", FIXTURES / "mt_bench_answers.jsonl", output=tmp_path / "mt.jsonl"
+    )
     (ex,) = examples
     assert [m.content for m in ex.messages[1::2]] == ["You are second.", "That cannot happen."]
     assert ex.meta["answer_model"] == "gpt-4" and ex.meta["reference"] == ["Second.", "Impossible."]
@@ -324,9 +347,15 @@ def test_oasst_layouts_give_identical_conversations(shared_data: Path, tmp_path:
         assert s.rows_read == 100 and s.rows_rejected == 0
         return [(r["meta"]["message_tree_id"], r["messages"]) for r in lines(s.output)]
 
-    best_tree, best_msg = conversations("oasst_en_100_tree.jsonl", False), conversations("oasst_en_100_message.jsonl", False)
+    best_tree, best_msg = (
+        conversations("oasst_en_100_tree.jsonl", False),
+        conversations("oasst_en_100_message.jsonl", False),
+    )
     assert best_tree == best_msg and len(best_tree) == 100
-    all_tree, all_msg = conversations("oasst_en_100_tree.jsonl", True), conversations("oasst_en_100_message.jsonl", True)
+    all_tree, all_msg = (
+        conversations("oasst_en_100_tree.jsonl", True),
+        conversations("oasst_en_100_message.jsonl", True),
+    )
     assert all_tree == all_msg and len(all_tree) > len(best_tree)
     assert all(c in all_tree for c in best_tree)
     assert all(m[-1]["role"] == "assistant" for _, m in all_tree)

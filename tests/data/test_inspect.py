@@ -38,7 +38,7 @@ def test_highlight_marks_trained_text(tiny_tokenizer):
     renderer = Renderer(tiny_tokenizer, RenderConfig(template="chatml"))
     r = renderer.render(ex("question", "the answer"))
     text = highlight(r, tiny_tokenizer)
-    trained = "".join(text.plain[s.start:s.end] for s in text.spans if s.style == "bold green")
+    trained = "".join(text.plain[s.start : s.end] for s in text.spans if s.style == "bold green")
     assert trained == "the answer<|im_end|>"
     assert "question" in text.plain
 

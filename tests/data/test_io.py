@@ -32,10 +32,15 @@ def test_jsonl_rows_are_numbered_by_physical_line(tmp_path: Path) -> None:
 
 
 def test_jsonl_bad_lines_are_errors_not_crashes(tmp_path: Path) -> None:
-    p = write_lines(tmp_path / "a.jsonl", [b'{"a": 1', b"\xff\xfe{\"a\": 1}", b"[1, 2]", b"\"text\"", b'{"ok": true}'])
+    p = write_lines(tmp_path / "a.jsonl", [b'{"a": 1', b'\xff\xfe{"a": 1}', b"[1, 2]", b'"text"', b'{"ok": true}'])
     rows = list(read_rows(p))
     assert [(r.line, r.error.reason if r.error else None) for r in rows] == [
-        (1, "malformed_json"), (2, "undecodable_bytes"), (3, "not_an_object"), (4, "not_an_object"), (5, None)]
+        (1, "malformed_json"),
+        (2, "undecodable_bytes"),
+        (3, "not_an_object"),
+        (4, "not_an_object"),
+        (5, None),
+    ]
     assert rows[1].record is None and "\ufffd" in rows[1].raw
     assert rows[0].raw == '{"a": 1'
 

@@ -12,8 +12,10 @@ from instillm.errors import ConfigError
 
 
 def _task(name, n, category=""):
-    return [from_prompt_completion(f"{name} question {i}", f"answer {i}", id=f"{name}-{i}", task=name,
-                                   category=category) for i in range(n)]
+    return [
+        from_prompt_completion(f"{name} question {i}", f"answer {i}", id=f"{name}-{i}", task=name, category=category)
+        for i in range(n)
+    ]
 
 
 GROUPS = {"big": _task("big", 1000), "mid": _task("mid", 300), "small": _task("small", 50)}

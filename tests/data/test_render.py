@@ -70,8 +70,11 @@ def test_mask_equals_generation_markers(tiny_tokenizer):
     ex = CASES[1]
     r = Renderer(tiny_tokenizer, RenderConfig(template="chatml")).render(ex)
     hf = tiny_tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in ex.messages], chat_template=CHATML,
-        return_assistant_tokens_mask=True, return_dict=True, tokenize=True,
+        [{"role": m.role, "content": m.content} for m in ex.messages],
+        chat_template=CHATML,
+        return_assistant_tokens_mask=True,
+        return_dict=True,
+        tokenize=True,
     )
     assert hf["input_ids"] == r.input_ids
     assert hf["assistant_masks"] == [int(x != IGNORE_INDEX) for x in r.labels]
@@ -128,8 +131,9 @@ def test_double_bos_is_an_error(tiny_tokenizer):
 
 
 def test_missing_end_token_is_an_error(tiny_tokenizer):
-    no_end = CHATML.replace("{{ message['content'] }}<|im_end|>{% endgeneration %}",
-                            "{{ message['content'] }}{% endgeneration %}")
+    no_end = CHATML.replace(
+        "{{ message['content'] }}<|im_end|>{% endgeneration %}", "{{ message['content'] }}{% endgeneration %}"
+    )
     tok = _with_template(tiny_tokenizer, no_end)
     with pytest.raises(TemplateError, match="never learn to stop"):
         Renderer(tok, RenderConfig(template="tokenizer")).render(CASES[0])
@@ -137,8 +141,10 @@ def test_missing_end_token_is_an_error(tiny_tokenizer):
 
 def test_prefix_mismatch_is_an_error(tiny_tokenizer):
     # Marks the last message differently, as templates that rewrite history do.
-    tmpl = CHATML.replace("{{ message['content'] }}<|im_end|>{% endgeneration %}",
-                          "{{ message['content'] }}{% if loop.last %} [final]{% endif %}<|im_end|>{% endgeneration %}")
+    tmpl = CHATML.replace(
+        "{{ message['content'] }}<|im_end|>{% endgeneration %}",
+        "{{ message['content'] }}{% if loop.last %} [final]{% endif %}<|im_end|>{% endgeneration %}",
+    )
     tok = _with_template(tiny_tokenizer, tmpl)
     with pytest.raises(TemplateError, match="prefix-consistent"):
         Renderer(tok, RenderConfig(template="tokenizer")).render(CASES[1])
@@ -160,10 +166,12 @@ def test_truncate_prompt_keeps_bos_and_last_response(tiny_tokenizer):
     ex = conv("word " * 40, "first answer", "again", "final answer")
     full = Renderer(tiny_tokenizer, RenderConfig(template="chatml", max_length=4096)).render(ex)
     limit = 20
-    r = Renderer(tiny_tokenizer, RenderConfig(template="chatml", max_length=limit, truncation="truncate-prompt")).render(ex)
+    r = Renderer(
+        tiny_tokenizer, RenderConfig(template="chatml", max_length=limit, truncation="truncate-prompt")
+    ).render(ex)
     assert r.truncated and len(r) == limit
     assert r.input_ids[0] == tiny_tokenizer.bos_token_id
-    assert r.input_ids[1:] == full.input_ids[-(limit - 1):]
+    assert r.input_ids[1:] == full.input_ids[-(limit - 1) :]
     assert trained_runs(tiny_tokenizer, r.input_ids, r.labels) == ["final answer<|im_end|>"]
 
 
@@ -186,8 +194,11 @@ def test_saved_template_renders_identically(tiny_tokenizer, tmp_path):
         assert reloaded.render(ex) == renderer.render(ex)
 
 
-text_st = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from("\n\t "),
-                  min_size=1, max_size=30).filter(lambda s: s.strip())
+text_st = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from("\n\t "),
+    min_size=1,
+    max_size=30,
+).filter(lambda s: s.strip())
 
 
 @st.composite

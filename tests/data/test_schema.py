@@ -19,8 +19,14 @@ def msgs(*pairs):
 
 
 def test_round_trip_and_defaults():
-    row = {"id": "x1", "source": "f.jsonl", "task": "t", "category": "c", "meta": {"k": 1},
-           "messages": msgs(("system", "s"), ("user", "u"), ("assistant", "a"))}
+    row = {
+        "id": "x1",
+        "source": "f.jsonl",
+        "task": "t",
+        "category": "c",
+        "meta": {"k": 1},
+        "messages": msgs(("system", "s"), ("user", "u"), ("assistant", "a")),
+    }
     ex = Example.from_dict(row)
     assert ex.to_dict() == row
     assert Example.from_dict(ex.to_dict()) == ex
@@ -29,8 +35,14 @@ def test_round_trip_and_defaults():
 
 
 def test_train_flag_and_content_id():
-    row = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "train": False},
-                        {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a", "train": False},
+            {"role": "user", "content": "u2"},
+            {"role": "assistant", "content": "a2"},
+        ]
+    }
     ex = Example.from_dict(row)
     assert [m.trained for m in ex.messages if m.role == "assistant"] == [False, True]
     assert ex.to_dict()["messages"][1]["train"] is False
@@ -48,16 +60,34 @@ def test_train_flag_and_content_id():
         ({"messages": msgs(("user", "u"), ("assistant", "a")), "bogus": 1}, "unknown_field"),
         ({"messages": msgs(("user", "u"), ("bot", "a"))}, "unknown_role"),
         ({"messages": msgs(("user", "u"), ("user", "a"))}, "non_alternating_turns"),
-        ({"messages": msgs(("assistant", "a"),)}, "non_alternating_turns"),
+        (
+            {
+                "messages": msgs(
+                    ("assistant", "a"),
+                )
+            },
+            "non_alternating_turns",
+        ),
         ({"messages": msgs(("user", "u"), ("system", "s"), ("assistant", "a"))}, "non_alternating_turns"),
         ({"messages": msgs(("user", "u"), ("assistant", "  "))}, "empty_response"),
         ({"messages": msgs(("user", ""), ("assistant", "a"))}, "empty_prompt"),
-        ({"messages": msgs(("user", "u"),)}, "no_response"),
+        (
+            {
+                "messages": msgs(
+                    ("user", "u"),
+                )
+            },
+            "no_response",
+        ),
         ({"messages": []}, "empty_conversation"),
-        ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "train": False}]},
-         "nothing_to_train"),
-        ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "train": "yes"}]},
-         "wrong_type"),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "train": False}]},
+            "nothing_to_train",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "train": "yes"}]},
+            "wrong_type",
+        ),
     ],
 )
 def test_validation_reasons(row, expected):

@@ -53,6 +53,7 @@ def _by_family(examples):
 
 # --- families -----------------------------------------------------------------------------------
 
+
 def test_at_least_30_families_with_8_distinct_phrasings_covering_every_category():
     assert len(FAMILIES) >= 30
     assert {f.category for f in FAMILIES.values()} == set(CATEGORIES)
@@ -103,6 +104,7 @@ def test_answers_depend_on_the_input_and_are_short():
 
 # --- building ----------------------------------------------------------------------------------
 
+
 def test_sizes_and_meta(suite):
     cfg = SuiteConfig()
     held = set(heldout_family_names(cfg))
@@ -141,11 +143,13 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 
 def test_a_family_does_not_depend_on_the_other_families_selected():
     full = build_suite(SMALL)
-    part = build_suite(SuiteConfig(seed=3, n_train_per_family=40, n_eval_per_family=6,
-                                   families=("reverse_word", "uppercase")))
+    part = build_suite(
+        SuiteConfig(seed=3, n_train_per_family=40, n_eval_per_family=6, families=("reverse_word", "uppercase"))
+    )
     for split in ("heldout_instances", "heldout_phrasings"):
-        assert [e for e in full[split] if e.task == "reverse_word"] == \
-               [e for e in part[split] if e.task == "reverse_word"]
+        assert [e for e in full[split] if e.task == "reverse_word"] == [
+            e for e in part[split] if e.task == "reverse_word"
+        ]
     assert part["heldout_families"] == []  # none of the default held-out families is selected
 
 
@@ -190,6 +194,7 @@ def test_heldout_phrasings_use_only_words_seen_in_train(suite):
 
 
 # --- checking ----------------------------------------------------------------------------------
+
 
 def test_checker_accepts_the_reference_and_rejects_wrong_answers(suite):
     examples = [ex for split in SPLITS[1:] for ex in suite[split]] + suite["train"][:2000]
@@ -244,6 +249,7 @@ def test_baseline_uses_the_most_frequent_train_answer():
 
 # --- writing and configuration -----------------------------------------------------------------
 
+
 def test_write_and_read_back_gives_identical_examples(tmp_path):
     s = build_suite(SMALL)
     paths = write_suite(s, tmp_path / "skills")
@@ -267,16 +273,19 @@ def test_heldout_families_by_name_or_count():
     assert heldout_family_names(SuiteConfig(heldout_families=0)) == ()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"families": ("nope",)}, "skills.families"),
-    ({"n_train_per_family": 0}, "n_train_per_family"),
-    ({"n_eval_per_family": -1}, "n_eval_per_family"),
-    ({"heldout_phrasings_per_family": 10}, "heldout_phrasings_per_family"),
-    ({"heldout_families": -1}, "heldout_families"),
-    ({"heldout_families": "uppercase"}, "heldout_families"),
-    ({"heldout_families": ("nope",)}, "heldout_families"),
-    ({"families": ()}, "skills.families"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"families": ("nope",)}, "skills.families"),
+        ({"n_train_per_family": 0}, "n_train_per_family"),
+        ({"n_eval_per_family": -1}, "n_eval_per_family"),
+        ({"heldout_phrasings_per_family": 10}, "heldout_phrasings_per_family"),
+        ({"heldout_families": -1}, "heldout_families"),
+        ({"heldout_families": "uppercase"}, "heldout_families"),
+        ({"heldout_families": ("nope",)}, "heldout_families"),
+        ({"families": ()}, "skills.families"),
+    ],
+)
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         SuiteConfig(**kwargs)
@@ -306,5 +315,12 @@ def test_cap_to_input_space_trains_on_every_remaining_input_and_keeps_the_eval_s
         assert capped[split] == exact[split]  # eval inputs come first: unchanged by the train size
         assert not {ex.meta["input"] for ex in capped[split] if ex.task == "even_odd"} & train_inputs
     with pytest.raises(ConfigError, match="1001 needed"):  # eval sets still must fit
-        build_suite(SuiteConfig(families=("even_odd",), heldout_families=(), n_eval_per_family=500,
-                                n_train_per_family=10, cap_to_input_space=True))
+        build_suite(
+            SuiteConfig(
+                families=("even_odd",),
+                heldout_families=(),
+                n_eval_per_family=500,
+                n_train_per_family=10,
+                cap_to_input_space=True,
+            )
+        )

@@ -31,10 +31,18 @@ EN = "This is a plain English sentence about the weather and the garden today."
 
 # (instruction id, kwargs, passing response, failing response): one row per checker at least.
 CASES = [
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
-     "THE END is NEAR.", "The END is near."),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "less than"},
-     "The END is near.", "THE END is NEAR."),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "at least"},
+        "THE END is NEAR.",
+        "The END is near.",
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "less than"},
+        "The END is near.",
+        "THE END is NEAR.",
+    ),
     ("change_case:english_capital", {}, EN.upper(), EN),
     ("change_case:english_lowercase", {}, EN.lower(), EN),
     ("combination:repeat_prompt", {"prompt_to_repeat": "Say hi."}, "  say HI. Hi!", "Hi! Say hi."),
@@ -47,30 +55,41 @@ CASES = [
     ("detectable_format:constrained_response", {}, "Well. My answer is maybe.", "my answer is yes."),
     ("detectable_format:json_format", {}, '```json\n{"a": 1}\n```', "{'a': 1}"),
     ("detectable_format:json_format", {}, "[1, 2]", "Here: [1, 2]"),
-    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
-     "Section 1\nx\nSection 2\ny", "Section 1\nx\nsection 2\ny"),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 2},
+        "Section 1\nx\nSection 2\ny",
+        "Section 1\nx\nsection 2\ny",
+    ),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n- b\n**bold**", "* a\n* b\n- c"),
-    ("detectable_format:number_highlighted_sections", {"num_highlights": 2},
-     "*one* and **two**", "*one* and ** ** and *\n*"),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "*one* and **two**",
+        "*one* and ** ** and *\n*",
+    ),
     ("detectable_format:title", {}, "<<My Title>>\ntext", "<< >> and <<broken\n>>"),
     ("keywords:existence", {"keywords": ["Apple", "pie"]}, "apple PIE", "apple tart"),
     ("keywords:forbidden_words", {"forbidden_words": ["cat"]}, "concatenate", "A Cat sat"),
     ("keywords:frequency", {"keyword": "ha", "frequency": 3, "relation": "at least"}, "Ha ha HA", "ha ha"),
     ("keywords:frequency", {"keyword": "ha", "frequency": 3, "relation": "less than"}, "ha ha", "Ha ha HA"),
-    ("keywords:letter_frequency", {"letter": "Z", "let_frequency": 2, "let_relation": "at least"},
-     "zZ", "z"),
-    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "less than"},
-     "z", "zZ"),
-    ("language:response_language", {"language": "de"},
-     "Das ist ein kurzer deutscher Satz über das Wetter und den Garten heute.", EN),
-    ("length_constraints:nth_paragraph_first_word",
-     {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "Then"},
-     'First.\n\n"Then, second.', "First.\n\nNow second."),
+    ("keywords:letter_frequency", {"letter": "Z", "let_frequency": 2, "let_relation": "at least"}, "zZ", "z"),
+    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "less than"}, "z", "zZ"),
+    (
+        "language:response_language",
+        {"language": "de"},
+        "Das ist ein kurzer deutscher Satz über das Wetter und den Garten heute.",
+        EN,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "Then"},
+        'First.\n\n"Then, second.',
+        "First.\n\nNow second.",
+    ),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "a\n***\nb", "a\n***\n***\nb"),
-    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "at least"},
-     "One. Two!", "One only."),
-    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"},
-     "One only.", "One. Two?"),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "at least"}, "One. Two!", "One only."),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, "One only.", "One. Two?"),
     ("length_constraints:number_words", {"num_words": 3, "relation": "at least"}, "a b c", "a b"),
     ("length_constraints:number_words", {"num_words": 3, "relation": "less than"}, "a b", "a-b-c"),
     ("punctuation:no_comma", {}, "No commas here.", "Yes, one."),
@@ -203,7 +222,14 @@ def test_word_tokens_follow_treebank_rules():
 def test_loose_variants_and_loose_rescues_a_first_line():
     assert response_variants("a\n*b*\nc", "strict") == ["a\n*b*\nc"]
     assert response_variants("a\n*b*\nc", "loose") == [
-        "a\n*b*\nc", "*b*\nc", "a\n*b*", "*b*", "a\nb\nc", "b\nc", "a\nb", "b",
+        "a\n*b*\nc",
+        "*b*\nc",
+        "a\n*b*",
+        "*b*",
+        "a\nb\nc",
+        "b\nc",
+        "a\nb",
+        "b",
     ]
     row = {"key": 7, "prompt": "p", "instruction_id_list": ["startend:quotation"], "kwargs": [{}]}
     resp = {"p": 'Sure, here it is:\n"quoted"'}
@@ -216,8 +242,12 @@ def test_loose_variants_and_loose_rescues_a_first_line():
 
 def _rows():
     return [
-        {"key": 1, "prompt": "p1", "instruction_id_list": ["punctuation:no_comma", "startend:quotation"],
-         "kwargs": [{}, {}]},
+        {
+            "key": 1,
+            "prompt": "p1",
+            "instruction_id_list": ["punctuation:no_comma", "startend:quotation"],
+            "kwargs": [{}, {}],
+        },
         {"key": 2, "prompt": "p2", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
         {"key": 3, "prompt": "p3", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
     ]
@@ -242,16 +272,25 @@ def test_write_outputs_and_score_file_round_trip(tmp_path):
     inputs = tmp_path / "input_data.jsonl"
     inputs.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     resp = tmp_path / "responses.jsonl"
-    resp.write_text(json.dumps({"prompt": "p1", "response": '"a"'}) + "\n\n"
-                    + json.dumps({"prompt": "p2", "response": "a, b"}) + "\n")
+    resp.write_text(
+        json.dumps({"prompt": "p1", "response": '"a"'})
+        + "\n\n"
+        + json.dumps({"prompt": "p2", "response": "a, b"})
+        + "\n"
+    )
     assert load_responses(resp) == {"p1": '"a"', "p2": "a, b"}
     assert len(load_inputs(inputs)) == 3
     summary = score_file(resp, inputs, tmp_path / "out")
     assert summary["missing"] == 1 and summary["prompt_level_strict"] == 0.5
     lines = (tmp_path / "out" / "ifeval_strict.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
-    assert set(first) == {"prompt", "response", "instruction_id_list", "follow_instruction_list",
-                          "follow_all_instructions"}
+    assert set(first) == {
+        "prompt",
+        "response",
+        "instruction_id_list",
+        "follow_instruction_list",
+        "follow_all_instructions",
+    }
     assert first["follow_instruction_list"] == [True, True]
     assert (tmp_path / "out" / "ifeval_loose.jsonl").exists()
     on_disk = json.loads((tmp_path / "out" / "ifeval_summary.json").read_text())

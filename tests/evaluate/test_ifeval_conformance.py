@@ -23,7 +23,9 @@ from instillm.evaluate.ifeval import evaluate_responses, load_inputs, load_respo
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ifeval_disagreements.json"
 MODES = ("strict", "loose")
 LANGDETECT_IDS = {
-    "language:response_language", "change_case:english_capital", "change_case:english_lowercase",
+    "language:response_language",
+    "change_case:english_capital",
+    "change_case:english_lowercase",
 }
 # Regression pins for the perturbed sets: (prompt strict, instruction strict, prompt loose,
 # instruction loose), over 476 prompts and 708 instructions each.
@@ -135,10 +137,15 @@ def test_perturbed_results_are_identical_across_runs_and_pinned(perturbed):
     s = summarize(results["strict"], results["loose"])
     n_p, n_i = s["num_prompts"], s["num_instructions"]
     assert (n_p, n_i) == (476, 708)
-    got = tuple(round(s[k] * n) for k, n in (
-        ("prompt_level_strict", n_p), ("instruction_level_strict", n_i),
-        ("prompt_level_loose", n_p), ("instruction_level_loose", n_i),
-    ))
+    got = tuple(
+        round(s[k] * n)
+        for k, n in (
+            ("prompt_level_strict", n_p),
+            ("instruction_level_strict", n_i),
+            ("prompt_level_loose", n_p),
+            ("instruction_level_loose", n_i),
+        )
+    )
     assert got == PERTURBED_PINS[name]
 
 
@@ -153,8 +160,14 @@ def test_language_verdicts_are_identical_in_a_fresh_process(perturbed):
         f"res = evaluate_responses(rows, load_responses({str(path)!r}), 'strict')\n"
         "print(json.dumps([r.follow_instruction_list for r in res]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(rows), capture_output=True,
-                         text=True, check=True, cwd=FIXTURE.parents[2]).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(rows),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=FIXTURE.parents[2],
+    ).stdout
     by_prompt = {r.prompt: r.follow_instruction_list for r in results["strict"]}
     expected = [by_prompt[r["prompt"]] for r in rows if r["prompt"] in by_prompt]
     assert json.loads(out) == expected and len(expected) > 50

@@ -25,68 +25,78 @@ from instillm.evaluate.judge import (
 from instillm.evaluate.winrate import load_annotations, win_rates
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("m", 1.0),
-    ("M", 2.0),
-    ("  M\n", 2.0),
-    ("`m`", 1.0),
-    ('"M".', 2.0),
-    ("### Concise explanation\nThe second is accurate.\n\n### Which is best, m or M?\nM", 2.0),
-    ("Output (a)", 1.0),
-    ("Output (b) is better because it answers the question.", 2.0),
-    ("[[A]]", 1.0),
-    ("My final verdict: [[B]]", 2.0),
-    ("[[C]]", 1.5),
-    ("[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]", 2.0),
-    ('[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]', 1.0),
-    ("```python\n[\n    {'model': 'model_2', 'rank': 1},\n    {'model': 'model_1', 'rank': 2}\n]\n```", 2.0),
-    ('{"ordered_models": [{"model": "M", "rank": 1}, {"model": "m", "rank": 2}]}', 2.0),
-    ('{"model_identifier": "m"}', 1.0),
-    ('Here you go: {"winner": "model_2"}', 2.0),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("m", 1.0),
+        ("M", 2.0),
+        ("  M\n", 2.0),
+        ("`m`", 1.0),
+        ('"M".', 2.0),
+        ("### Concise explanation\nThe second is accurate.\n\n### Which is best, m or M?\nM", 2.0),
+        ("Output (a)", 1.0),
+        ("Output (b) is better because it answers the question.", 2.0),
+        ("[[A]]", 1.0),
+        ("My final verdict: [[B]]", 2.0),
+        ("[[C]]", 1.5),
+        ("[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]", 2.0),
+        ('[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]', 1.0),
+        ("```python\n[\n    {'model': 'model_2', 'rank': 1},\n    {'model': 'model_1', 'rank': 2}\n]\n```", 2.0),
+        ('{"ordered_models": [{"model": "M", "rank": 1}, {"model": "m", "rank": 2}]}', 2.0),
+        ('{"model_identifier": "m"}', 1.0),
+        ('Here you go: {"winner": "model_2"}', 2.0),
+    ],
+)
 def test_parse_verdict_reads_every_supported_format(text, expected):
     v = parse_verdict(text)
     assert v.error is None
     assert v.preference == expected
 
 
-@pytest.mark.parametrize("text, error", [
-    (None, "empty"),
-    ("", "empty"),
-    ("   \n ", "empty"),
-    ("m or M", "no verdict"),
-    ("Both outputs are fine.", "no verdict"),
-    ("xq zzl ⁂ mM Mm ]]][[{", "no verdict"),
-    ("[{'model': 'model_1', 'rank': 3}, {'model': 'model_2', 'rank': 1}]", "no verdict"),
-    ("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 1}]", "no verdict"),
-    ("[{'model': 'model_1', 'rank': True}]", "no verdict"),
-    ("Output (a) is clear, but Output (b) is correct.", "ambiguous"),
-    ("[[A]] no wait [[B]]", "ambiguous"),
-    ("[[A]]\nM", "ambiguous"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        (None, "empty"),
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("m or M", "no verdict"),
+        ("Both outputs are fine.", "no verdict"),
+        ("xq zzl ⁂ mM Mm ]]][[{", "no verdict"),
+        ("[{'model': 'model_1', 'rank': 3}, {'model': 'model_2', 'rank': 1}]", "no verdict"),
+        ("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 1}]", "no verdict"),
+        ("[{'model': 'model_1', 'rank': True}]", "no verdict"),
+        ("Output (a) is clear, but Output (b) is correct.", "ambiguous"),
+        ("[[A]] no wait [[B]]", "ambiguous"),
+        ("[[A]]\nM", "ambiguous"),
+    ],
+)
 def test_parse_verdict_turns_malformed_text_into_an_error(text, error):
     v = parse_verdict(text)
     assert v.preference is None
     assert error in v.error
 
 
-@pytest.mark.parametrize("original, swapped, expected", [
-    (2.0, 1.0, 2.0),    # model wins in both orders
-    (1.0, 2.0, 1.0),    # reference wins in both orders
-    (1.0, 1.0, 1.5),    # always position 1: the orders disagree, a tie
-    (2.0, 2.0, 1.5),    # always position 2
-    (2.0, 1.5, 1.75),   # a win and a tie
-    (1.5, 1.5, 1.5),
-    (None, 1.0, None),
-    (2.0, None, None),
-])
+@pytest.mark.parametrize(
+    "original, swapped, expected",
+    [
+        (2.0, 1.0, 2.0),  # model wins in both orders
+        (1.0, 2.0, 1.0),  # reference wins in both orders
+        (1.0, 1.0, 1.5),  # always position 1: the orders disagree, a tie
+        (2.0, 2.0, 1.5),  # always position 2
+        (2.0, 1.5, 1.75),  # a win and a tie
+        (1.5, 1.5, 1.5),
+        (None, 1.0, None),
+        (2.0, None, None),
+    ],
+)
 def test_combine_maps_the_swapped_order_back(original, swapped, expected):
     assert combine(original, swapped) == expected
 
 
 def _row(i: int, texts, o1: str | None = None, o2: str | None = None) -> dict:
-    return annotation_row(f"instruction {i}", o1 or f"reference answer {i}", o2 or f"model answer {i}",
-                          "ref", "mine", "judge", texts)
+    return annotation_row(
+        f"instruction {i}", o1 or f"reference answer {i}", o2 or f"model answer {i}", "ref", "mine", "judge", texts
+    )
 
 
 @pytest.mark.parametrize("always", ["m", "M", "Output (a)", "[[B]]"])
@@ -137,8 +147,14 @@ def test_judge_pairwise_asks_both_orders_and_cancels_position_bias():
     length = RuleJudge("length")
     rows = judge_pairwise(instructions, model, ref, length, model_name="mine", reference_name="ref")
     # identical outputs are not sent; every other pair is shown reference-first, then model-first
-    assert length.seen == [(ref[0], model[0]), (model[0], ref[0]), (ref[1], model[1]), (model[1], ref[1]),
-                           (ref[2], model[2]), (model[2], ref[2])]
+    assert length.seen == [
+        (ref[0], model[0]),
+        (model[0], ref[0]),
+        (ref[1], model[1]),
+        (model[1], ref[1]),
+        (ref[2], model[2]),
+        (model[2], ref[2]),
+    ]
     assert [r["preference"] for r in rows] == [2.0, 1.0, 2.0, 1.5]
     assert rows[0]["order_preferences"] == [2.0, 2.0] and rows[0]["annotator"] == "rule-length (identifier)"
     for rule in ("first", "second"):
@@ -149,11 +165,11 @@ def test_judge_pairwise_asks_both_orders_and_cancels_position_bias():
 
 def test_annotations_round_trip_through_winrate(tmp_path):
     rows = [
-        _row(0, ("M", "m")),          # model better in both orders: 2
-        _row(1, ("m", "M")),          # reference better in both: 1
-        _row(2, ("M", "[[C]]")),      # a win and a tie: 1.75
+        _row(0, ("M", "m")),  # model better in both orders: 2
+        _row(1, ("m", "M")),  # reference better in both: 1
+        _row(2, ("M", "[[C]]")),  # a win and a tie: 1.75
         _row(3, ("Output (b)", "Output (a)")),  # 2
-        _row(4, None, "same", "same"),           # identical outputs: a tie, no judge call
+        _row(4, None, "same", "same"),  # identical outputs: a tie, no judge call
         _row(5, ("gibberish", "m")),  # one order unreadable: no preference
     ]
     path = write_annotations(rows, tmp_path / "annotations.json")
@@ -201,8 +217,11 @@ def test_config_and_inputs_are_checked(tmp_path):
     with pytest.raises(DataError, match=r"bad.json: row 2"):
         load_outputs(bad)
     with pytest.raises(DataError, match="ref.json: no output for 1 instruction"):
-        pair_outputs([{"instruction": "a", "output": "x"}, {"instruction": "q", "output": "y"}],
-                     [{"instruction": "a", "output": "z"}], where="ref.json")
+        pair_outputs(
+            [{"instruction": "a", "output": "x"}, {"instruction": "q", "output": "y"}],
+            [{"instruction": "a", "output": "z"}],
+            where="ref.json",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,8 +245,12 @@ def test_judge_pairwise_end_to_end_against_tiny_server(tiny_server, shared_data,
     instructions.append("Say hi.")
     outs.append("hi")
     refs.append("hi")  # identical: a tie without a judge call
-    cfg = BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                        cache=str(tmp_path / "judge-cache.sqlite"))
+    cfg = BackendConfig(
+        kind="openai",
+        model=tiny_server.model,
+        base_url=tiny_server.base_url,
+        cache=str(tmp_path / "judge-cache.sqlite"),
+    )
     judge_cfg = JudgeConfig(max_tokens=12)
     backend = make_backend(cfg)
     before = tiny_server.app.state.stats.requests
@@ -267,16 +290,36 @@ def test_cli_eval_judge(tiny_server, tmp_path):
 
     from instillm.cli import app
 
-    model = [{"instruction": "Name a colour.", "output": "Blue.", "generator": "mine"},
-             {"instruction": "Add 2 and 2.", "output": "4", "generator": "mine"}]
-    ref = [{"instruction": "Add 2 and 2.", "output": "Four.", "generator": "base"},
-           {"instruction": "Name a colour.", "output": "Red.", "generator": "base"}]
+    model = [
+        {"instruction": "Name a colour.", "output": "Blue.", "generator": "mine"},
+        {"instruction": "Add 2 and 2.", "output": "4", "generator": "mine"},
+    ]
+    ref = [
+        {"instruction": "Add 2 and 2.", "output": "Four.", "generator": "base"},
+        {"instruction": "Name a colour.", "output": "Red.", "generator": "base"},
+    ]
     (tmp_path / "m.json").write_text(json.dumps(model))
     (tmp_path / "r.json").write_text(json.dumps(ref))
     out = tmp_path / "ann.json"
-    args = ["eval", "judge", "--outputs", str(tmp_path / "m.json"), "--reference", str(tmp_path / "r.json"),
-            "--judge-base-url", tiny_server.base_url, "--judge-model", tiny_server.model,
-            "--judge-cache", str(tmp_path / "cache.sqlite"), "--judge-max-tokens", "8", "-o", str(out), "--json"]
+    args = [
+        "eval",
+        "judge",
+        "--outputs",
+        str(tmp_path / "m.json"),
+        "--reference",
+        str(tmp_path / "r.json"),
+        "--judge-base-url",
+        tiny_server.base_url,
+        "--judge-model",
+        tiny_server.model,
+        "--judge-cache",
+        str(tmp_path / "cache.sqlite"),
+        "--judge-max-tokens",
+        "8",
+        "-o",
+        str(out),
+        "--json",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

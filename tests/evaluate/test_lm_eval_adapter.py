@@ -22,8 +22,9 @@ def results(tiny_model_dir: Path) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(FIXTURES)  # the task YAMLs name their data files relative to this folder
         mp.setenv("HF_DATASETS_OFFLINE", "1")
-        out = run_lm_eval(lm, ["instillm_tiny_mc", "instillm_tiny_gen"], include_path=FIXTURES,
-                          log_samples=True, builtin_tasks=False)
+        out = run_lm_eval(
+            lm, ["instillm_tiny_mc", "instillm_tiny_gen"], include_path=FIXTURES, log_samples=True, builtin_tasks=False
+        )
     return {"out": out, "lm": lm}
 
 
@@ -88,8 +89,12 @@ def test_rolling_loglikelihood_covers_every_token_once(tiny_model_dir: Path):
     ids = lm.tok_encode(text)
     assert len(ids) > 8
     (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
-    windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
-        token_list=ids, prefix_token=lm.prefix_token_id, max_seq_len=7, context_len=1)]
+    windows = [
+        utils.make_disjoint_window(w)
+        for w in utils.get_rolling_token_windows(
+            token_list=ids, prefix_token=lm.prefix_token_id, max_seq_len=7, context_len=1
+        )
+    ]
     assert [t for _, pred in windows for t in pred] == ids  # every token predicted exactly once
     assert len(windows) > 1 and all(len(c) + len(p) <= 8 for c, p in windows)  # fits 8 positions
     want = 0.0

@@ -38,7 +38,9 @@ def test_loads_the_published_data(bench):
     cats = {}
     for q in qs:
         cats[q.category] = cats.get(q.category, 0) + 1
-    assert cats == {c: 10 for c in ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")}
+    assert cats == {
+        c: 10 for c in ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+    }
     need_ref = {q.question_id for q in qs if q.category in ("math", "reasoning", "coding")}
     assert need_ref <= set(bench.references) and len(need_ref) == 30
     assert all(len(bench.references[i]) == 2 for i in need_ref)
@@ -46,25 +48,40 @@ def test_loads_the_published_data(bench):
     assert bench.prompts["single-v1"].output_format == "[[rating]]"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is good. Rating: [[7]]", 7),
-    ("Rating: [[10]]", 10),
-    ("[[8.5]]", 8.5),
-    ("Rating: [[6.]]", 6.0),
-    ("Rating: [7]", 7),                     # FastChat's fallback pattern
-    ("Rating: [[5]] ... on reflection [[9]]", 5),  # the first match, as FastChat's re.search
-    ("[3] is a citation; Rating: [[6]]", 6),        # "[[N]]" wins over the fallback
-    ("Rating: [[1]]", 1),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is good. Rating: [[7]]", 7),
+        ("Rating: [[10]]", 10),
+        ("[[8.5]]", 8.5),
+        ("Rating: [[6.]]", 6.0),
+        ("Rating: [7]", 7),  # FastChat's fallback pattern
+        ("Rating: [[5]] ... on reflection [[9]]", 5),  # the first match, as FastChat's re.search
+        ("[3] is a citation; Rating: [[6]]", 6),  # "[[N]]" wins over the fallback
+        ("Rating: [[1]]", 1),
+    ],
+)
 def test_parse_rating(text, expected):
     got = parse_rating(text)
     assert got == expected and type(got) is type(expected)
 
 
-@pytest.mark.parametrize("text", [
-    None, "", "   ", "Rating: 7", "Rating: [[seven]]", "[[ 7 ]]", "[[7/10]]", "Rating: [[0]]", "Rating: [[11]]",
-    "\n\n\n\n", "the model scored -1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "   ",
+        "Rating: 7",
+        "Rating: [[seven]]",
+        "[[ 7 ]]",
+        "[[7/10]]",
+        "Rating: [[0]]",
+        "Rating: [[11]]",
+        "\n\n\n\n",
+        "the model scored -1",
+    ],
+)
 def test_unparseable_rating_is_minus_one(text):
     assert parse_rating(text) == FAILED == -1
 
@@ -73,8 +90,14 @@ def _expected_single(bench, question, answer):
     # the published instruction text, then the question and answer blocks written out here
     instruction = bench.prompts["single-v1"].prompt_template.split("[Question]")[0]
     assert instruction.startswith("[Instruction]\nPlease act as an impartial judge")
-    return (instruction + "[Question]\n" + question.turns[0] + "\n\n[The Start of Assistant's Answer]\n"
-            + answer + "\n[The End of Assistant's Answer]")
+    return (
+        instruction
+        + "[Question]\n"
+        + question.turns[0]
+        + "\n\n[The Start of Assistant's Answer]\n"
+        + answer
+        + "\n[The End of Assistant's Answer]"
+    )
 
 
 def test_single_prompt_is_the_published_template_filled_in(bench):
@@ -83,8 +106,10 @@ def test_single_prompt_is_the_published_template_filled_in(bench):
     prompt = bench.prompts["single-v1"]
     filled = user_prompt(prompt, q, ["My {trip} answer.", "A second one."], None, False)
     assert filled == _expected_single(bench, q, "My {trip} answer.")
-    assert judge_messages(prompt, filled) == [{"role": "system", "content": "You are a helpful assistant."},
-                                              {"role": "user", "content": filled}]
+    assert judge_messages(prompt, filled) == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": filled},
+    ]
 
 
 def test_math_prompt_carries_the_reference_answer(bench):
@@ -92,36 +117,57 @@ def test_math_prompt_carries_the_reference_answer(bench):
     ref = bench.references[111]
     assert q.category == "math" and judge_prompt_name(q.category, False) == "single-math-v1"
     filled = user_prompt(bench.prompts["single-math-v1"], q, ["Area 3.", "Circle."], ref, False)
-    tail = ("[Question]\n" + q.turns[0] + "\n\n[The Start of Reference Answer]\n" + ref[0]
-            + "\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\nArea 3.\n"
-            "[The End of Assistant's Answer]")
+    tail = (
+        "[Question]\n"
+        + q.turns[0]
+        + "\n\n[The Start of Reference Answer]\n"
+        + ref[0]
+        + "\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\nArea 3.\n"
+        "[The End of Assistant's Answer]"
+    )
     assert filled.endswith(tail)
-    assert filled.startswith("[Instruction]\nPlease act as an impartial judge") and "correctness and helpfulness" in filled
+    assert (
+        filled.startswith("[Instruction]\nPlease act as an impartial judge") and "correctness and helpfulness" in filled
+    )
 
 
 def test_multi_turn_prompts_show_the_whole_conversation(bench):
     q = next(q for q in bench.questions if q.question_id == 81)
     assert judge_prompt_name("writing", True) == "single-v1-multi-turn"
     filled = user_prompt(bench.prompts["single-v1-multi-turn"], q, ["ANS-1", "ANS-2"], None, True)
-    assert filled == ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n" + q.turns[0]
-                      + "\n\n### Assistant A:\nANS-1\n\n### User:\n" + q.turns[1]
-                      + "\n\n### Assistant A:\nANS-2\n\n<|The End of Assistant A's Conversation with User|>")
+    assert filled == (
+        "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n"
+        + q.turns[0]
+        + "\n\n### Assistant A:\nANS-1\n\n### User:\n"
+        + q.turns[1]
+        + "\n\n### Assistant A:\nANS-2\n\n<|The End of Assistant A's Conversation with User|>"
+    )
     m = next(q for q in bench.questions if q.question_id == 111)
     ref = bench.references[111]
     assert judge_prompt_name("math", True) == "single-math-v1-multi-turn"
     filled = user_prompt(bench.prompts["single-math-v1-multi-turn"], m, ["A1", "A2"], ref, True)
-    assert filled.startswith("<|The Start of Reference Answer|>\n\n### User:\n" + m.turns[0]
-                             + "\n\n### Reference answer:\n" + ref[0] + "\n\n### User:\n" + m.turns[1]
-                             + "\n\n### Reference answer:\n" + ref[1] + "\n\n<|The End of Reference Answer|>")
+    assert filled.startswith(
+        "<|The Start of Reference Answer|>\n\n### User:\n"
+        + m.turns[0]
+        + "\n\n### Reference answer:\n"
+        + ref[0]
+        + "\n\n### User:\n"
+        + m.turns[1]
+        + "\n\n### Reference answer:\n"
+        + ref[1]
+        + "\n\n<|The End of Reference Answer|>"
+    )
     assert filled.endswith("### Assistant A:\nA2\n\n<|The End of Assistant A's Conversation with User|>")
     system = judge_messages(bench.prompts["single-math-v1-multi-turn"], filled)[0]["content"]
     assert "focus on the assistant's answer to the second question" in system
 
 
 def test_turn_two_sees_the_first_answer_and_category_temperatures():
-    qs = [Question(1, "writing", ("Write a poem.", "Make it shorter.")),
-          Question(2, "math", ("2+2?", "Times 3?")),
-          Question(3, "stem", ("Why is the sky blue?",))]
+    qs = [
+        Question(1, "writing", ("Write a poem.", "Make it shorter.")),
+        Question(2, "math", ("2+2?", "Times 3?")),
+        Question(3, "stem", ("Why is the sky blue?",)),
+    ]
     calls = []
 
     def respond(conversations, temperature):
@@ -132,11 +178,14 @@ def test_turn_two_sees_the_first_answer_and_category_temperatures():
     assert [r["choices"][0]["turns"] for r in rows] == [
         ["reply 1 to Write a poem.", "reply 3 to Make it shorter."],
         ["reply 1 to 2+2?", "reply 3 to Times 3?"],
-        ["reply 1 to Why is the sky blue?"]]
+        ["reply 1 to Why is the sky blue?"],
+    ]
     turn2_poem = next(c for t, convs in calls for c in convs if len(c) == 3 and c[0]["content"] == "Write a poem.")
-    assert turn2_poem == [{"role": "user", "content": "Write a poem."},
-                          {"role": "assistant", "content": "reply 1 to Write a poem."},
-                          {"role": "user", "content": "Make it shorter."}]
+    assert turn2_poem == [
+        {"role": "user", "content": "Write a poem."},
+        {"role": "assistant", "content": "reply 1 to Write a poem."},
+        {"role": "user", "content": "Make it shorter."},
+    ]
     assert sorted({t for t, _ in calls}) == [0.0, 0.1, 0.7]
     assert temperature_of(qs[0]) == 0.7 and temperature_of(qs[0], greedy=True) == 0.0
     assert {r["model_id"] for r in rows} == {"m1"} and all(len(r["answer_id"]) == 22 for r in rows)
@@ -147,10 +196,12 @@ def test_turn_two_sees_the_first_answer_and_category_temperatures():
 
 def test_summary_excludes_and_counts_failures():
     qs = [Question(1, "writing", ("a", "b")), Question(2, "math", ("c", "d"))]
-    rows = [{"question_id": 1, "model": "m", "judge": ["j", "single-v1"], "score": 8, "turn": 1},
-            {"question_id": 1, "model": "m", "judge": ["j", "single-v1-multi-turn"], "score": -1, "turn": 2},
-            {"question_id": 2, "model": "m", "judge": ["j", "single-math-v1"], "score": 4, "turn": 1},
-            {"question_id": 2, "model": "m", "judge": ["j", "single-math-v1-multi-turn"], "score": 3, "turn": 2}]
+    rows = [
+        {"question_id": 1, "model": "m", "judge": ["j", "single-v1"], "score": 8, "turn": 1},
+        {"question_id": 1, "model": "m", "judge": ["j", "single-v1-multi-turn"], "score": -1, "turn": 2},
+        {"question_id": 2, "model": "m", "judge": ["j", "single-math-v1"], "score": 4, "turn": 1},
+        {"question_id": 2, "model": "m", "judge": ["j", "single-math-v1-multi-turn"], "score": 3, "turn": 2},
+    ]
     s = summarize(rows, qs)
     assert s["score"] == pytest.approx(5.0) and s["n_failures"] == 1 and s["n_judgments"] == 4
     assert s["per_turn"]["1"] == {"score": 6.0, "n": 2, "n_failures": 0}
@@ -182,7 +233,9 @@ def test_grading_refuses_missing_answers_and_references(bench):
     with pytest.raises(DataError, match=rf"no answer for MT-Bench question\(s\) \[{math.question_id + 1}\]"):
         grade_answers(bench, [answer], nowhere, questions=[math, bench.questions[bench.questions.index(math) + 1]])
     no_refs = dataclasses.replace(bench, references={})
-    with pytest.raises(DataError, match=rf"reference_answer_gpt4.jsonl: no reference answer for question {math.question_id}"):
+    with pytest.raises(
+        DataError, match=rf"reference_answer_gpt4.jsonl: no reference answer for question {math.question_id}"
+    ):
         grade_answers(no_refs, [answer], nowhere, questions=[math])
     nowhere.close()
 
@@ -192,8 +245,8 @@ def test_mt_bench_end_to_end_with_tiny_models(bench, tiny_model_dir, tiny_server
 
     import torch
 
-    from instillm.models.loading import load_model, load_tokenizer
     from instillm.llm.backend import BackendConfig, make_backend
+    from instillm.models.loading import load_model, load_tokenizer
 
     torch.set_num_threads(1)
     # short questions, so judge prompts fit the tiny model's 1024 positions; 104 needs a reference
@@ -236,10 +289,28 @@ def test_cli_eval_mt_bench(shared_data, tiny_model_dir, tiny_server, tmp_path):
     from instillm.cli import app
 
     out = tmp_path / "mt"
-    args = ["eval", str(tiny_model_dir), "--suite", "mt-bench", "--data", str(shared_data / "mt_bench"),
-            "--judge-base-url", tiny_server.base_url, "--judge-model", tiny_server.model,
-            "--judge-cache", str(tmp_path / "cache.sqlite"), "--judge-max-tokens", "8",
-            "--max-new-tokens", "8", "--limit", "1", "-o", str(out)]
+    args = [
+        "eval",
+        str(tiny_model_dir),
+        "--suite",
+        "mt-bench",
+        "--data",
+        str(shared_data / "mt_bench"),
+        "--judge-base-url",
+        tiny_server.base_url,
+        "--judge-model",
+        tiny_server.model,
+        "--judge-cache",
+        str(tmp_path / "cache.sqlite"),
+        "--judge-max-tokens",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--limit",
+        "1",
+        "-o",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "mt_bench_summary.json").read_text())
@@ -247,6 +318,17 @@ def test_cli_eval_mt_bench(shared_data, tiny_model_dir, tiny_server, tmp_path):
     assert summary["n_questions"] == 1 and summary["n_judgments"] == len(judgments) == 2
     assert summary["n_failures"] == sum(j["score"] == FAILED for j in judgments)
     assert "failures" in res.stdout and "turn 2" in res.stdout
-    no_data = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--suite", "mt-bench", "--judge-model", "x",
-                                       "--judge-base-url", "http://127.0.0.1:9/v1"])
+    no_data = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--suite",
+            "mt-bench",
+            "--judge-model",
+            "x",
+            "--judge-base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+    )
     assert no_data.exit_code == 1 and "--data DIR" in no_data.output

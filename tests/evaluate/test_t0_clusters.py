@@ -11,17 +11,55 @@ import pytest
 from instillm.data.importer import read_examples
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.t0_clusters import (
-    CLUSTERS, DATASET_CLUSTERS, UNKNOWN, describe, parse_clusters, parse_template_name, split_clusters,
-    template_files, write_cluster_split,
+    CLUSTERS,
+    DATASET_CLUSTERS,
+    UNKNOWN,
+    describe,
+    parse_clusters,
+    parse_template_name,
+    split_clusters,
+    template_files,
+    write_cluster_split,
 )
 
 # The 37 datasets (with subsets) of the shared T0 training-mixture sample and their clusters.
 EXPECTED_DATASETS = {
-    "adversarial_qa_dbert", "adversarial_qa_dbidaf", "adversarial_qa_droberta", "ag_news", "amazon_polarity",
-    "app_reviews", "cnn_dailymail_3_0_0", "common_gen", "commonsense_qa", "cosmos_qa", "dbpedia_14", "dream",
-    "duorc_ParaphraseRC", "duorc_SelfRC", "gigaword", "glue_mrpc", "glue_qqp", "imdb", "kilt_tasks_hotpotqa",
-    "multi_news", "paws_labeled_final", "qasc", "quarel", "quartz", "quoref", "ropes", "rotten_tomatoes",
-    "samsum", "sciq", "social_i_qa", "trec", "wiki_bio", "wiki_hop_original", "wiki_qa", "wiqa", "xsum",
+    "adversarial_qa_dbert",
+    "adversarial_qa_dbidaf",
+    "adversarial_qa_droberta",
+    "ag_news",
+    "amazon_polarity",
+    "app_reviews",
+    "cnn_dailymail_3_0_0",
+    "common_gen",
+    "commonsense_qa",
+    "cosmos_qa",
+    "dbpedia_14",
+    "dream",
+    "duorc_ParaphraseRC",
+    "duorc_SelfRC",
+    "gigaword",
+    "glue_mrpc",
+    "glue_qqp",
+    "imdb",
+    "kilt_tasks_hotpotqa",
+    "multi_news",
+    "paws_labeled_final",
+    "qasc",
+    "quarel",
+    "quartz",
+    "quoref",
+    "ropes",
+    "rotten_tomatoes",
+    "samsum",
+    "sciq",
+    "social_i_qa",
+    "trec",
+    "wiki_bio",
+    "wiki_hop_original",
+    "wiki_qa",
+    "wiqa",
+    "xsum",
     "yelp_review_full",
 }
 
@@ -31,16 +69,19 @@ def t0_dir(shared_data: Path) -> Path:
     return shared_data / "t0_multitask"
 
 
-@pytest.mark.parametrize("stem, dataset, template", [
-    ("cnn_dailymail_3_0_0_2_or_3_sentences", "cnn_dailymail_3_0_0", "2_or_3_sentences"),
-    ("duorc_SelfRC_title_generation", "duorc_SelfRC", "title_generation"),
-    ("adversarial_qa_dbidaf_based_on", "adversarial_qa_dbidaf", "based_on"),
-    ("wiki_hop_original_generate_object", "wiki_hop_original", "generate_object"),
-    ("wiki_qa_exercise", "wiki_qa", "exercise"),
-    ("glue_qqp_answer", "glue_qqp", "answer"),
-    ("paws_labeled_final_Meaning_no_label", "paws_labeled_final", "Meaning_no_label"),
-    ("my_new_task_v2", "my_new_task_v2", ""),  # unknown: its own dataset
-])
+@pytest.mark.parametrize(
+    "stem, dataset, template",
+    [
+        ("cnn_dailymail_3_0_0_2_or_3_sentences", "cnn_dailymail_3_0_0", "2_or_3_sentences"),
+        ("duorc_SelfRC_title_generation", "duorc_SelfRC", "title_generation"),
+        ("adversarial_qa_dbidaf_based_on", "adversarial_qa_dbidaf", "based_on"),
+        ("wiki_hop_original_generate_object", "wiki_hop_original", "generate_object"),
+        ("wiki_qa_exercise", "wiki_qa", "exercise"),
+        ("glue_qqp_answer", "glue_qqp", "answer"),
+        ("paws_labeled_final_Meaning_no_label", "paws_labeled_final", "Meaning_no_label"),
+        ("my_new_task_v2", "my_new_task_v2", ""),  # unknown: its own dataset
+    ],
+)
 def test_parse_template_name(stem: str, dataset: str, template: str):
     assert parse_template_name(stem) == (dataset, template)
 
@@ -51,9 +92,16 @@ def test_every_real_file_has_a_known_cluster(t0_dir: Path):
     assert [f.template for f in files if f.cluster == UNKNOWN] == []
     assert {f.dataset for f in files} == EXPECTED_DATASETS
     counts = Counter(f.cluster for f in files)
-    assert counts == {"multiple_choice_qa": 72, "extractive_qa": 56, "sentiment": 41, "summarization": 41,
-                      "topic_classification": 29, "paraphrase_identification": 25, "closed_book_qa": 16,
-                      "structure_to_text": 14}
+    assert counts == {
+        "multiple_choice_qa": 72,
+        "extractive_qa": 56,
+        "sentiment": 41,
+        "summarization": 41,
+        "topic_classification": 29,
+        "paraphrase_identification": 25,
+        "closed_book_qa": 16,
+        "structure_to_text": 14,
+    }
     assert describe(t0_dir / "yelp_review_full_on_a_scale.jsonl").cluster == "sentiment"
     assert describe(t0_dir / "kilt_tasks_hotpotqa_final_exam.jsonl").cluster == "closed_book_qa"
 
@@ -112,10 +160,13 @@ def test_cli_t0_split(t0_dir: Path, tmp_path: Path):
     src.mkdir()
     for n in ("glue_qqp_answer", "xsum_DOC_tldr"):
         (src / f"{n}.jsonl").write_bytes((t0_dir / f"{n}.jsonl").read_bytes())
-    res = CliRunner().invoke(app, ["data", "t0-split", str(src), "--heldout-clusters", "summarization",
-                                   "-o", str(tmp_path / "out")])
+    res = CliRunner().invoke(
+        app, ["data", "t0-split", str(src), "--heldout-clusters", "summarization", "-o", str(tmp_path / "out")]
+    )
     assert res.exit_code == 0, res.output
     assert {e.task for e in read_examples(tmp_path / "out" / "heldout.jsonl")} == {"xsum_DOC_tldr"}
     assert {e.task for e in read_examples(tmp_path / "out" / "train.jsonl")} == {"glue_qqp_answer"}
-    bad = CliRunner().invoke(app, ["data", "t0-split", str(src), "--heldout-clusters", "nope", "-o", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        app, ["data", "t0-split", str(src), "--heldout-clusters", "nope", "-o", str(tmp_path / "x")]
+    )
     assert bad.exit_code == 1 and "heldout_clusters" in bad.output

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from instillm.evaluate.winrate import fit_logistic, length_controlled, win_rate, win_rates
 from instillm.errors import DataError
+from instillm.evaluate.winrate import fit_logistic, length_controlled, win_rate, win_rates
 
 
 def test_win_rate_equals_official_leaderboard(shared_data):
@@ -24,7 +24,11 @@ def test_win_rate_equals_official_leaderboard(shared_data):
         ref = board[r.model]
         assert abs(r.win_rate - float(ref["win_rate"])) < 0.1
         assert abs(r.discrete_win_rate - float(ref["discrete_win_rate"])) < 0.1
-        assert (r.n_wins, r.n_wins_base, r.n_draws) == (int(ref["n_wins"]), int(ref["n_wins_base"]), int(ref["n_draws"]))
+        assert (r.n_wins, r.n_wins_base, r.n_draws) == (
+            int(ref["n_wins"]),
+            int(ref["n_wins_base"]),
+            int(ref["n_draws"]),
+        )
         assert r.standard_error == pytest.approx(float(ref["standard_error"]), abs=1e-6)
         assert 0 < r.lc_win_rate < 100
         checked += 1
@@ -41,8 +45,9 @@ def synthetic(theta: float, phi: float, n: int = 4000, seed: int = 0) -> list[di
     delta = np.array([len(m) - len(b) for _, b, m in rows], dtype=float)
     x = np.tanh(delta / delta.std())
     p = 1 / (1 + np.exp(-(theta + phi * x)))
-    return [{"instruction": q, "output_1": b, "output_2": m, "preference": 1 + float(pi)}
-            for (q, b, m), pi in zip(rows, p)]
+    return [
+        {"instruction": q, "output_1": b, "output_2": m, "preference": 1 + float(pi)} for (q, b, m), pi in zip(rows, p)
+    ]
 
 
 def test_lc_fit_recovers_a_known_length_effect():

@@ -12,12 +12,19 @@ from typer.testing import CliRunner
 
 from instillm.data.render import RenderConfig, Renderer
 from instillm.data.schema import from_prompt_completion
-from instillm.llm.loglikelihood import TokenScore
+from instillm.errors import ConfigError
 from instillm.evaluate.t0_clusters import template_files
 from instillm.evaluate.zeroshot import (
-    CLASSIFICATION, GENERATION, ZeroShotConfig, aggregate, infer_options, pick, rank_options, read_template,
+    CLASSIFICATION,
+    GENERATION,
+    ZeroShotConfig,
+    aggregate,
+    infer_options,
+    pick,
+    rank_options,
+    read_template,
 )
-from instillm.errors import ConfigError
+from instillm.llm.loglikelihood import TokenScore
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,10 @@ def encode(tok, text: str) -> list[int]:
 
 
 def test_infer_options_rule():
-    assert infer_options(["yes", "no", "no", "yes"]) == (("no", "yes"), "2 distinct completions, each in ≥2 rows: classification")
+    assert infer_options(["yes", "no", "no", "yes"]) == (
+        ("no", "yes"),
+        "2 distinct completions, each in ≥2 rows: classification",
+    )
     assert infer_options(["a"] * 5)[0] is None  # nothing to rank against
     assert infer_options(["a", "a", "b"])[0] is None  # an option seen once
     many = [str(i) for i in range(11)] * 3
@@ -64,8 +74,14 @@ def test_detection_on_the_real_files(real_templates):
     assert cls["yelp_review_full_format_star"] == ("1 star", "2 stars", "3 stars", "4 stars", "5 stars")
     assert cls["cosmos_qa_no_prompt_id"] == ("A", "B", "C", "D")
     assert cls["app_reviews_convert_to_star_rating"] == ("★", "★★", "★★★", "★★★★", "★★★★★")
-    for name in ("gigaword_TLDR", "xsum_DOC_tldr", "quarel_choose_between", "duorc_SelfRC_title_generation",
-                 "wiki_qa_Topic_Prediction_Answer_Only", "imdb_Reviewer_Enjoyment"):
+    for name in (
+        "gigaword_TLDR",
+        "xsum_DOC_tldr",
+        "quarel_choose_between",
+        "duorc_SelfRC_title_generation",
+        "wiki_qa_Topic_Prediction_Answer_Only",
+        "imdb_Reviewer_Enjoyment",
+    ):
         assert real_templates[name].kind == GENERATION, name
     assert "1 distinct" in real_templates["imdb_Reviewer_Enjoyment"].why
     assert real_templates["trec_trec1"].rejected == {"empty_response": 200}
@@ -112,15 +128,22 @@ def test_pick_sum_or_length_normalized():
 
 
 def _t(dataset, cluster, kind, value):
-    return {"dataset": dataset, "cluster": cluster, "kind": kind,
-            "accuracy" if kind == CLASSIFICATION else "rouge_l": value}
+    return {
+        "dataset": dataset,
+        "cluster": cluster,
+        "kind": kind,
+        "accuracy" if kind == CLASSIFICATION else "rouge_l": value,
+    }
 
 
 def test_median_per_dataset_then_mean_per_cluster():
     templates = {
-        "a1": _t("a", "sentiment", CLASSIFICATION, 0.1), "a2": _t("a", "sentiment", CLASSIFICATION, 0.9),
-        "a3": _t("a", "sentiment", CLASSIFICATION, 0.4), "a4": _t("a", "sentiment", GENERATION, 0.2),
-        "b1": _t("b", "sentiment", CLASSIFICATION, 0.3), "b2": _t("b", "sentiment", CLASSIFICATION, 0.6),
+        "a1": _t("a", "sentiment", CLASSIFICATION, 0.1),
+        "a2": _t("a", "sentiment", CLASSIFICATION, 0.9),
+        "a3": _t("a", "sentiment", CLASSIFICATION, 0.4),
+        "a4": _t("a", "sentiment", GENERATION, 0.2),
+        "b1": _t("b", "sentiment", CLASSIFICATION, 0.3),
+        "b2": _t("b", "sentiment", CLASSIFICATION, 0.6),
         "c1": _t("c", "summarization", GENERATION, 0.5),
     }
     agg = aggregate(templates)
@@ -148,8 +171,18 @@ def test_cli_zeroshot_on_real_templates(shared_data: Path, tiny_model_dir: Path,
 
     t0 = shared_data / "t0_multitask"
     names = ["glue_mrpc_equivalent", "yelp_review_full_format_score", "common_gen_Put_together", "trec_trec1"]
-    args = ["eval", str(tiny_model_dir), "--suite", "zeroshot", "--limit", "5", "--max-new-tokens", "8",
-            "-o", str(tmp_path / "results.json")]
+    args = [
+        "eval",
+        str(tiny_model_dir),
+        "--suite",
+        "zeroshot",
+        "--limit",
+        "5",
+        "--max-new-tokens",
+        "8",
+        "-o",
+        str(tmp_path / "results.json"),
+    ]
     for n in names:
         args += ["--data", str(t0 / f"{n}.jsonl")]
     res = CliRunner().invoke(app, args)

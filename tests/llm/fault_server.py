@@ -105,8 +105,9 @@ class FaultServer:
             return Response('{"id": "x", "object": "chat.completion", "choices": [{"ind', media_type="application/json")
         if action == "truncated":
             full = json.dumps(_completion_body(rid, n, chat, ""))
-            return Response(full[: len(full) // 2], media_type="application/json",
-                            headers={"content-length": str(len(full))})
+            return Response(
+                full[: len(full) // 2], media_type="application/json", headers={"content-length": str(len(full))}
+            )
         if action == "html":
             return Response("<html><body>502 Bad Gateway (but 200)</body></html>", media_type="text/html")
         data = _completion_body(rid, n, chat, body.get("model", ""))
@@ -120,7 +121,7 @@ class FaultServer:
             raise ValueError(f"unknown scripted action {action!r}")
         return JSONResponse(data)
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         """Serve on a free 127.0.0.1 port in a daemon thread; returns self once it listens."""
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
         self._server = uvicorn.Server(config)
@@ -145,18 +146,31 @@ class FaultServer:
 def _completion_body(rid: str, n: int, chat: bool, model: str) -> dict:
     """An OpenAI chat.completion or text_completion body with n choices."""
     if chat:
-        choices = [{"index": k, "message": {"role": "assistant", "content": f"answer:{rid}:{k}"},
-                    "finish_reason": "stop"} for k in range(n)]
+        choices = [
+            {"index": k, "message": {"role": "assistant", "content": f"answer:{rid}:{k}"}, "finish_reason": "stop"}
+            for k in range(n)
+        ]
     else:
-        choices = [{"index": k, "text": f"answer:{rid}:{k}", "finish_reason": "stop", "logprobs": None}
-                   for k in range(n)]
-    usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": TOKENS_PER_CHOICE * n,
-             "total_tokens": PROMPT_TOKENS + TOKENS_PER_CHOICE * n}
-    return {"id": f"cmpl-{rid}", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
+        choices = [
+            {"index": k, "text": f"answer:{rid}:{k}", "finish_reason": "stop", "logprobs": None} for k in range(n)
+        ]
+    usage = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": TOKENS_PER_CHOICE * n,
+        "total_tokens": PROMPT_TOKENS + TOKENS_PER_CHOICE * n,
+    }
+    return {
+        "id": f"cmpl-{rid}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
     """An OpenAI-style error body with `status`."""
-    return JSONResponse({"error": {"message": message, "type": "scripted", "code": status}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": "scripted", "code": status}}, status_code=status, headers=headers
+    )

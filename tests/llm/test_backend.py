@@ -146,20 +146,53 @@ def test_make_backend_builds_the_openai_backend_and_wraps_the_cache(tmp_path):
 
     plain = make_backend(BackendConfig(kind="openai", model="m", base_url="http://127.0.0.1:1/v1"))
     assert isinstance(plain, OpenAIBackend) and isinstance(plain, Backend)
-    wrapped = make_backend(BackendConfig(kind="openai", model="m", base_url="http://127.0.0.1:1/v1",
-                                         cache=str(tmp_path / "c.sqlite")))
+    wrapped = make_backend(
+        BackendConfig(kind="openai", model="m", base_url="http://127.0.0.1:1/v1", cache=str(tmp_path / "c.sqlite"))
+    )
     assert isinstance(wrapped, CachedBackend) and isinstance(wrapped.inner, OpenAIBackend)
     assert wrapped.model == "m" and isinstance(wrapped, Backend)
     wrapped.close()
 
 
 def test_reply_text_is_the_one_way_a_reply_becomes_scored_text():
+    import dataclasses
+
     from instillm.llm import LLMSample, reply_text
     from instillm.llm.generation import GenerationOutput
-    import dataclasses
 
     assert reply_text("  Paris.\n") == "Paris."
     sample = LLMSample(text="\n yes \n", finish_reason="stop")
     assert reply_text(sample) == "yes"
     fields = {f.name: None for f in dataclasses.fields(GenerationOutput)}
     assert reply_text(GenerationOutput(**{**fields, "text": " 42 "})) == "42"
+
+
+def test_backend_config_device_and_no_key_in_repr():
+    from instillm.errors import ConfigError
+    from instillm.llm import BackendConfig
+
+    cfg = BackendConfig(kind="transformers", model="m", device="cpu", api_key="sk-secret-9")
+    assert cfg.device == "cpu" and "sk-secret-9" not in repr(cfg) and "sk-secret-9" not in str(cfg)
+    with pytest.raises(ConfigError) as e:
+        BackendConfig(kind="transformers", model="m", device="gpu")
+    assert any(p.startswith("backend.device:") for p in e.value.problems)
+    with pytest.raises(ConfigError, match="does not apply to kind 'vllm'"):
+        BackendConfig(kind="vllm", model="m", device="cpu")
+
+
+def test_local_backend_loads_on_the_configured_device(tiny_model_dir):
+    from instillm.llm import BackendConfig, make_backend
+
+    backend = make_backend(BackendConfig(kind="transformers", model=str(tiny_model_dir), device="cpu"))
+    try:
+        assert next(backend.generator.model.parameters()).device.type == "cpu"
+    finally:
+        backend.close()
+
+
+def test_cache_key_of_a_prompt_with_a_lone_surrogate():
+    from instillm.llm import completion
+
+    key = completion("a \ud800 b").key("m", 0)
+    assert len(key) == 64 and key != completion("a b").key("m", 0)
+    assert completion("plain").key("m", 0) == completion("plain").key("m", 0)

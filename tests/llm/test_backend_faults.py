@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 
-from instillm.llm.cache import CachedBackend
 from instillm.llm.backend import (
     BackendConfig,
     LLMRequestError,
@@ -16,6 +15,7 @@ from instillm.llm.backend import (
     chat,
     completion,
 )
+from instillm.llm.cache import CachedBackend
 from instillm.llm.openai_backend import SHAPE_RETRIES, OpenAIBackend
 from tests.llm.fault_server import FaultServer, scripted
 
@@ -28,8 +28,16 @@ def faults():
 
 
 def backend(server: FaultServer, **overrides) -> OpenAIBackend:
-    settings = {"kind": "openai", "model": "scripted", "base_url": server.base_url, "max_retries": 3,
-                "backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0, "concurrency": 4}
+    settings = {
+        "kind": "openai",
+        "model": "scripted",
+        "base_url": server.base_url,
+        "max_retries": 3,
+        "backoff": 0.01,
+        "max_backoff": 0.05,
+        "timeout": 5.0,
+        "concurrency": 4,
+    }
     return OpenAIBackend(BackendConfig(**(settings | overrides)))
 
 
@@ -86,8 +94,11 @@ def test_timeouts_exhausted_name_the_timeout(faults):
 
 
 def test_connection_refused_is_unavailable(faults):
-    b = OpenAIBackend(BackendConfig(kind="openai", model="m", base_url="http://127.0.0.1:9/v1",
-                                    max_retries=1, backoff=0.01, timeout=1.0))
+    b = OpenAIBackend(
+        BackendConfig(
+            kind="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=1, backoff=0.01, timeout=1.0
+        )
+    )
     with pytest.raises(LLMUnavailableError, match="connection error"):
         b.generate([completion("x")])
 
@@ -120,8 +131,9 @@ def test_concurrency_is_bounded_and_results_keep_input_order(faults):
     ids = [rid() for _ in range(8)]
     reqs = [completion(scripted(x, f"slow:{0.4 - 0.04 * k:.2f}")) for k, x in enumerate(ids)]
     progress, arrived = [], []
-    out = backend(faults, concurrency=3).generate(reqs, progress=progress.append,
-                                                 on_response=lambda i, r: arrived.append(i))
+    out = backend(faults, concurrency=3).generate(
+        reqs, progress=progress.append, on_response=lambda i, r: arrived.append(i)
+    )
     assert [r.text for r in out] == [f"answer:{x}:0" for x in ids]
     assert faults.max_overlap(ids) == 3
     assert sum(progress) == 8 and sorted(arrived) == list(range(8))

@@ -9,9 +9,7 @@ import pytest
 
 from instillm.errors import ConfigError, DataError
 from instillm.llm.cache import CachedBackend
-from instillm.llm.backend import (
-    BackendConfig, LLMRequestError, LLMResponse, LLMSample, chat, completion, make_backend,
-)
+from instillm.llm.backend import BackendConfig, LLMRequestError, LLMResponse, LLMSample, chat, completion, make_backend
 from instillm.llm.openai_backend import OpenAIBackend
 from tests.llm.fault_server import PROMPT_TOKENS, TOKENS_PER_CHOICE, FaultServer, scripted
 

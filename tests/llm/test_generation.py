@@ -79,9 +79,10 @@ def naive(model, tok, prompts):
     with torch.inference_mode():
         for p in prompts:
             ids = tok(p, add_special_tokens=False, return_tensors="pt")
-            seq = model.generate(**ids, do_sample=False, max_new_tokens=N_NEW, eos_token_id=eos,
-                                 pad_token_id=tok.pad_token_id)
-            out.append(seq[0, ids["input_ids"].shape[1]:].tolist())
+            seq = model.generate(
+                **ids, do_sample=False, max_new_tokens=N_NEW, eos_token_id=eos, pad_token_id=tok.pad_token_id
+            )
+            out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
     return out
 
 
@@ -143,8 +144,9 @@ def test_greedy_with_early_stops_equals_naive(model, tok, prompts, naive, batch_
         return forward(input_ids, *args)
 
     gen._forward = spy
-    opts = GenerateOptions(max_new_tokens=N_NEW, batch_size=batch_size, stop_token_ids=(stop,),
-                           prefill_tokens=prefill_tokens)
+    opts = GenerateOptions(
+        max_new_tokens=N_NEW, batch_size=batch_size, stop_token_ids=(stop,), prefill_tokens=prefill_tokens
+    )
     outs = gen.generate_texts(prompts, opts)
     assert [_full(o) for o in outs] == expected
     for o, e in zip(outs, expected):
@@ -249,7 +251,13 @@ def test_stops_at_end_of_turn_token(tiny_model_dir, tok, prompts):
     model.lm_head = head
     outs = Generator(model, tok).generate_texts(prompts[:3], GenerateOptions(max_new_tokens=5))
     for o in outs:
-        assert (o.text, o.token_ids, o.finish_reason, o.stop_token_id, o.completion_tokens) == ("", [], "stop", im_end, 1)
+        assert (o.text, o.token_ids, o.finish_reason, o.stop_token_id, o.completion_tokens) == (
+            "",
+            [],
+            "stop",
+            im_end,
+            1,
+        )
 
 
 def test_generation_config_eos_is_a_stop_token(tiny_model_dir, tok, prompts, naive):
@@ -268,7 +276,9 @@ def test_stop_strings_cut_the_text(model, tok, prompts):
     opts = GenerateOptions(max_new_tokens=N_NEW)
     full = gen.generate_texts(prompts[:2], opts)
     text = full[1].text
-    stop = next(text[i : i + 3] for i in range(4, len(text) - 3) if text[i : i + 3].strip() and text.find(text[i : i + 3]) == i)
+    stop = next(
+        text[i : i + 3] for i in range(4, len(text) - 3) if text[i : i + 3].strip() and text.find(text[i : i + 3]) == i
+    )
     cut = gen.generate_texts(prompts[:2], dataclasses.replace(opts, stop_strings=(stop, "\x00never")))
     assert cut[1].finish_reason == "stop" and cut[1].stop_string == stop and cut[1].stop_token_id is None
     assert cut[1].text == text[: text.index(stop)]
@@ -298,8 +308,9 @@ def test_sampling_is_reproducible_and_seeded(model, tok, prompts):
 
 def test_top_k_1_sampling_equals_greedy(model, tok, prompts, naive):
     gen = Generator(model, tok)
-    outs = gen.generate_texts(prompts, GenerateOptions(max_new_tokens=N_NEW, do_sample=True, top_k=1,
-                                                       temperature=0.7, seed=3, batch_size=4))
+    outs = gen.generate_texts(
+        prompts, GenerateOptions(max_new_tokens=N_NEW, do_sample=True, top_k=1, temperature=0.7, seed=3, batch_size=4)
+    )
     assert [_full(o) for o in outs] == naive
 
 

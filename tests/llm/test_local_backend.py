@@ -46,8 +46,10 @@ def test_greedy_chat_and_completion_equal_the_generator(local, direct):
     opts = GenerateOptions(max_new_tokens=12)
     want_chat = direct.generate_chat(CONVERSATIONS, opts)
     want_text = direct.generate_texts(["Once upon a time", "def f(x):"], opts)
-    got = local.generate([chat(c, max_tokens=12) for c in CONVERSATIONS]
-                         + [completion(p, max_tokens=12) for p in ["Once upon a time", "def f(x):"]])
+    got = local.generate(
+        [chat(c, max_tokens=12) for c in CONVERSATIONS]
+        + [completion(p, max_tokens=12) for p in ["Once upon a time", "def f(x):"]]
+    )
     want = want_chat + want_text
     assert [[(o.text, o.finish_reason, o.prompt_tokens, o.completion_tokens)] for o in want] == as_tuples(got)
     assert any(o.finish_reason == "length" and o.completion_tokens == 12 for o in want)

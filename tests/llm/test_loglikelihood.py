@@ -26,8 +26,12 @@ def hand_logprob(model, ids: list[int], start: int) -> float:
 
 
 def test_batched_scores_equal_hand_computation(tiny_model, tiny_tokenizer):
-    texts = [("The answer is", " yes"), ("Q: what colour is the sky?\nA:", " blue and grey"),
-             ("x", " y z w v"), ("A much longer context, with several more words in it than the others", ".")]
+    texts = [
+        ("The answer is", " yes"),
+        ("Q: what colour is the sky?\nA:", " blue and grey"),
+        ("x", " y z w v"),
+        ("A much longer context, with several more words in it than the others", "."),
+    ]
     reqs = []
     for ctx, cont in texts:
         c = tiny_tokenizer(ctx, add_special_tokens=False)["input_ids"]
@@ -47,8 +51,8 @@ def test_greedy_flag(tiny_model, tiny_tokenizer):
     with torch.no_grad():
         for _ in range(3):  # greedy continuation by hand
             ids.append(int(tiny_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    greedy = ScoreRequest.continuation(ctx, ids[len(ctx):])
-    other = ScoreRequest.continuation(ctx, [ids[len(ctx)] + 1, *ids[len(ctx) + 1:]])
+    greedy = ScoreRequest.continuation(ctx, ids[len(ctx) :])
+    other = ScoreRequest.continuation(ctx, [ids[len(ctx)] + 1, *ids[len(ctx) + 1 :]])
     a, b = score_requests(tiny_model, [greedy, other])
     assert a.greedy and not b.greedy
 

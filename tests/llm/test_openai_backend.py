@@ -26,8 +26,18 @@ PROMPTS = ["Once upon a time", "def f(x):"]
 
 @pytest.fixture(scope="module")
 def served(tiny_server) -> OpenAIBackend:
-    b = OpenAIBackend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                                    api_key=tiny_server.api_key, concurrency=2, timeout=60, max_retries=1, backoff=0.01))
+    b = OpenAIBackend(
+        BackendConfig(
+            kind="openai",
+            model=tiny_server.model,
+            base_url=tiny_server.base_url,
+            api_key=tiny_server.api_key,
+            concurrency=2,
+            timeout=60,
+            max_retries=1,
+            backoff=0.01,
+        )
+    )
     yield b
     b.close()
 
@@ -62,8 +72,10 @@ def test_stop_string_cuts_like_the_local_backend(served, local):
 
 
 def test_n_samples(served):
-    for req in (chat(CONVERSATIONS[1], n=2, temperature=1.0, max_tokens=8),
-                completion(PROMPTS[1], n=2, temperature=1.0, seed=4, max_tokens=8)):
+    for req in (
+        chat(CONVERSATIONS[1], n=2, temperature=1.0, max_tokens=8),
+        completion(PROMPTS[1], n=2, temperature=1.0, seed=4, max_tokens=8),
+    ):
         r = served.generate([req])[0]
         assert len(r.samples) == 2
         assert all(isinstance(s.text, str) and s.finish_reason in ("stop", "length") for s in r.samples)
@@ -71,8 +83,9 @@ def test_n_samples(served):
 
 
 def test_an_unknown_model_is_a_request_error_without_retry(tiny_server):
-    b = OpenAIBackend(BackendConfig(kind="openai", model="not-served", base_url=tiny_server.base_url,
-                                    max_retries=3, backoff=0.01))
+    b = OpenAIBackend(
+        BackendConfig(kind="openai", model="not-served", base_url=tiny_server.base_url, max_retries=3, backoff=0.01)
+    )
     with pytest.raises(LLMRequestError, match="not-served") as e:
         b.generate([completion(PROMPTS[0], max_tokens=2)])
     assert e.value.status == 404
@@ -99,8 +112,10 @@ def test_retry_after_headers():
 def test_seeded_sampling_over_http_equals_the_local_backend(served, local):
     # Both seed sample i with generation.sample_seed(seed, i): the same request samples the same
     # texts in-process and through `instillm serve`, and the samples differ from each other.
-    reqs = [chat(CONVERSATIONS[0], max_tokens=12, temperature=1.0, n=3, seed=7),
-            completion(PROMPTS[1], max_tokens=12, temperature=0.8, top_p=0.9, n=2, seed=3)]
+    reqs = [
+        chat(CONVERSATIONS[0], max_tokens=12, temperature=1.0, n=3, seed=7),
+        completion(PROMPTS[1], max_tokens=12, temperature=0.8, top_p=0.9, n=2, seed=3),
+    ]
     got = [[s.text for s in r.samples] for r in served.generate(reqs)]
     want = [[s.text for s in r.samples] for r in local.generate(reqs)]
     assert got == want

@@ -55,8 +55,12 @@ def test_tiny_parameter_count(tiny_model_dir: Path) -> None:
     assert count_parameters(model) == meta["n_params"] == count_preset_parameters("tiny")
     p = PRESETS["tiny"]
     assert meta["n_params"] == expected_params(
-        p.vocab_size, p.hidden_size, p.num_hidden_layers, p.num_attention_heads,
-        p.num_key_value_heads, p.intermediate_size,
+        p.vocab_size,
+        p.hidden_size,
+        p.num_hidden_layers,
+        p.num_attention_heads,
+        p.num_key_value_heads,
+        p.intermediate_size,
     )
 
 
@@ -65,8 +69,12 @@ def test_small_parameter_count_from_config() -> None:
     assert 25_000_000 <= n <= 30_000_000
     p = PRESETS["small"]
     assert n == expected_params(
-        p.vocab_size, p.hidden_size, p.num_hidden_layers, p.num_attention_heads,
-        p.num_key_value_heads, p.intermediate_size,
+        p.vocab_size,
+        p.hidden_size,
+        p.num_hidden_layers,
+        p.num_attention_heads,
+        p.num_key_value_heads,
+        p.intermediate_size,
     )
 
 
@@ -89,7 +97,11 @@ def test_config_shape(tiny_model_dir: Path) -> None:
     assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
     assert cfg._attn_implementation == "sdpa"
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
-        p.hidden_size, p.num_hidden_layers, p.num_attention_heads, p.num_key_value_heads)
+        p.hidden_size,
+        p.num_hidden_layers,
+        p.num_attention_heads,
+        p.num_key_value_heads,
+    )
     assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (0, 1, 2)
     assert model.dtype == torch.float32
 
@@ -100,8 +112,13 @@ def test_config_shape(tiny_model_dir: Path) -> None:
 def test_only_safetensors_weights(tiny_model_dir: Path) -> None:
     names = {f.name for f in tiny_model_dir.iterdir()}
     assert "model.safetensors" in names
-    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "instillm_model.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "instillm_model.json",
+    } <= names
     pickled = [f for f in tiny_model_dir.rglob("*") if f.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
     assert pickled == []
 

@@ -27,8 +27,14 @@ CORPUS = [
     "<|endoftext|> is not a token of this vocabulary",
     "",
 ]
-PROMPTS = ["Hello", "What is the capital of France?", "Write a haiku about rain.", "List three colors.",
-           "Translate 'good morning' to French.", "Why is the sky blue?"]
+PROMPTS = [
+    "Hello",
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "List three colors.",
+    "Translate 'good morning' to French.",
+    "Why is the sky blue?",
+]
 REAL_PROMPTS = [
     "What is the capital of France? Answer in one word.",
     "Name a fruit that is yellow.",
@@ -46,13 +52,15 @@ def logits(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
 def greedy(model: Any, tokenizer: Any, prompt: str, n: int = 16) -> list[int]:
     """The first `n` greedy tokens answering `prompt` (chat template applied, generation prompt added, EOS
     suppressed so that every answer has `n` tokens)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -100,8 +108,11 @@ def test_f32_round_trip_tokenizer_template_and_eos(tiny_model_dir: Path, roundtr
     assert dst.chat_template == src.chat_template
     chat = [{"role": "user", "content": "Hi 👋"}, {"role": "assistant", "content": "Hello!"}]
     assert dst.apply_chat_template(chat, tokenize=False) == src.apply_chat_template(chat, tokenize=False)
-    assert (dst.bos_token_id, dst.eos_token_id, dst.pad_token_id) == (src.bos_token_id, src.eos_token_id,
-                                                                       src.pad_token_id)
+    assert (dst.bos_token_id, dst.eos_token_id, dst.pad_token_id) == (
+        src.bos_token_id,
+        src.eos_token_id,
+        src.pad_token_id,
+    )
     assert len(dst) == len(src) and dst.model_max_length == src.model_max_length
     a_model, b_model = load_model(tiny_model_dir), load_model(imported)
     assert b_model.generation_config.eos_token_id == a_model.generation_config.eos_token_id == [2, 4]
@@ -112,9 +123,17 @@ def test_export_writes_what_llama_cpp_reads(tiny_model_dir: Path, roundtrip) -> 
     file, _ = roundtrip("f32")
     f = fields(file)
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 0
-    expected = {"context_length": 1024, "embedding_length": 128, "block_count": 4, "feed_forward_length": 512,
-                "attention.head_count": 4, "attention.head_count_kv": 2, "rope.freq_base": 10000.0,
-                "vocab_size": 2048, "rope.dimension_count": 32}
+    expected = {
+        "context_length": 1024,
+        "embedding_length": 128,
+        "block_count": 4,
+        "feed_forward_length": 512,
+        "attention.head_count": 4,
+        "attention.head_count_kv": 2,
+        "rope.freq_base": 10000.0,
+        "vocab_size": 2048,
+        "rope.dimension_count": 32,
+    }
     assert {k: f[f"llama.{k}"] for k in expected} == expected
     assert f["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
     assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "smollm"
@@ -135,8 +154,13 @@ def test_export_writes_what_llama_cpp_reads(tiny_model_dir: Path, roundtrip) -> 
 def test_gguf_source_json(roundtrip) -> None:
     file, imported = roundtrip("f32")
     info = json.loads((imported / SOURCE_FILE).read_text())
-    assert info == {"source_file": file.name, "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-                    "architecture": "llama", "quantization": "F32", "tensor_count": 38}
+    assert info == {
+        "source_file": file.name,
+        "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "architecture": "llama",
+        "quantization": "F32",
+        "tensor_count": 38,
+    }
     q8 = json.loads((roundtrip("q8_0")[1] / SOURCE_FILE).read_text())
     assert q8["quantization"] == "Q8_0" and q8["tensor_count"] == 38
 
@@ -160,8 +184,9 @@ def test_q8_0_greedy_agreement(tiny_model_dir: Path, roundtrip) -> None:
     assert same >= 0.95, same  # measured 0.99 (teacher-forced next-token argmax on random ids)
 
 
-@pytest.mark.parametrize("outtype,qtype,atol", [("f16", GGMLQuantizationType.F16, 1e-3),
-                                                ("bf16", GGMLQuantizationType.BF16, 1e-2)])
+@pytest.mark.parametrize(
+    "outtype,qtype,atol", [("f16", GGMLQuantizationType.F16, 1e-3), ("bf16", GGMLQuantizationType.BF16, 1e-2)]
+)
 def test_half_precision_exports_load(tiny_model_dir: Path, roundtrip, outtype: str, qtype, atol: float) -> None:
     file, imported = roundtrip(outtype)
     kinds = {t.name: t.tensor_type for t in GGUFReader(file).tensors}
@@ -174,8 +199,10 @@ def test_import_bfloat16(roundtrip, tmp_path: Path) -> None:
     file, _ = roundtrip("f32")
     import_gguf(file, tmp_path / "bf16", dtype="bfloat16")
     model = load_model(tmp_path / "bf16")
-    assert model.dtype == torch.bfloat16 and json.loads((tmp_path / "bf16" / "config.json").read_text())[
-        "dtype"] == "bfloat16"
+    assert (
+        model.dtype == torch.bfloat16
+        and json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -212,8 +239,11 @@ def write_gguf(file: Path, arch: str, tensor: np.ndarray) -> Path:
 
 def test_refuses_an_unsupported_architecture_or_tensor_type(tmp_path: Path) -> None:
     file = write_gguf(tmp_path / "gpt2.gguf", "gpt2", np.zeros((4, 8), dtype=np.float32))
-    with pytest.raises(ModelError, match=r"GGUF architecture 'gpt2' is not supported; import_gguf handles llama "
-                                         r"\(transformers reads .*llama.*\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"GGUF architecture 'gpt2' is not supported; import_gguf handles llama "
+        r"\(transformers reads .*llama.*\)",
+    ):
         import_gguf(file, tmp_path / "out")
     file = write_gguf(tmp_path / "i32.gguf", "llama", np.zeros((4, 8), dtype=np.int32))
     with pytest.raises(ModelError, match="transformers cannot dequantize tensors of type I32"):
@@ -280,8 +310,9 @@ def test_smollm2_answers_like_transformers_gguf_loading(smollm2_dir: Path, smoll
     assert tok.chat_template == ref_tok.chat_template
     for prompt in REAL_PROMPTS:
         chat = [{"role": "user", "content": prompt}]
-        assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
-            ref_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == ref_tok.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=True
+        )
         assert greedy(model, tok, prompt) == greedy(ref_model, ref_tok, prompt), prompt
 
 

@@ -186,8 +186,9 @@ def test_load_local_applies_a_lora_adapter_to_its_base(tiny_model_dir: Path, tmp
     from instillm.models.loading import load_local
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(load_model(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                      init_lora_weights=False))
+    peft_model = get_peft_model(
+        load_model(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "adapter")
     local = load_local(tmp_path / "adapter", device="cpu")

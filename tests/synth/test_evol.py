@@ -11,12 +11,19 @@ import pytest
 
 from instillm.data.schema import Example, Message
 from instillm.errors import ConfigError, DataError
+from instillm.llm.backend import BackendConfig, LLMResponse, LLMSample, make_backend
 from instillm.synth.evol import (
-    EvolConfig, _plan, copied_template_phrase, evolution_problem, judge_verdict, judgement_problem,
-    read_lineages, response_problem, run_evol,
+    EvolConfig,
+    _plan,
+    copied_template_phrase,
+    evolution_problem,
+    judge_verdict,
+    judgement_problem,
+    read_lineages,
+    response_problem,
+    run_evol,
 )
 from instillm.synth.evol_prompts import OPERATIONS, equality_prompt, evolve_prompt
-from instillm.llm.backend import BackendConfig, LLMResponse, LLMSample, make_backend
 from instillm.synth.pipeline import config_from_mapping
 
 
@@ -36,22 +43,31 @@ def test_config_defaults_follow_wizardlm():
     cfg = EvolConfig()
     assert (cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.sorry_max_words) == (1.0, 0.95, 2048, 80)
     assert cfg.system_prompt == "You are a helpful assistant." and set(cfg.operations) == set(OPERATIONS)
-    assert set(OPERATIONS) == {"add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input",
-                               "breadth"}
+    assert set(OPERATIONS) == {
+        "add_constraints",
+        "deepen",
+        "concretize",
+        "increase_reasoning",
+        "complicate_input",
+        "breadth",
+    }
     with pytest.raises(ConfigError, match="operations"):
         EvolConfig(operations=("add_constraints", "fly"))
     with pytest.raises(ConfigError, match="judge_treshold: unknown key"):
         config_from_mapping(EvolConfig, {"judge_treshold": 1}, "evol")
 
 
-@pytest.mark.parametrize("op, must_contain", [
-    ("add_constraints", "Please add one more constraints/requirements into #The Given Prompt#'"),
-    ("deepen", "the depth and breadth of the inquiry can be increased"),
-    ("concretize", "Please replace general concepts with more specific concepts."),
-    ("increase_reasoning", "explicitly request multiple-step reasoning"),
-    ("complicate_input", "You must add JSON data format text as input data in #Rewritten Prompt#"),
-    ("breadth", "This new prompt should belong to the same domain as the #Given Prompt# but be even more rare."),
-])
+@pytest.mark.parametrize(
+    "op, must_contain",
+    [
+        ("add_constraints", "Please add one more constraints/requirements into #The Given Prompt#'"),
+        ("deepen", "the depth and breadth of the inquiry can be increased"),
+        ("concretize", "Please replace general concepts with more specific concepts."),
+        ("increase_reasoning", "explicitly request multiple-step reasoning"),
+        ("complicate_input", "You must add JSON data format text as input data in #Rewritten Prompt#"),
+        ("breadth", "This new prompt should belong to the same domain as the #Given Prompt# but be even more rare."),
+    ],
+)
 def test_evolve_prompts(op, must_contain):
     p = evolve_prompt(op, "Name a {braced} fruit.", "JSON data")
     assert must_contain in p and "Name a {braced} fruit." in p
@@ -81,17 +97,20 @@ def test_operation_draws_are_seeded_and_cover_every_operation():
 # ---------------------------------------------------------------- elimination rules
 
 
-@pytest.mark.parametrize("evolved, reason", [
-    ("Name three fruits that grow in cold climates.", None),
-    ("", "empty_evolution"),
-    ("   \n", "empty_evolution"),
-    ("#Rewritten Prompt#: Name three fruits.", "copied_template_words"),
-    ("Using the given prompt, name three fruits.", "copied_template_words"),
-    ("As the REWRITTEN PROMPT asks, name fruits.", "copied_template_words"),
-    ("#Created Prompt#\nName fruits.", "copied_template_words"),
-    ("Here is the #Given Prompt# again.", "copied_template_words"),
-    ("A prompt that was given to me: name fruits.", None),
-])
+@pytest.mark.parametrize(
+    "evolved, reason",
+    [
+        ("Name three fruits that grow in cold climates.", None),
+        ("", "empty_evolution"),
+        ("   \n", "empty_evolution"),
+        ("#Rewritten Prompt#: Name three fruits.", "copied_template_words"),
+        ("Using the given prompt, name three fruits.", "copied_template_words"),
+        ("As the REWRITTEN PROMPT asks, name fruits.", "copied_template_words"),
+        ("#Created Prompt#\nName fruits.", "copied_template_words"),
+        ("Here is the #Given Prompt# again.", "copied_template_words"),
+        ("A prompt that was given to me: name fruits.", None),
+    ],
+)
 def test_evolution_rules(evolved, reason):
     err = evolution_problem(evolved, EvolConfig())
     assert (err.reason if err else None) == reason
@@ -102,11 +121,22 @@ def test_copied_phrase_names_the_phrase():
     assert copied_template_phrase("nothing here") is None
 
 
-@pytest.mark.parametrize("answer, verdict", [
-    ("Equal", "equal"), ("equal.", "equal"), (" Not Equal", "not_equal"), ("NOT EQUAL", "not_equal"),
-    ("They are not equal.", "not_equal"), ("Unequal", "not_equal"), ("not_equal", "not_equal"),
-    ("The two are equal to each other", "equal"), ("maybe", None), ("", None), ("inequality", None),
-])
+@pytest.mark.parametrize(
+    "answer, verdict",
+    [
+        ("Equal", "equal"),
+        ("equal.", "equal"),
+        (" Not Equal", "not_equal"),
+        ("NOT EQUAL", "not_equal"),
+        ("They are not equal.", "not_equal"),
+        ("Unequal", "not_equal"),
+        ("not_equal", "not_equal"),
+        ("The two are equal to each other", "equal"),
+        ("maybe", None),
+        ("", None),
+        ("inequality", None),
+    ],
+)
 def test_judge_verdicts(answer, verdict):
     assert judge_verdict(answer) == verdict
 
@@ -119,18 +149,21 @@ def test_judgement_rules():
     assert judgement_problem("hmm", EvolConfig(on_unclear_judgement="keep")) is None
 
 
-@pytest.mark.parametrize("response, reason", [
-    ("Sorry, I cannot help with that request.", "sorry_short_response"),
-    ("I'm SORRY but no.", "sorry_short_response"),
-    (" ".join(["word"] * 78) + " sorry", "sorry_short_response"),     # 79 words < 80
-    (" ".join(["word"] * 79) + " sorry", None),                       # 80 words: long enough
-    ("The of and, to a; in!", "stopwords_only_response"),
-    ("... ?! --", "stopwords_only_response"),
-    ("", "stopwords_only_response"),
-    ("It is what it is.", "stopwords_only_response"),
-    ("Paris is the capital of France.", None),
-    ("42", None),
-])
+@pytest.mark.parametrize(
+    "response, reason",
+    [
+        ("Sorry, I cannot help with that request.", "sorry_short_response"),
+        ("I'm SORRY but no.", "sorry_short_response"),
+        (" ".join(["word"] * 78) + " sorry", "sorry_short_response"),  # 79 words < 80
+        (" ".join(["word"] * 79) + " sorry", None),  # 80 words: long enough
+        ("The of and, to a; in!", "stopwords_only_response"),
+        ("... ?! --", "stopwords_only_response"),
+        ("", "stopwords_only_response"),
+        ("It is what it is.", "stopwords_only_response"),
+        ("Paris is the capital of France.", None),
+        ("42", None),
+    ],
+)
 def test_response_rules(response, reason):
     err = response_problem(response)
     assert (err.reason if err else None) == reason
@@ -140,10 +173,19 @@ def test_response_rules(response, reason):
 
 
 def test_input_rows_that_are_not_single_turn_are_rejected_with_file_and_line(tmp_path):
-    multi = Example(messages=(Message("user", "Hi"), Message("assistant", "Hello"), Message("user", "More?"),
-                              Message("assistant", "Sure")), id="multi")
-    with_system = Example(messages=(Message("system", "Be brief."), Message("user", "Name a fruit."),
-                                    Message("assistant", "Apple")), id="sys")
+    multi = Example(
+        messages=(
+            Message("user", "Hi"),
+            Message("assistant", "Hello"),
+            Message("user", "More?"),
+            Message("assistant", "Sure"),
+        ),
+        id="multi",
+    )
+    with_system = Example(
+        messages=(Message("system", "Be brief."), Message("user", "Name a fruit."), Message("assistant", "Apple")),
+        id="sys",
+    )
     p = _write(tmp_path / "in.jsonl", [_ex(0, "Name a fruit."), multi, with_system, _ex(0, "Duplicate id.")])
     lineages, rejects = read_lineages(p)
     assert [lin.instruction for lin in lineages] == ["Name a fruit.", "Name a fruit."]
@@ -165,8 +207,7 @@ class ScriptedTeacher:
         self.calls = 0
 
     def generate(self, requests, progress=None, on_response=None):
-        out = [LLMResponse((LLMSample(self.answer(r.messages[-1]["content"]), "stop"),), self.model)
-               for r in requests]
+        out = [LLMResponse((LLMSample(self.answer(r.messages[-1]["content"]), "stop"),), self.model) for r in requests]
         for i, resp in enumerate(out):
             if on_response:
                 on_response(i, resp)
@@ -197,16 +238,30 @@ class ScriptedTeacher:
 
 
 def test_scripted_rounds_keep_the_parent_of_a_failed_evolution(tmp_path):
-    qs = ["Name a fruit.", "SAME question here.", "COPY this one.", "Answer SORRY now.", "Answer STOP now.",
-          "EMPTY please.", "UNCLEAR case.", "List three rivers."]
+    qs = [
+        "Name a fruit.",
+        "SAME question here.",
+        "COPY this one.",
+        "Answer SORRY now.",
+        "Answer STOP now.",
+        "EMPTY please.",
+        "UNCLEAR case.",
+        "List three rivers.",
+    ]
     data = _write(tmp_path / "in.jsonl", [_ex(i, q) for i, q in enumerate(qs)])
     res = run_evol(ScriptedTeacher(), data, tmp_path / "evol.jsonl", EvolConfig(rounds=3, request_batch_size=3))
     s = res.stats
     assert [r["attempted"] for r in s["rounds"]] == [8, 8, 8]
     for r in s["rounds"]:
         assert r["attempted"] == r["kept"] + sum(r["eliminated"].values())
-        assert r["eliminated"] == {"copied_template_words": 1, "empty_evolution": 1, "no_information_gain": 1,
-                                   "sorry_short_response": 1, "stopwords_only_response": 1, "unclear_judgement": 1}
+        assert r["eliminated"] == {
+            "copied_template_words": 1,
+            "empty_evolution": 1,
+            "no_information_gain": 1,
+            "sorry_short_response": 1,
+            "stopwords_only_response": 1,
+            "unclear_judgement": 1,
+        }
         assert sum(v["attempted"] for v in r["by_operation"].values()) == r["attempted"]
     rows = [Example.from_dict(json.loads(line)) for line in res.output.read_text().splitlines()]
     assert len(rows) == s["examples"] == 6  # two good lineages x three rounds
@@ -254,13 +309,29 @@ def test_resume_after_an_error_mid_run_redoes_only_the_unfinished_batch(tmp_path
 
 
 def test_end_to_end_against_tiny_server(tiny_server, tmp_path):
-    data = _write(tmp_path / "in.jsonl", [_ex(i, q) for i, q in enumerate(
-        ["Name a fruit.", "Give two tips for sleeping well.", "Translate cat into French.", "What is 2 + 3?"])])
-    backend = make_backend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                                         cache=str(tmp_path / "cache.sqlite")))
+    data = _write(
+        tmp_path / "in.jsonl",
+        [
+            _ex(i, q)
+            for i, q in enumerate(
+                ["Name a fruit.", "Give two tips for sleeping well.", "Translate cat into French.", "What is 2 + 3?"]
+            )
+        ],
+    )
+    backend = make_backend(
+        BackendConfig(
+            kind="openai", model=tiny_server.model, base_url=tiny_server.base_url, cache=str(tmp_path / "cache.sqlite")
+        )
+    )
     # A random model never answers "Equal"/"Not Equal": keep unclear judgements so responses get checked too.
-    cfg = EvolConfig(rounds=2, max_tokens=24, response_max_tokens=24, judge_max_tokens=4,
-                     on_unclear_judgement="keep", request_batch_size=3)
+    cfg = EvolConfig(
+        rounds=2,
+        max_tokens=24,
+        response_max_tokens=24,
+        judge_max_tokens=4,
+        on_unclear_judgement="keep",
+        request_batch_size=3,
+    )
     res = run_evol(backend, data, tmp_path / "evol.jsonl", cfg)
     backend.close()
     s = res.stats

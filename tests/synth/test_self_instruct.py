@@ -14,10 +14,23 @@ from instillm.errors import ConfigError, DataError
 from instillm.llm.backend import BackendConfig, LLMResponse, LLMSample, make_backend
 from instillm.synth.pipeline import config_from_mapping, load_config
 from instillm.synth.self_instruct import (
-    DEFAULT_SEEDS, InstructionFilter, InstructionPool, SelfInstructConfig, clf_prompt, encode_prompt,
-    instance_prompt, judge_candidates, load_seed_tasks, mark_truncated, parse_classification_instances,
-    parse_generation_instances, parse_input_output, parse_is_classification, postprocess_instances,
-    run_self_instruct, split_instructions,
+    DEFAULT_SEEDS,
+    InstructionFilter,
+    InstructionPool,
+    SelfInstructConfig,
+    clf_prompt,
+    encode_prompt,
+    instance_prompt,
+    judge_candidates,
+    load_seed_tasks,
+    mark_truncated,
+    parse_classification_instances,
+    parse_generation_instances,
+    parse_input_output,
+    parse_is_classification,
+    postprocess_instances,
+    run_self_instruct,
+    split_instructions,
 )
 from instillm.synth.self_instruct_prompts import CLF_TEMPLATE, INPUT_FIRST_TEMPLATE, OUTPUT_FIRST_TEMPLATE
 
@@ -43,8 +56,13 @@ def test_shared_seed_tasks_load_by_path(shared_data):
 
 def test_bad_seed_row_names_file_and_line(tmp_path):
     p = tmp_path / "seeds.jsonl"
-    good = {"id": "a", "name": "a", "instruction": "Do it.", "instances": [{"input": "", "output": "x"}],
-            "is_classification": False}
+    good = {
+        "id": "a",
+        "name": "a",
+        "instruction": "Do it.",
+        "instances": [{"input": "", "output": "x"}],
+        "is_classification": False,
+    }
     p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "is_classification": "no"}) + "\n")
     with pytest.raises(DataError, match=r"seeds.jsonl:2: .*is_classification"):
         load_seed_tasks(p)
@@ -77,23 +95,35 @@ def test_encode_prompt_is_the_original_numbered_list():
     p = encode_prompt(["Sort  the\nlist:", "Name a colour."])
     assert p == "Come up with a series of tasks:\n1. Sort the list\n2. Name a colour.\n3."
     assert encode_prompt(["A b c d."], classification=True).startswith(
-        "Come up with a series of classification tasks. Try to specify the possible output labels when possible.\n")
+        "Come up with a series of classification tasks. Try to specify the possible output labels when possible.\n"
+    )
 
 
-@pytest.mark.parametrize("text, expected", [
-    (" Give three tips.\n10. Name a fruit that is red.\n11. Translate hello into French.",
-     ["Give three tips.", "Name a fruit that is red.", "Translate hello into french."]),  # capitalize() lowers
-    ("Just one instruction without numbering, spread\nover two lines.",
-     ["Just one instruction without numbering, spread over two lines."]),
-    ("", []),
-    ("\n10. \n11. ", []),
-    (" First.\n10. Second one here.\n10. Duplicated number here.", ["First.", "Second one here.",
-                                                                   "Duplicated number here."]),
-    (" A task.\n12 . Spaced number task.", ["A task.", "Spaced number task."]),
-    ("Sure! Here are some more tasks:\n10. Write a poem about rain.",
-     ["Sure! here are some more tasks:", "Write a poem about rain."]),
-    (" Inline 10. numbers stay", ["Inline 10. numbers stay"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            " Give three tips.\n10. Name a fruit that is red.\n11. Translate hello into French.",
+            ["Give three tips.", "Name a fruit that is red.", "Translate hello into french."],
+        ),  # capitalize() lowers
+        (
+            "Just one instruction without numbering, spread\nover two lines.",
+            ["Just one instruction without numbering, spread over two lines."],
+        ),
+        ("", []),
+        ("\n10. \n11. ", []),
+        (
+            " First.\n10. Second one here.\n10. Duplicated number here.",
+            ["First.", "Second one here.", "Duplicated number here."],
+        ),
+        (" A task.\n12 . Spaced number task.", ["A task.", "Spaced number task."]),
+        (
+            "Sure! Here are some more tasks:\n10. Write a poem about rain.",
+            ["Sure! here are some more tasks:", "Write a poem about rain."],
+        ),
+        (" Inline 10. numbers stay", ["Inline 10. numbers stay"]),
+    ],
+)
 def test_split_instructions_handles_malformed_completions(text, expected):
     assert split_instructions(text) == expected
 
@@ -111,24 +141,27 @@ def test_truncated_completion_drops_its_last_instruction():
     assert mark_truncated([], "length", "drop_last") == []
 
 
-@pytest.mark.parametrize("inst, reason", [
-    ("Name three fruits", "instruction_too_short"),               # the original: `<= 3` words
-    ("Name three red fruits", None),
-    ("Name fruits now", "instruction_too_short"),
-    (" ".join(["word"] * 150), None),
-    (" ".join(["word"] * 151), "instruction_too_long"),
-    ("Describe the image in one sentence.", "blacklisted_keyword"),
-    ("Describe the IMAGES in one sentence.", "blacklisted_keyword"),
-    ("Please go to the store and report prices.", "blacklisted_keyword"),
-    ("List the files that were filed yesterday.", "blacklisted_keyword"),
-    ("Summarize what was filed in court today.", None),            # whole words only
-    ("Create a plot twist for a story.", "blacklisted_keyword"),
-    ("Write a program that adds two numbers.", "write_a_program"),
-    ("write a program that adds two numbers.", None),              # the original is case-sensitive
-    ("\"Quote\" the following text back please.", "starts_with_punctuation"),
-    ("- list three colours of the rainbow", "starts_with_punctuation"),
-    ("Écris une phrase en français maintenant.", "starts_with_non_ascii"),
-])
+@pytest.mark.parametrize(
+    "inst, reason",
+    [
+        ("Name three fruits", "instruction_too_short"),  # the original: `<= 3` words
+        ("Name three red fruits", None),
+        ("Name fruits now", "instruction_too_short"),
+        (" ".join(["word"] * 150), None),
+        (" ".join(["word"] * 151), "instruction_too_long"),
+        ("Describe the image in one sentence.", "blacklisted_keyword"),
+        ("Describe the IMAGES in one sentence.", "blacklisted_keyword"),
+        ("Please go to the store and report prices.", "blacklisted_keyword"),
+        ("List the files that were filed yesterday.", "blacklisted_keyword"),
+        ("Summarize what was filed in court today.", None),  # whole words only
+        ("Create a plot twist for a story.", "blacklisted_keyword"),
+        ("Write a program that adds two numbers.", "write_a_program"),
+        ("write a program that adds two numbers.", None),  # the original is case-sensitive
+        ('"Quote" the following text back please.', "starts_with_punctuation"),
+        ("- list three colours of the rainbow", "starts_with_punctuation"),
+        ("Écris une phrase en français maintenant.", "starts_with_non_ascii"),
+    ],
+)
 def test_instruction_filter_rules(inst, reason):
     err = InstructionFilter(CFG).check(inst)
     assert (err.reason if err else None) == reason
@@ -145,9 +178,14 @@ def test_rouge_pool_matches_rouge_score_decisions():
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     seeds = ["Give three tips for staying healthy.", "Translate the sentence into French."]
-    cands = ["Give three tips for staying very healthy.", "Translate the sentence into German please.",
-             "Name the capital city of Peru.", "Name the capital city of Chile.", "Give three tips for sleeping.",
-             "Suggest ways to sleep better at night."]
+    cands = [
+        "Give three tips for staying very healthy.",
+        "Translate the sentence into German please.",
+        "Name the capital city of Peru.",
+        "Name the capital city of Chile.",
+        "Give three tips for sleeping.",
+        "Suggest ways to sleep better at night.",
+    ]
     pool, kept = InstructionPool(seeds, 0.7), []
     for c in cands:
         expected_dup = max(scorer.score(c, o)["rougeL"].fmeasure for o in seeds + kept) > 0.7
@@ -164,17 +202,21 @@ def test_rouge_pool_matches_rouge_score_decisions():
 def test_judge_candidates_grows_the_pool_and_stops_at_the_target():
     cfg = SelfInstructConfig(num_instructions=2)
     pool = InstructionPool(["Give three tips for staying healthy."], cfg.rouge_threshold)
-    text = (" Name the capital city of Peru.\n10. Name the capital city of Peru today.\n11. Draw a map of Spain."
-            "\n12. List five animals that live in the ocean.\n13. Explain why the sky is blue to a child."
-            "\n14. Write half of a")
+    text = (
+        " Name the capital city of Peru.\n10. Name the capital city of Peru today.\n11. Draw a map of Spain."
+        "\n12. List five animals that live in the ocean.\n13. Explain why the sky is blue to a child."
+        "\n14. Write half of a"
+    )
     got = judge_candidates(text, "length", pool, InstructionFilter(cfg), cfg)
     reasons = [(i, e.reason if e else None) for i, e in got]
-    assert reasons == [("Name the capital city of peru.", None),
-                       ("Name the capital city of peru today.", "rouge_l_duplicate"),
-                       ("Draw a map of spain.", "blacklisted_keyword"),
-                       ("List five animals that live in the ocean.", None),
-                       ("Explain why the sky is blue to a child.", "target_reached"),
-                       ("Write half of a", "truncated")]
+    assert reasons == [
+        ("Name the capital city of peru.", None),
+        ("Name the capital city of peru today.", "rouge_l_duplicate"),
+        ("Draw a map of spain.", "blacklisted_keyword"),
+        ("List five animals that live in the ocean.", None),
+        ("Explain why the sky is blue to a child.", "target_reached"),
+        ("Write half of a", "truncated"),
+    ]
     assert pool.instructions == ["Name the capital city of peru.", "List five animals that live in the ocean."]
 
 
@@ -185,8 +227,15 @@ def test_classification_prompt_and_answer():
     p = clf_prompt("  Is this email spam?  ")
     assert p.startswith(CLF_TEMPLATE) and p.endswith("Task: Is this email spam?\nIs it classification?")
     assert CLF_TEMPLATE.startswith("Can the following task be regarded as a classification task")
-    assert [parse_is_classification(t) for t in (" Yes", "yes\n", "YES", "Yes.", "No", "", "yes it is")] == \
-        [True, True, True, False, False, False, False]
+    assert [parse_is_classification(t) for t in (" Yes", "yes\n", "YES", "Yes.", "No", "", "yes it is")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 # ---------------------------------------------------------------- stages 3-4: instances
@@ -199,10 +248,15 @@ def test_instance_prompts_pick_the_template_by_type():
 
 
 def test_parse_generation_instances():
-    text = ("Example 1\nList: [3, 1, 2]\nOutput: [1, 2, 3]\nExample 2\nInput 2 - List: [9, 8]\nOutput: [8, 9]\n"
-            "Example 3\nList: [5]\nOutput: [5]\nInput: trailing pair\nOutput: ignored")
-    assert parse_generation_instances(text) == [("List: [3, 1, 2]", "[1, 2, 3]"), ("Input 2 - List: [9, 8]", "[8, 9]"),
-                                                ("List: [5]", "[5]")]
+    text = (
+        "Example 1\nList: [3, 1, 2]\nOutput: [1, 2, 3]\nExample 2\nInput 2 - List: [9, 8]\nOutput: [8, 9]\n"
+        "Example 3\nList: [5]\nOutput: [5]\nInput: trailing pair\nOutput: ignored"
+    )
+    assert parse_generation_instances(text) == [
+        ("List: [3, 1, 2]", "[1, 2, 3]"),
+        ("Input 2 - List: [9, 8]", "[8, 9]"),
+        ("List: [5]", "[5]"),
+    ]
     assert parse_generation_instances("Output:\n- Plank\n- Squats") == [("", "- Plank\n- Squats")]
     assert parse_generation_instances("Input: 85 F\nOutput: 29.4 C") == [("85 F", "29.4 C")]
     assert parse_generation_instances("just some prose without the markers") == []
@@ -211,23 +265,39 @@ def test_parse_generation_instances():
 
 
 def test_parse_classification_instances_output_first():
-    text = ("Class label: Positive\nSentence: I loved it.\nClass label: Negative\nSentence: Awful.\n"
-            "Class label: Neutral")
-    assert parse_classification_instances(text) == [("Sentence: I loved it.", "Positive"),
-                                                    ("Sentence: Awful.", "Negative"), ("", "Neutral")]
+    text = "Class label: Positive\nSentence: I loved it.\nClass label: Negative\nSentence: Awful.\nClass label: Neutral"
+    assert parse_classification_instances(text) == [
+        ("Sentence: I loved it.", "Positive"),
+        ("Sentence: Awful.", "Negative"),
+        ("", "Neutral"),
+    ]
     assert parse_classification_instances("Label: yes\nText: hi") == []
     assert parse_classification_instances("") == []
 
 
 def test_postprocess_rules_in_the_original_order():
     rng = random.Random(0)
-    parsed = [("a", "a"), ("b", ""), ("c:", "x"), ("d", "y:"), ("e", "out e"), ("e", "out e"), ("", "f"),
-              ("g", "out g"), ("h", "cut")]
+    parsed = [
+        ("a", "a"),
+        ("b", ""),
+        ("c:", "x"),
+        ("d", "y:"),
+        ("e", "out e"),
+        ("e", "out e"),
+        ("", "f"),
+        ("g", "out g"),
+        ("h", "cut"),
+    ]
     kept, rejected = postprocess_instances(parsed, "length", 5, rng)
     assert kept == [("e", "out e"), ("", "f"), ("g", "out g")]
     assert [(r["input"], r["reason"]) for r in rejected] == [
-        ("h", "truncated"), ("a", "input_equals_output"), ("b", "empty_output"), ("c:", "ends_with_colon"),
-        ("d", "ends_with_colon"), ("e", "duplicate_instance")]
+        ("h", "truncated"),
+        ("a", "input_equals_output"),
+        ("b", "empty_output"),
+        ("c:", "ends_with_colon"),
+        ("d", "ends_with_colon"),
+        ("e", "duplicate_instance"),
+    ]
     assert len(kept) + len(rejected) == len(parsed)
 
 
@@ -251,9 +321,11 @@ def test_at_most_max_instances_sampled_per_task():
 # ---------------------------------------------------------------- a scripted teacher, the whole run
 
 
-WORDS = ("river mountain violin garden planet engine castle ocean desert forest lantern harbor meadow "
-         "glacier canyon orchard bakery library museum station tunnel bridge market island volcano "
-         "thunder comet rocket pepper cinnamon marble velvet copper silver falcon badger otter").split()
+WORDS = (
+    "river mountain violin garden planet engine castle ocean desert forest lantern harbor meadow "
+    "glacier canyon orchard bakery library museum station tunnel bridge market island volcano "
+    "thunder comet rocket pepper cinnamon marble velvet copper silver falcon badger otter"
+).split()
 
 
 class ScriptedTeacher:
@@ -289,9 +361,11 @@ class ScriptedTeacher:
         rng = random.Random(seed)
         w = rng.sample(WORDS, 12)
         n = int(re.search(r"(\d+)\.$", prompt).group(1))
-        return (f" Classify each {w[0]} {w[1]} review as good or bad.\n{n + 1}. Describe {w[2]} {w[3]} {w[4]} "
-                f"{w[5]} in detail.\n{n + 2}. Name a colour of {w[6]} {w[7]} {w[8]}.\n{n + 3}. Draw the {w[9]} "
-                f"for {w[10]} {w[11]}."), "stop"
+        return (
+            f" Classify each {w[0]} {w[1]} review as good or bad.\n{n + 1}. Describe {w[2]} {w[3]} {w[4]} "
+            f"{w[5]} in detail.\n{n + 2}. Name a colour of {w[6]} {w[7]} {w[8]}.\n{n + 3}. Draw the {w[9]} "
+            f"for {w[10]} {w[11]}."
+        ), "stop"
 
     def close(self):
         pass
@@ -319,8 +393,9 @@ def test_scripted_run_end_to_end(tmp_path):
     assert all(r.task == "self_instruct" and r.meta["teacher"] == "scripted" for r in rows)
     rejects = [json.loads(line) for line in res.rejects.read_text().splitlines()]
     assert all(r["reason"] and r["stage"] for r in rejects)
-    n_dropped = (sum(s["bootstrap"]["rejected"].values()) + sum(inst["rejected"].values())
-                 + sum(inst["tasks_rejected"].values()))
+    n_dropped = (
+        sum(s["bootstrap"]["rejected"].values()) + sum(inst["rejected"].values()) + sum(inst["tasks_rejected"].values())
+    )
     assert len(rejects) == n_dropped
     assert json.loads(res.stats_path.read_text()) == s
 
@@ -338,26 +413,43 @@ def test_rerunning_a_finished_run_sends_nothing_and_writes_the_same(tmp_path):
 
 def test_too_few_seeds_for_the_prompt_is_an_error(tmp_path):
     p = tmp_path / "s.jsonl"
-    p.write_text(json.dumps({"instruction": "Do a thing now.", "instances": [{"input": "", "output": "x"}],
-                             "is_classification": False}) + "\n")
+    p.write_text(
+        json.dumps(
+            {"instruction": "Do a thing now.", "instances": [{"input": "", "output": "x"}], "is_classification": False}
+        )
+        + "\n"
+    )
     with pytest.raises(DataError, match="num_prompt_instructions"):
         run_self_instruct(ScriptedTeacher(), tmp_path / "o.jsonl", seeds=p)
 
 
 # ---------------------------------------------------------------- against a real endpoint
 
-SHORT = {"clf_template": CLF_TEMPLATE.split("\n\nTask: Replace")[0] + "\n\nTask:",
-         "input_first_template": INPUT_FIRST_TEMPLATE.split("\n\nTask: Extract")[0] + "\n\nTask:",
-         "output_first_template": OUTPUT_FIRST_TEMPLATE.split("\n\nTask: Given a dialogue")[0] + "\n\nTask:"}
+SHORT = {
+    "clf_template": CLF_TEMPLATE.split("\n\nTask: Replace")[0] + "\n\nTask:",
+    "input_first_template": INPUT_FIRST_TEMPLATE.split("\n\nTask: Extract")[0] + "\n\nTask:",
+    "output_first_template": OUTPUT_FIRST_TEMPLATE.split("\n\nTask: Given a dialogue")[0] + "\n\nTask:",
+}
 
 
 def test_end_to_end_against_tiny_server(tiny_server, tmp_path):
-    backend = make_backend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                                         cache=str(tmp_path / "cache.sqlite")))
+    backend = make_backend(
+        BackendConfig(
+            kind="openai", model=tiny_server.model, base_url=tiny_server.base_url, cache=str(tmp_path / "cache.sqlite")
+        )
+    )
     # A random model rarely ends a completion on its own: keep truncated ones so the stages get work.
     # Its context is 1024 tokens: the few-shot prompts are cut to their first examples.
-    cfg = SelfInstructConfig(num_instructions=4, request_batch_size=3, max_tokens=40, on_truncated="keep",
-                             instance_max_tokens=40, clf_instance_max_tokens=40, max_stalled_batches=3, **SHORT)
+    cfg = SelfInstructConfig(
+        num_instructions=4,
+        request_batch_size=3,
+        max_tokens=40,
+        on_truncated="keep",
+        instance_max_tokens=40,
+        clf_instance_max_tokens=40,
+        max_stalled_batches=3,
+        **SHORT,
+    )
     res = run_self_instruct(backend, tmp_path / "si.jsonl", config=cfg)
     backend.close()
     s = res.stats
@@ -372,6 +464,7 @@ def test_end_to_end_against_tiny_server(tiny_server, tmp_path):
     rows = [Example.from_dict(json.loads(line)) for line in res.output.read_text().splitlines()]
     assert len(rows) == s["examples"] == inst["kept"]
     rejects = [json.loads(line) for line in res.rejects.read_text().splitlines()]
-    assert len(rejects) == (sum(b["rejected"].values()) + sum(inst["rejected"].values())
-                            + sum(inst["tasks_rejected"].values()))
+    assert len(rejects) == (
+        sum(b["rejected"].values()) + sum(inst["rejected"].values()) + sum(inst["tasks_rejected"].values())
+    )
     assert all(isinstance(r["reason"], str) and r["reason"] for r in rejects)

@@ -30,7 +30,20 @@ from instillm.data.skills.suite import (
 )
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_HELDOUT_FAMILIES", "EVAL_SPLITS", "FAMILIES", "Family", "SPLITS", "SuiteConfig",
-    "baseline_exact_match", "build_suite", "check", "family_of", "heldout_family_names", "list_families",
-    "make_example", "render", "write_suite",
+    "CATEGORIES",
+    "DEFAULT_HELDOUT_FAMILIES",
+    "EVAL_SPLITS",
+    "FAMILIES",
+    "Family",
+    "SPLITS",
+    "SuiteConfig",
+    "baseline_exact_match",
+    "build_suite",
+    "check",
+    "family_of",
+    "heldout_family_names",
+    "list_families",
+    "make_example",
+    "render",
+    "write_suite",
 ]

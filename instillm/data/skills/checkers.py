@@ -56,6 +56,7 @@ def csv_fields(prediction: str, reference: str) -> bool:
 
 def bullets(prediction: str, reference: str) -> bool:
     """The same items, one per line, each behind a `-`, `*` or `•` bullet."""
+
     def items(text: str) -> list[str] | None:
         lines = normalise(text).splitlines()
         if not all(_BULLET.match(line) for line in lines):
@@ -68,6 +69,7 @@ def bullets(prediction: str, reference: str) -> bool:
 
 def numbered(prediction: str, reference: str) -> bool:
     """The same items, one per line, numbered 1. 2. … (or 1) 2) …) in order."""
+
     def items(text: str) -> list[str] | None:
         lines = normalise(text).splitlines()
         marks = [_NUMBERED.match(line) for line in lines]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from instillm.config import Config, check_min
 from instillm.data.importer import write_examples
@@ -143,8 +144,8 @@ def _family_splits(family: Family, config: SuiteConfig, held_out: bool) -> dict[
     inputs = _inputs(family, rng, config.n_train_per_family + 2 * n_eval, minimum)
     return {
         "heldout_instances": _examples(family, "heldout_instances", inputs[:n_eval], trained),
-        "heldout_phrasings": _examples(family, "heldout_phrasings", inputs[n_eval:2 * n_eval], held),
-        "train": _examples(family, "train", inputs[2 * n_eval:], trained),
+        "heldout_phrasings": _examples(family, "heldout_phrasings", inputs[n_eval : 2 * n_eval], held),
+        "train": _examples(family, "train", inputs[2 * n_eval :], trained),
     }
 
 
@@ -180,9 +181,11 @@ def _inputs(family: Family, rng: random.Random, n: int, minimum: int | None = No
         seen.setdefault(family.gen(rng), None)
     if len(seen) < (n if minimum is None else minimum):
         hint = "" if minimum is not None else " or set cap_to_input_space"
-        raise ConfigError(f"skills: family {family.name!r} yields only {len(seen)} distinct inputs, "
-                          f"{n if minimum is None else minimum} needed; lower n_train_per_family or "
-                          f"n_eval_per_family{hint}")
+        raise ConfigError(
+            f"skills: family {family.name!r} yields only {len(seen)} distinct inputs, "
+            f"{n if minimum is None else minimum} needed; lower n_train_per_family or "
+            f"n_eval_per_family{hint}"
+        )
     return list(seen)
 
 
@@ -255,10 +258,16 @@ def list_families() -> list[dict[str, Any]]:
     rows = []
     for fam in FAMILIES.values():
         inp = fam.gen(random.Random(f"{SOURCE}:doc:{fam.name}"))
-        rows.append({
-            "name": fam.name, "category": fam.category, "doc": fam.doc, "phrasings": list(fam.phrasings),
-            "keywords": list(fam.keywords), "builds_on": list(fam.builds_on),
-            "default_heldout": fam.name in DEFAULT_HELDOUT_FAMILIES,
-            "sample": {"user": render(fam.phrasings[0], inp), "assistant": fam.solve(inp)},
-        })
+        rows.append(
+            {
+                "name": fam.name,
+                "category": fam.category,
+                "doc": fam.doc,
+                "phrasings": list(fam.phrasings),
+                "keywords": list(fam.keywords),
+                "builds_on": list(fam.builds_on),
+                "default_heldout": fam.name in DEFAULT_HELDOUT_FAMILIES,
+                "sample": {"user": render(fam.phrasings[0], inp), "assistant": fam.solve(inp)},
+            }
+        )
     return rows

@@ -76,15 +76,9 @@ def evaluate_prompt(row: dict[str, Any], response: str, mode: Mode) -> PromptRes
     return PromptResult(row.get("key"), row["prompt"], list(ids), verdicts, all(verdicts))
 
 
-def evaluate_responses(
-    inputs: list[dict[str, Any]], responses: dict[str, str], mode: Mode
-) -> list[PromptResult]:
+def evaluate_responses(inputs: list[dict[str, Any]], responses: dict[str, str], mode: Mode) -> list[PromptResult]:
     """Verdicts for every input whose prompt has a response, in input order."""
-    return [
-        evaluate_prompt(row, responses[row["prompt"]], mode)
-        for row in inputs
-        if row["prompt"] in responses
-    ]
+    return [evaluate_prompt(row, responses[row["prompt"]], mode) for row in inputs if row["prompt"] in responses]
 
 
 def _rates(results: list[PromptResult]) -> tuple[float, float]:
@@ -94,9 +88,7 @@ def _rates(results: list[PromptResult]) -> tuple[float, float]:
     return prompt, (sum(flat) / len(flat) if flat else 0.0)
 
 
-def _per_instruction(
-    strict: list[PromptResult], loose: list[PromptResult]
-) -> dict[str, dict[str, float]]:
+def _per_instruction(strict: list[PromptResult], loose: list[PromptResult]) -> dict[str, dict[str, float]]:
     """Instruction id → {strict, loose, n} accuracies."""
     tally: dict[str, list[int]] = {}
     for s, lo in zip(strict, loose):

@@ -151,9 +151,7 @@ def existence(response: str, *, keywords: list[str]) -> bool:
 
 def forbidden_words(response: str, *, forbidden_words: list[str]) -> bool:
     """No forbidden word occurs as a whole word (case-insensitive)."""
-    return not any(
-        re.search(r"\b" + w + r"\b", response, flags=re.IGNORECASE) for w in forbidden_words
-    )
+    return not any(re.search(r"\b" + w + r"\b", response, flags=re.IGNORECASE) for w in forbidden_words)
 
 
 def frequency(response: str, *, keyword: str, frequency: int, relation: str) -> bool:
@@ -179,9 +177,7 @@ def response_language(response: str, *, language: str) -> bool:
 # --- length_constraints --------------------------------------------------------------------
 
 
-def nth_paragraph_first_word(
-    response: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str
-) -> bool:
+def nth_paragraph_first_word(response: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str) -> bool:
     """`num_paragraphs` paragraphs (split on blank lines) and the nth starts with `first_word`."""
     paragraphs = re.split(r"\n\n", response)
     count = sum(1 for p in paragraphs if p.strip())

@@ -188,8 +188,8 @@ def _break_points(text: str) -> list[tuple[int, int]]:
 def _word_start(text: str, lo: int, pos: int) -> int:
     """Index just after the last whitespace in ``text[lo:pos]`` (`lo` if none)."""
     last = None
-    for last in _HAS_SPACE.finditer(text, lo, pos):
-        pass
+    for m in _HAS_SPACE.finditer(text, lo, pos):
+        last = m
     return last.end() if last else lo
 
 
@@ -210,7 +210,7 @@ def _realign(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         a += shift
         shift = 0
         m = _REALIGN.match(text[nxt[0] : nxt[1]]) if nxt else None
-        if m:
+        if m and nxt:
             out.append((a, nxt[0] + len(m.group(0).rstrip())))
             shift = m.end()
         else:
