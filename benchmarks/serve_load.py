@@ -149,7 +149,8 @@ def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> lis
                 one_request(client, url, 10_000 + i, args.max_tokens)
         rows = []
         for c in args.concurrency:
-            row = {"mode": mode, "max_batch_size": MODES[mode], **load(url, c, args.requests_per_client, args.max_tokens)}
+            measured = load(url, c, args.requests_per_client, args.max_tokens)
+            row = {"mode": mode, "max_batch_size": MODES[mode], **measured}
             print(f"  {mode:8s} c={c:<3d} {row['requests_per_s']:8.2f} req/s {row['tokens_per_s']:9.1f} tok/s",
                   flush=True)
             rows.append(row)
@@ -164,7 +165,8 @@ def print_table(rows: list[dict]) -> None:
           f"{'p50 s':>7s} {'p95 s':>7s}")
     for r in rows:
         print(f"{r['mode']:8s} {r['max_batch_size']:5d} {r['concurrency']:7d} {r['requests']:8d} "
-              f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} {r['p95_latency_s']:7.3f}")
+              f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} "
+              f"{r['p95_latency_s']:7.3f}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -391,8 +391,27 @@ def _win_se(res: dict[str, Any]) -> str:
     return "—" if not wr else f"{wr['win_rate']:.2f} ± {wr['standard_error']:.2f}"
 
 
+def _share(res: dict[str, Any], k: str, n: str) -> str:
+    """Counts `k` of `n` in a results dict as "12.5% (5 / 40)"; "—" when absent or n is 0."""
+    num, den = res.get(k), res.get(n)
+    return f"{num / den:.1%} ({num} / {den})" if isinstance(num, int) and isinstance(den, int) and den else "—"
+
+
+def _agreement_rows() -> list[tuple[str, Any]]:
+    """Rows of a judge's agreement with reference annotations (`instillm.evaluate.judge.agreement`)."""
+    get = lambda r: r.get("agreement") or {}  # noqa: E731
+    return [
+        ("agreement with reference annotations (decided pairs)", lambda r: _share(get(r), "n_agree", "n_decided")),
+        ("Cohen's kappa", lambda r: "—" if get(r).get("kappa") is None else f"{get(r)['kappa']:.3f}"),
+        ("pairs matched to the annotations", lambda r: _share(get(r), "n_matched", "n_rows")),
+        ("ties (ours; reference)", lambda r: f"{get(r).get('n_ties_ours', 0)}; {get(r).get('n_ties_reference', 0)}"),
+    ]
+
+
 def judge_markdown(entry: dict[str, Any]) -> list[str]:
-    """Pairwise judge: win rate ± se, LC win rate, n and failures; then win rate per dataset."""
+    """Pairwise judge: win rate ± se, LC win rate, n and failures, the judge's failure modes (parse
+    failures, position flips, first-position picks) and agreement with reference annotations when
+    there; then win rate per dataset."""
     stages = _stages(entry)
     last = entry[stages[-1]]
     md = [
@@ -401,7 +420,13 @@ def judge_markdown(entry: dict[str, Any]) -> list[str]:
         f"{last.get('model', 'model')} vs {last.get('reference', 'reference')}, judged by {last.get('judge', '?')} "
         "in both orders (AlpacaEval conventions; a pair without both verdicts is a failure).",
         "",
+        "The judge's failure modes: parse failures are the replies it gave that could not be read; a position "
+        "flip is a pair (both replies read) whose preferred output changed when the two outputs swapped places, "
+        "so the judge followed the position, not the content (0% is consistent); first-position picks are the "
+        "verdicts naming whichever output was shown first (50% is unbiased, 100% always the first).",
+        "",
     ]
+    agreement = any(entry[s].get("agreement") for s in stages)
     md += _stage_table(
         entry,
         [
@@ -410,6 +435,10 @@ def judge_markdown(entry: dict[str, Any]) -> list[str]:
             ("discrete win rate (%)", lambda r: _win(r, "discrete_win_rate")),
             ("pairs judged / total", lambda r: f"{r.get('n_judged', 0)} / {r.get('n_pairs', 0)}"),
             ("failures (pairs; orders)", lambda r: f"{r.get('n_failures', 0)}; {r.get('n_failed_orders', 0)}"),
+            ("parse failure rate (replies)", lambda r: _share(r, "n_failed_orders", "n_replies")),
+            ("position flip rate (pairs, both read)", lambda r: _share(r, "n_flips", "n_both_read")),
+            ("first-position rate (verdicts)", lambda r: _share(r, "n_first_position", "n_decided_verdicts")),
+            *(_agreement_rows() if agreement else []),
         ],
     ) + [""]
     datasets = sorted({d for s in stages for d in entry[s].get("per_dataset", {})})

@@ -423,8 +423,12 @@ class _no_progress:
     def __init__(self, description: str, total: int | None) -> None:
         pass
 
+    @staticmethod
+    def _advance(n: int = 1) -> None:
+        """Count nothing."""
+
     def __enter__(self) -> Callable[[int], None]:
-        return lambda n=1: None
+        return self._advance
 
     def __exit__(self, *exc: Any) -> None:
         return None

@@ -58,9 +58,16 @@ def test_serve_over_smollm2_answers_the_openai_client(smollm2_dir: Path) -> None
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-PROMPTS = ["What is the capital of France? Answer in one word.", "Name three primary colors.", "What is 12 + 7?",
-           "Write a haiku about the sea.", "Translate 'good morning' into Spanish.", "Who wrote Romeo and Juliet?",
-           "Give a synonym for 'happy'.", "What is the boiling point of water in Celsius?"]
+PROMPTS = [
+    "What is the capital of France? Answer in one word.",
+    "Name three primary colors.",
+    "What is 12 + 7?",
+    "Write a haiku about the sea.",
+    "Translate 'good morning' into Spanish.",
+    "Who wrote Romeo and Juliet?",
+    "Give a synonym for 'happy'.",
+    "What is the boiling point of water in Celsius?",
+]
 
 
 def test_q8_0_export_of_smollm2_keeps_its_greedy_answers(smollm2_dir: Path, tmp_path: Path) -> None:
@@ -77,9 +84,16 @@ def test_q8_0_export_of_smollm2_keeps_its_greedy_answers(smollm2_dir: Path, tmp_
     for path in (smollm2_dir, tmp_path / "back"):
         lm = load_local(path, device="cpu")
         chats = [[{"role": "user", "content": p}] for p in PROMPTS]
-        answers.append([o.token_ids for o in Generator(lm.model, lm.tokenizer, lm.renderer).generate_chat(
-            chats, GenerateOptions(max_new_tokens=32))])
-    prefixes = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                for a, b in zip(*answers)]
+        answers.append(
+            [
+                o.token_ids
+                for o in Generator(lm.model, lm.tokenizer, lm.renderer).generate_chat(
+                    chats, GenerateOptions(max_new_tokens=32)
+                )
+            ]
+        )
+    prefixes = [
+        next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in zip(*answers)
+    ]
     print("q8_0 shared greedy prefix per prompt:", prefixes)
     assert all(n >= 2 for n in prefixes) and sum(n >= 5 for n in prefixes) >= 6, prefixes

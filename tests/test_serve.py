@@ -314,7 +314,8 @@ def test_bad_chat_requests_are_400_naming_the_field(server, change, field):
 def test_every_problem_is_reported_at_once(server):
     body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temperature": -1, "n": 0}
     r = httpx.post(server[0].base_url + "/chat/completions", json=body, timeout=30)
-    assert r.status_code == 400 and "temperature" in r.json()["error"]["message"] and "n:" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and "temperature" in message and "n:" in message
 
 
 def test_bad_completion_prompt_and_unknown_model(client):

@@ -385,6 +385,12 @@ def eval_judge(
         Path("annotations.json"), "-o", "--output", help="Annotations to write (`eval winrate` reads them)."
     ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N pairs."),
+    annotations: Path | None = typer.Option(
+        None,
+        "--annotations",
+        help="Another judge's AlpacaEval annotations of the same pairs (e.g. *_annotations_weighted_gpt4_turbo.json):"
+        " report how often this judge agrees with them (pairs matched by instruction and both outputs).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object only."),
     judge_style: str = typer.Option(
         "identifier", "--judge-style", help="Judge prompt: identifier (the judge answers m or M) | ranking."
@@ -398,8 +404,13 @@ def eval_judge(
     judge_concurrency: JudgeConcurrency = BACKEND_CONCURRENCY,
     device: Device = "auto",
 ) -> None:
-    """AlpacaEval-style pairwise judging of two outputs files, both orders per pair; writes annotations."""
+    """AlpacaEval-style pairwise judging of two outputs files, both orders per pair; writes annotations.
+
+    Also prints the judge's failure modes (unreadable replies, verdicts that flip when the outputs swap
+    places, picks of the output shown first) and, with --annotations, its agreement with another judge.
+    """
     from instillm.evaluate.judge import JudgeConfig, judge_output_files, summarize, write_annotations
+    from instillm.evaluate.winrate import load_annotations
 
     judge = BackendOptions(
         judge_backend,
@@ -416,6 +427,7 @@ def eval_judge(
         if outputs is None or reference is None:
             raise InstillmError("eval judge needs --outputs MODEL_OUTPUTS.json and --reference REFERENCE_OUTPUTS.json")
         config = JudgeConfig(style=judge_style, **({"max_tokens": judge_max_tokens} if judge_max_tokens else {}))
+        reference_rows = load_annotations(annotations) if annotations else None
         backend = judge.open()
         try:
             with progress_bar("judging (both orders)") as advance:
@@ -423,11 +435,27 @@ def eval_judge(
         finally:
             backend.close()
         write_annotations(rows, output)
-    summary = summarize(rows)
+    summary = summarize(rows, reference_rows)
     if as_json:
         print(json.dumps(summary.to_dict()))
         return
-    wr = summary.win_rate
+    wr, fm, agree = summary.win_rate, summary.failure_modes, summary.agreement
+    share = lambda k, n: f"{k / n:.1%} ({k} / {n})" if n else "—"  # noqa: E731
+    modes = {}
+    if fm is not None:
+        modes = {
+            "parse failures (replies)": share(fm.n_failed_orders, fm.n_replies),
+            "position flips (pairs, both orders read)": share(fm.n_flips, fm.n_both_read),
+            "first-position picks (verdicts)": share(fm.n_first_position, fm.n_decided_verdicts),
+        }
+    if agree is not None:
+        who = agree["reference_annotator"] or str(annotations)
+        modes |= {
+            f"agreement with {who} (decided pairs)": share(agree["n_agree"], agree["n_decided"]),
+            "Cohen's kappa": "—" if agree["kappa"] is None else f"{agree['kappa']:.3f}",
+            "pairs matched / total (swapped)": f"{agree['n_matched']} / {agree['n_rows']} ({agree['n_swapped']})",
+            "ties: ours; reference": f"{agree['n_ties_ours']}; {agree['n_ties_reference']}",
+        }
     out.print(
         metric_table(
             f"{rows[0]['generator_2']} vs {rows[0]['generator_1']}, judged by {backend.model}",
@@ -437,9 +465,12 @@ def eval_judge(
                 "discrete win rate (%)": f"{wr.discrete_win_rate:.2f}" if wr else "—",
                 "pairs judged / total": f"{summary.n_judged} / {summary.n_pairs}",
                 "failures (pairs; orders)": f"{summary.n_failures}; {summary.n_failed_orders}",
+                **modes,
             },
         )
     )
+    if agree is not None and not agree["n_matched"]:
+        out.print(f"no pair matched {annotations}: its instructions and outputs differ from the judged ones")
     out.print(f"annotations → {output}  (instillm eval winrate reads them)")
 
 

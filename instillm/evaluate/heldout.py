@@ -9,7 +9,7 @@ is the checker's verdict where there is one, else exact match.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ def predict(
 def evaluate_model(
     model: Any,
     tokenizer: Any,
-    splits: dict[str, Sequence[Example]],
+    splits: Mapping[str, Sequence[Example]],
     renderer: Any,
     max_new_tokens: int = 64,
     batch_size: int = 64,

@@ -20,6 +20,12 @@ produce (see there); a text it cannot read is a counted failure, and a pair miss
 order's verdict has no preference (winrate.py skips it) but keeps both raw texts.
 
 Two outputs that are identical are a tie without asking the judge (as AlpacaEval does).
+
+A judge's failure modes are counted from those rows (`failure_modes`, in `summarize`): the share
+of replies it could not read, the share of pairs whose verdict flips when the outputs swap places
+(it followed the position, not the content) and the share of verdicts naming whichever output was
+shown first. `agreement` compares our preferences with another judge's annotations of the same
+pairs, e.g. AlpacaEval's GPT-4-turbo ones.
 """
 
 from __future__ import annotations
@@ -396,9 +402,172 @@ def write_annotations(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# failure modes of the judge
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+@dataclass(frozen=True)
+class FailureModes:
+    """How a judge fails, from the per-order verdicts of annotation rows (identical-output pairs excluded).
+
+    - `parse_failure_rate` = `n_failed_orders / n_replies`: the share of judge replies, over both
+      orders of every judged pair, that `parse_verdict` could not read.
+    - `position_flip_rate` = `n_flips / n_both_read`: of the pairs whose two replies were both read,
+      the share where the verdict for the *outputs* changed when the outputs swapped places, i.e.
+      `order_preferences[0] != order_preferences[1]`. A content-following judge has 0; a judge that
+      names the same position in both orders flips every pair (output_2 wins in one order, output_1
+      in the other), and a winner in one order with a tie ([[C]]) in the other is a flip too.
+    - `first_position_rate` = `n_first_position / n_decided_verdicts`: of the read verdicts that name
+      a winner (ties left out), the share naming the output shown first (output_1 in the original
+      order, output_2 in the swapped one): the position bias. 0.5 is unbiased, 1.0 always-first.
+
+    Rates are None when their denominator is 0.
+    """
+
+    n_replies: int
+    n_failed_orders: int
+    n_both_read: int
+    n_flips: int
+    n_decided_verdicts: int
+    n_first_position: int
+
+    @property
+    def parse_failure_rate(self) -> float | None:
+        return _rate(self.n_failed_orders, self.n_replies)
+
+    @property
+    def position_flip_rate(self) -> float | None:
+        return _rate(self.n_flips, self.n_both_read)
+
+    @property
+    def first_position_rate(self) -> float | None:
+        return _rate(self.n_first_position, self.n_decided_verdicts)
+
+
+def failure_modes(rows: Sequence[Mapping[str, Any]]) -> FailureModes:
+    """Parse failures, position flips and first-position picks of annotation rows (see `FailureModes`).
+
+    Reads each row's `order_preferences` ([original, swapped], both as the preference for output_2);
+    rows without it (identical outputs, files of other annotators) have no replies to count.
+    """
+    replies = failed = both = flips = decided = first = 0
+    for r in rows:
+        orders = r.get("order_preferences")
+        if not isinstance(orders, (list, tuple)) or len(orders) != 2:
+            continue
+        replies += 2
+        failed += sum(p is None for p in orders)
+        if None not in orders:
+            both += 1
+            flips += orders[0] != orders[1]
+        for shown_first, p in zip((FIRST, SECOND), orders):  # output shown first: output_1, then output_2
+            if p is not None and p != TIE:
+                decided += 1
+                first += p == shown_first
+    return FailureModes(replies, failed, both, flips, decided, first)
+
+
+# --------------------------------------------------------------------------------------------
+# agreement with another judge's annotations
+
+
+def decision(preference: Any) -> float | None:
+    """FIRST (output_1 preferred), SECOND (output_2) or TIE from a 1..2 preference; None if there is none.
+
+    Continuous preferences (a weighted judge's probabilities) are thresholded: > 1.5 is output_2,
+    < 1.5 output_1, exactly 1.5 a tie; 0 is a tie too (AlpacaEval's mark for identical outputs).
+    """
+    if preference is None or preference == "":
+        return None
+    p = float(preference)
+    if p == 0 or p == TIE:
+        return TIE
+    return SECOND if p > TIE else FIRST
+
+
+def _same(a: Any, b: Any) -> bool:
+    return str(a).strip() == str(b).strip()
+
+
+def agreement(rows: Sequence[Mapping[str, Any]], reference_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How often our annotations prefer the same output as `reference_rows` (e.g. AlpacaEval's GPT-4 ones).
+
+    A row of ours is matched to a reference row with the same instruction and the same two outputs
+    (whitespace-stripped), in either orientation: when the reference shows them the other way round
+    (its output_1 is our output_2), its preference p counts as 3 - p. Both preferences become a
+    `decision` (output_1, output_2 or tie). Keys:
+
+    - `n_rows`, `n_matched`, `n_swapped` (matched the other way round), `n_unmatched`;
+    - `n_missing`: matched, but ours or the reference's preference is missing (e.g. a parse failure);
+    - `n_ties_ours`, `n_ties_reference`: matched pairs with both preferences where that side is a tie;
+    - `n_decided`: both sides name a winner; `n_agree`: of those, the same output;
+    - `agreement` = n_agree / n_decided (None when n_decided is 0);
+    - `kappa`: Cohen's kappa of the two decisions on the decided pairs, (p_o - p_e) / (1 - p_e) with
+      p_e from each side's share of output_2 wins (`output_2_share_ours`, `output_2_share_reference`);
+      None when p_e is 1 (a side that always picks the same output and the other agreeing with it);
+    - `reference_annotator`: the reference rows' `annotator`, if they name one.
+    """
+    by_instruction: dict[str, list[Mapping[str, Any]]] = {}
+    for ref in reference_rows:
+        by_instruction.setdefault(str(ref.get("instruction", "")).strip(), []).append(ref)
+    counts = dict.fromkeys(("n_matched", "n_swapped", "n_missing", "n_ties_ours", "n_ties_reference"), 0)
+    pairs: list[tuple[float, float]] = []
+    for r in rows:
+        ref_pref, matched = None, False
+        for ref in by_instruction.get(str(r.get("instruction", "")).strip(), ()):
+            if _same(ref.get("output_1"), r.get("output_1")) and _same(ref.get("output_2"), r.get("output_2")):
+                ref_pref, matched = decision(ref.get("preference")), True
+                break
+            if _same(ref.get("output_1"), r.get("output_2")) and _same(ref.get("output_2"), r.get("output_1")):
+                ref_pref, matched = _flip(decision(ref.get("preference"))), True
+                counts["n_swapped"] += 1
+                break
+        if not matched:
+            continue
+        counts["n_matched"] += 1
+        ours = decision(r.get("preference"))
+        if ours is None or ref_pref is None:
+            counts["n_missing"] += 1
+            continue
+        counts["n_ties_ours"] += ours == TIE
+        counts["n_ties_reference"] += ref_pref == TIE
+        if TIE not in (ours, ref_pref):
+            pairs.append((ours, ref_pref))
+    n = len(pairs)
+    n_agree = sum(a == b for a, b in pairs)
+    share_ours = _rate(sum(a == SECOND for a, _ in pairs), n)
+    share_ref = _rate(sum(b == SECOND for _, b in pairs), n)
+    kappa = None
+    if share_ours is not None and share_ref is not None:
+        expected = share_ours * share_ref + (1 - share_ours) * (1 - share_ref)
+        kappa = (n_agree / n - expected) / (1 - expected) if expected < 1 else None
+    annotators = {str(ref["annotator"]) for ref in reference_rows if ref.get("annotator")}
+    return {
+        "n_rows": len(rows),
+        **counts,
+        "n_unmatched": len(rows) - counts["n_matched"],
+        "n_decided": n,
+        "n_agree": n_agree,
+        "agreement": _rate(n_agree, n),
+        "kappa": kappa,
+        "output_2_share_ours": share_ours,
+        "output_2_share_reference": share_ref,
+        "reference_annotator": ", ".join(sorted(annotators)) or None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+
+
 @dataclass(frozen=True)
 class JudgeSummary:
-    """Counts of a judged set and its win rates (None when no pair got a preference)."""
+    """Counts of a judged set, its win rates (None when no pair got a preference), the judge's failure
+    modes (`FailureModes`) and, when reference annotations were given, `agreement` with them."""
 
     n_pairs: int
     n_judged: int
@@ -406,21 +575,47 @@ class JudgeSummary:
     n_failed_orders: int
     n_identical: int
     win_rate: WinRate | None
+    failure_modes: FailureModes | None = None
+    agreement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form: the counts, `win_rate`, the failure-mode rates and counts, `agreement`."""
         d = {k: getattr(self, k) for k in ("n_pairs", "n_judged", "n_failures", "n_failed_orders", "n_identical")}
-        return {**d, "win_rate": self.win_rate.to_dict() if self.win_rate else None}
+        fm = self.failure_modes
+        modes: dict[str, Any] = {}
+        if fm is not None:
+            modes = {
+                "parse_failure_rate": fm.parse_failure_rate,
+                "position_flip_rate": fm.position_flip_rate,
+                "first_position_rate": fm.first_position_rate,
+                "n_replies": fm.n_replies,
+                "n_both_read": fm.n_both_read,
+                "n_flips": fm.n_flips,
+                "n_decided_verdicts": fm.n_decided_verdicts,
+                "n_first_position": fm.n_first_position,
+            }
+        return {
+            **d,
+            "win_rate": self.win_rate.to_dict() if self.win_rate else None,
+            **modes,
+            "agreement": self.agreement,
+        }
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> JudgeSummary:
-    """Failures and win rate ± standard error, discrete and length-controlled (winrate.py) of annotations."""
+def summarize(
+    rows: Sequence[dict[str, Any]], reference_annotations: Sequence[Mapping[str, Any]] | None = None
+) -> JudgeSummary:
+    """Failures, win rate ± standard error, discrete and length-controlled (winrate.py), and the judge's
+    failure modes of annotations; with `reference_annotations`, also the `agreement` with them."""
     judged = [r for r in rows if r["preference"] is not None]
-    failed_orders = sum(p is None for r in rows for p in (r.get("order_preferences") or ()))
+    modes = failure_modes(rows)
     identical = sum(r.get("raw_completion") is None for r in rows)
     rate = None
     if judged:
         plain = win_rate(judged)
         lc, coef = length_controlled(judged, None)
         rate = WinRate(**{**plain.to_dict(), "lc_win_rate": lc, "length_coefficient": coef})
-    return JudgeSummary(len(rows), len(judged), len(rows) - len(judged), failed_orders, identical, rate)
+    agree = None if reference_annotations is None else agreement(rows, reference_annotations)
+    return JudgeSummary(
+        len(rows), len(judged), len(rows) - len(judged), modes.n_failed_orders, identical, rate, modes, agree
+    )

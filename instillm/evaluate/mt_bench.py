@@ -125,7 +125,7 @@ def load_questions(path: str | Path) -> list[Question]:
 
 def load_reference_answers(path: str | Path) -> dict[int, tuple[str, ...]]:
     """Reference answer turns (`choices[0].turns`) by question id."""
-    refs = {}
+    refs: dict[Any, tuple[str, ...]] = {}  # keyed by the row's question_id as is (not checked to be an int)
     for n, r in _jsonl(Path(path)):
         choices = r.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):

@@ -83,6 +83,13 @@ class Template:
     options: tuple[str, ...] | None
     why: str
 
+    @property
+    def ranked_options(self) -> tuple[str, ...]:
+        """The options of a classification template (ValueError for a generation template, which has none)."""
+        if self.options is None:
+            raise ValueError(f"{self.file.path}: a generation template has no options to rank")
+        return self.options
+
 
 def infer_options(completions: Sequence[str], max_options: int = 10) -> tuple[tuple[str, ...] | None, str]:
     """(options, why): the distinct completions when the template looks like classification, else None."""
@@ -105,7 +112,8 @@ def read_template(file: TemplateFile, max_options: int = 10) -> Template:
     from instillm.errors import RowError
 
     ctx = RowContext.for_file(str(file.path))
-    examples, rejected = [], Counter()
+    examples: list[Example] = []
+    rejected: Counter[str] = Counter()
     for row in read_rows(file.path):
         if row.error is not None:
             rejected[row.error.reason] += 1
@@ -158,7 +166,7 @@ def fits(renderer: Any, t: Template, example: Example, max_length: int | None) -
     if max_length is None:
         return True
     if t.kind == CLASSIFICATION:
-        return all(len(r.input_ids) <= max_length for r in option_requests(renderer, example, t.options))
+        return all(len(r.input_ids) <= max_length for r in option_requests(renderer, example, t.ranked_options))
     prompt = renderer.example_prompt_text(example)
     return len(renderer.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]) < max_length
 
@@ -167,15 +175,16 @@ def score_classification(
     model: Any, renderer: Any, t: Template, examples: Sequence[Example], config: ZeroShotConfig
 ) -> dict[str, Any]:
     """Accuracy of rank classification over `examples` of a classification template."""
-    table = rank_options(model, renderer, examples, t.options, config.batch_size)
-    preds = [t.options[pick(row, config.length_normalize)] for row in table]
+    options = t.ranked_options
+    table = rank_options(model, renderer, examples, options, config.batch_size)
+    preds = [options[pick(row, config.length_normalize)] for row in table]
     correct = [float(p == e.reference) for p, e in zip(preds, examples)]
     samples = [
         {
             "id": e.id,
             "reference": e.reference,
             "prediction": p,
-            "logprobs": {o: round(s.logprob, 4) for o, s in zip(t.options, row)},
+            "logprobs": {o: round(s.logprob, 4) for o, s in zip(options, row)},
         }
         for e, p, row in list(zip(examples, preds, table))[:N_SAMPLES]
     ]
@@ -251,7 +260,7 @@ def aggregate(templates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     by_cluster: dict[str, list[str]] = defaultdict(list)
     for name, d in datasets.items():
         by_cluster[d["cluster"]].append(name)
-    clusters = {
+    clusters: dict[str, dict[str, Any]] = {
         c: {
             "accuracy": _mean(datasets[n]["accuracy"] for n in names),
             "rouge_l": _mean(datasets[n]["rouge_l"] for n in names),

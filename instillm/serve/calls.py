@@ -22,8 +22,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -80,7 +81,7 @@ class ServedModel:
         self.lanes = [_Lane(kind, tok, renderer) for kind, (tok, renderer) in zip(("small", "large"), tools)]
         self.max_prompt_chars = max_length * chars_per_token(tools[0][0])
 
-    async def prepare(self, body: bytes, chat: bool) -> "Call":
+    async def prepare(self, body: bytes, chat: bool) -> Call:
         """The request in `body` (a chat or completion request), checked and tokenized in a lane."""
         lane = self.lanes[0] if len(body) <= SMALL_BODY else self.lanes[-1]
         return await asyncio.get_running_loop().run_in_executor(lane.executor, self._prepare, body, chat, lane)
@@ -90,11 +91,11 @@ class ServedModel:
         for lane in self.lanes:
             lane.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare(self, body: bytes, chat: bool, lane: _Lane) -> "Call":
-        req = parse_body(body, ChatRequest if chat else CompletionRequest)
+    def _prepare(self, body: bytes, chat: bool, lane: _Lane) -> Call:
+        req = _parse(body, chat)
         self.check_model(req.model)
         field = "messages" if chat else "prompt"
-        prompts = [_render(req, lane.renderer)] if chat else req.prompts()
+        prompts = [_render(req, lane.renderer)] if isinstance(req, ChatRequest) else req.prompts()
         self.check_rows(len(prompts), req.n)
         self.check_chars(prompts, field)
         return Call(self, req, self.encode(prompts, field, lane.tokenizer), chat)
@@ -155,6 +156,10 @@ class ServedModel:
                            f"{longest + requested} > max_length={self.max_length} of {self.name!r}; "
                            f"shorten the prompt or lower {field}", field, "context_length_exceeded")
         return requested
+
+
+def _parse(body: bytes, chat: bool) -> ChatRequest | CompletionRequest:
+    return parse_body(body, ChatRequest) if chat else parse_body(body, CompletionRequest)
 
 
 def _render(req: ChatRequest, renderer: Any) -> str:
@@ -272,19 +277,21 @@ class Call:
         def on_delta(row: int, text: str) -> None:  # worker thread
             loop.call_soon_threadsafe(events.put_nowait, (row, text))
 
-        future = asyncio.wrap_future(self.start(on_delta).future)
+        job = self.start(on_delta)
+        future = asyncio.wrap_future(job.future)
         future.add_done_callback(lambda _: events.put_nowait(None))
-        return StreamingResponse(self._stream(events, future, request), media_type="text/event-stream",
+        return StreamingResponse(self._stream(job, events, future, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"}, background=BackgroundTask(self.cancel))
 
-    async def _stream(self, events: asyncio.Queue, future: asyncio.Future, request: Request) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, events: asyncio.Queue, future: asyncio.Future,
+                      request: Request) -> AsyncIterator[str]:
         """Server-sent events: chunks as text is generated, then `data: [DONE]`."""
         sent = [""] * len(self.rows)
         if self.chat:
             yield "".join(self._event(i, {"role": "assistant", "content": ""}) for i in range(len(self.rows)))
         try:
             while True:
-                batch = await _next_events(events, request, self.job)
+                batch = await _next_events(events, request, job)
                 chunk = "".join(self._delta(sent, row, text) for row, text in filter(None, batch))
                 if chunk:
                     yield chunk
@@ -292,7 +299,7 @@ class Call:
                     break
         except ClientGone:
             return
-        if not self.job.cancelled:
+        if not job.cancelled:
             for chunk in self._ending(future, sent):
                 yield chunk
 

@@ -23,11 +23,12 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator
+from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator, TokenCallback
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class Engine:
             j.future.set_result(outputs[start : start + len(j.prompts)])
             start += len(j.prompts)
 
-    def _on_token(self, jobs: list[Job], stops: tuple[str, ...]) -> Callable[[int, int | None, str | None], None] | None:
+    def _on_token(self, jobs: list[Job], stops: tuple[str, ...]) -> TokenCallback | None:
         """The generator's per-step callback feeding the text streams (None: nothing is streamed)."""
         streams = self._streams(jobs, stops)
         if all(s is None for s in streams):

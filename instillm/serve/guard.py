@@ -8,16 +8,10 @@ chunked body without Content-Length is cut at the limit too, and hands the app t
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
-
 from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instillm.serve.errors import APIError, auth_error
-
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[dict, Receive, Send], Awaitable[None]]
 
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -48,7 +42,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, api_key: str | None, max_bytes: int) -> None:
         self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
 
-    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         refusal = self._refusal(scope, Headers(scope=scope))
@@ -64,7 +58,7 @@ class RequestGuard:
             return await _too_large(self.max_bytes).response()(scope, receive, send)
         await self.app(scope, _replay(body, receive), send)
 
-    def _refusal(self, scope: dict, headers: Headers) -> APIError | None:
+    def _refusal(self, scope: Scope, headers: Headers) -> APIError | None:
         """The error answered from the headers alone (None: go on)."""
         error = auth_error(headers.get("authorization", ""), self.api_key)
         if error is not None or scope["method"] not in WITH_BODY:

@@ -13,7 +13,7 @@ hold, naming the field.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,7 +38,7 @@ class ChatMessage(_Body):
     """A chat message; `content` is a string or a list of text parts (joined)."""
 
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: str | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
@@ -60,7 +60,7 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -70,7 +70,7 @@ class _Sampling(_Body):
 
     @field_validator("stop")
     @classmethod
-    def _stop_strings(cls, v: Union[str, list[str], None]) -> Union[str, list[str], None]:
+    def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
         values = [v] if isinstance(v, str) else (v or [])
         if any(not s for s in values):
             raise ValueError("stop strings must be non-empty")
@@ -101,7 +101,7 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "ChatRequest":
+    def _one_budget(self) -> ChatRequest:
         a, b = self.max_tokens, self.max_completion_tokens
         if a is not None and b is not None and a != b:
             raise ValueError(f"max_tokens ({a}) and max_completion_tokens ({b}) differ; give one of them")
@@ -119,11 +119,11 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """POST /v1/completions. `prompt` is used verbatim: no BOS or template is added."""
 
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
 
     @field_validator("prompt")
     @classmethod
-    def _some_prompt(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+    def _some_prompt(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not v:
             raise ValueError("needs at least one prompt")
         return v

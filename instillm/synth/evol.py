@@ -186,7 +186,8 @@ class Lineage:
 
 def read_lineages(path: str | Path) -> tuple[list[Lineage], list[dict[str, Any]]]:
     """Lineages of the single-turn rows of a canonical JSONL file, and rejects for the other rows."""
-    lineages, rejects, seen = [], [], {}
+    lineages, rejects = [], []
+    seen: dict[str, int] = {}
     for row, ex in iter_canonical(path):
         turns = [m for m in ex.prompt_messages if m.role != "system"]
         err = None
@@ -241,7 +242,7 @@ def _evolve_batch(
     backend: Backend, cfg: EvolConfig, r: int, start: int, batch: Sequence[Lineage], progress: Progress | None
 ) -> list[dict[str, Any]]:
     """Evolve, judge, answer and check one batch of lineages; one journal record each."""
-    recs = []
+    recs: list[dict[str, Any]] = []
     for k, lin in enumerate(batch):
         op, fmt = _plan(cfg, r, start + k)
         recs.append(

@@ -286,7 +286,10 @@ class InstructionPool:
         hit = self.rouge.match(inst, best=True)
         if hit is None:
             return None
-        f, (kind, i) = hit
+        f, label = hit
+        if not isinstance(label, tuple):  # the pool labels every text ("against" | "pool", index)
+            raise TypeError(f"unexpected ROUGE-L pool label {label!r}")
+        kind, i = label
         other = self.seeds[i] if kind == "against" else self.instructions[i]
         what = "seed" if kind == "against" else "machine instruction"
         return RowError("rouge_l_duplicate", f"ROUGE-L F {f:.4f} > {self.threshold} with {what} {i}: {other[:120]!r}")
