@@ -404,7 +404,10 @@ def _agreement_rows() -> list[tuple[str, Any]]:
         ("agreement with reference annotations (decided pairs)", lambda r: _share(get(r), "n_agree", "n_decided")),
         ("Cohen's kappa", lambda r: "—" if get(r).get("kappa") is None else f"{get(r)['kappa']:.3f}"),
         ("pairs matched to the annotations", lambda r: _share(get(r), "n_matched", "n_rows")),
-        ("ties (ours; reference)", lambda r: f"{get(r).get('n_ties_ours', 0)}; {get(r).get('n_ties_reference', 0)}"),
+        (
+            "ties (ours; reference)",
+            lambda r: f"{get(r)['n_ties_ours']}; {get(r)['n_ties_reference']}" if get(r) else "—",
+        ),
     ]
 
 

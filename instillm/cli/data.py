@@ -363,6 +363,7 @@ def data_self_instruct(
     The teacher's response cache defaults to OUT.run/cache.sqlite.
     """
     from instillm.synth.pipeline import load_config
+    from instillm.data.importer import refuse_output_over_inputs
     from instillm.synth.self_instruct import SelfInstructConfig, load_seed_tasks, run_self_instruct
 
     teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device)
@@ -370,6 +371,7 @@ def data_self_instruct(
         extra = [f"num_instructions={num}"] if num is not None else []
         cfg = load_config(SelfInstructConfig, config, [*overrides, *extra], "self-instruct")
         if seeds is not None:
+            refuse_output_over_inputs([seeds], output)
             load_seed_tasks(seeds)  # a bad seeds file fails before the teacher cache is created
         res = _run_with_teacher(
             teacher, output, lambda t, advance: run_self_instruct(t, output, seeds, cfg, progress=advance)
@@ -410,6 +412,7 @@ def data_evolve(
 
     The teacher's response cache defaults to OUT.run/cache.sqlite.
     """
+    from instillm.data.importer import refuse_output_over_inputs
     from instillm.synth.evol import EvolConfig, read_lineages, run_evol
     from instillm.synth.pipeline import load_config
 
@@ -418,6 +421,7 @@ def data_evolve(
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = load_config(EvolConfig, config, [*overrides, *extra], "evol")
         read_lineages(data)  # a missing or unreadable input fails before the teacher cache is created
+        refuse_output_over_inputs([data], output)
         res = _run_with_teacher(teacher, output, lambda t, advance: run_evol(t, data, output, cfg, progress=advance))
     s = res.stats
     _print_stage_counts(

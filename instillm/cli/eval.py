@@ -449,11 +449,13 @@ def eval_judge(
             "first-position picks (verdicts)": share(fm.n_first_position, fm.n_decided_verdicts),
         }
     if agree is not None:
-        who = agree["reference_annotator"] or str(annotations)
+        wins = [agree[k] for k in ("output_2_share_ours", "output_2_share_reference")]
         modes |= {
-            f"agreement with {who} (decided pairs)": share(agree["n_agree"], agree["n_decided"]),
-            "Cohen's kappa": "—" if agree["kappa"] is None else f"{agree['kappa']:.3f}",
+            "reference judge": agree["reference_annotator"] or str(annotations),
             "pairs matched / total (swapped)": f"{agree['n_matched']} / {agree['n_rows']} ({agree['n_swapped']})",
+            "agreement (decided pairs)": share(agree["n_agree"], agree["n_decided"]),
+            "Cohen's kappa": "—" if agree["kappa"] is None else f"{agree['kappa']:.3f}",
+            "output_2 wins: ours; reference": "; ".join("—" if w is None else f"{w:.1%}" for w in wins),
             "ties: ours; reference": f"{agree['n_ties_ours']}; {agree['n_ties_reference']}",
         }
     out.print(

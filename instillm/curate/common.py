@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instillm.data.importer import rejects_path_for
+from instillm.data.importer import refuse_output_over_inputs, rejects_path_for
 from instillm.data.io import RawRow, read_rows
 from instillm.data.schema import Example
 from instillm.errors import DataError, RowError
@@ -85,8 +85,7 @@ def curate_file(
     """
     output = Path(out)
     summary = CurationSummary(output=output, rejects_path=rejects_path_for(output))
-    if Path(inp).resolve() in (output.resolve(), summary.rejects_path.resolve()):
-        raise DataError(f"output {output} would overwrite the input {inp}; choose another path")
+    refuse_output_over_inputs([inp], output)
     output.parent.mkdir(parents=True, exist_ok=True)
     out_tmp, rej_tmp = _temp_beside(output), _temp_beside(summary.rejects_path)
     by_reason = summary.rejected_by_reason

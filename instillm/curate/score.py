@@ -55,7 +55,7 @@ import torch
 
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range
 from instillm.curate.common import CurationSummary, curate_file, iter_canonical
-from instillm.data.importer import rejects_path_for
+from instillm.data.importer import refuse_output_over_inputs, rejects_path_for
 from instillm.data.render import IGNORE_INDEX, RenderConfig, Rendered, Renderer
 from instillm.data.schema import Example
 from instillm.errors import DataError, RenderError, RowError
@@ -457,8 +457,7 @@ def score_file(
     here). `progress(n)` is told how many more rows were scored.
     """
     output = Path(out)
-    if Path(inp).resolve() in (output.resolve(), rejects_path_for(output).resolve()):
-        raise DataError(f"output {output} would overwrite the input {inp}; choose another path")
+    refuse_output_over_inputs([inp], output)
     if config.ifd is not None and scorer is None:
         scorer = IFDScorer.load(config.ifd)
     own_backend = config.rating is not None and backend is None

@@ -79,8 +79,7 @@ def import_files(
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"format {format!r} is unknown; choose auto or one of {sorted(FORMATS)}")
     names, out = _source_names(sources), Path(output)
-    rejects = rejects_path_for(out)
-    refuse_overwrite(names, {f"output {out}": out, f"rejects file {rejects} (of output {out})": rejects})
+    refuse_output_over_inputs(names, out)
     stems = _id_stems(names)
     readers = [(name, read_rows(name)) for name in names]  # resolve every input before writing
     with _sigterm_interrupts(), _Sink(out, strict) as sink:
@@ -100,6 +99,14 @@ def _source_names(sources: Sequence[str | Path]) -> list[str]:
     if dups:
         raise DataError(f"input given more than once: {dups}")
     return names
+
+
+def refuse_output_over_inputs(inputs: Iterable[str | Path], output: str | Path) -> None:
+    """DataError when OUT or its rejects file would replace or write into one of `inputs` (every
+    command that writes canonical data checks this before it reads anything)."""
+    out = Path(output)
+    rejects = rejects_path_for(out)
+    refuse_overwrite(list(inputs), {f"output {out}": out, f"rejects file {rejects} (of output {out})": rejects})
 
 
 def refuse_overwrite(inputs: Iterable[str | Path], writes: dict[str, Path]) -> None:

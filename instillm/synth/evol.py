@@ -44,6 +44,7 @@ from typing import Any
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range
 from instillm.curate.common import iter_canonical
 from instillm.curate.filters import EN_STOPWORDS, word_count
+from instillm.data.importer import refuse_output_over_inputs
 from instillm.data.schema import Example, Message
 from instillm.errors import DataError, RowError
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams, reply_text
@@ -336,6 +337,7 @@ def run_evol(
 ) -> EvolResult:
     """Evolve every single-turn example of `data` for `config.rounds` rounds into `output` (resumable)."""
     cfg = config or EvolConfig()
+    refuse_output_over_inputs([data], output)
     lineages, input_rejects = read_lineages(data)
     fingerprint = {
         "pipeline": "evol_instruct",

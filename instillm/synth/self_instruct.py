@@ -64,6 +64,7 @@ from instillm.config import Config, check_choice, check_min, check_min_int, chec
 from instillm.curate.dedup import RougeLFilter
 from instillm.curate.filters import SELF_INSTRUCT_BLACKLIST, blacklist_pattern, word_count
 from instillm.data.formats import alpaca_user_turn
+from instillm.data.importer import refuse_output_over_inputs
 from instillm.data.io import read_rows
 from instillm.data.schema import Example, from_prompt_completion
 from instillm.errors import DataError, RowError
@@ -618,6 +619,7 @@ def run_self_instruct(
     """The whole pipeline into `output` (resuming an interrupted run with the same settings)."""
     cfg = config or SelfInstructConfig()
     seeds_path = DEFAULT_SEEDS if seeds is None else Path(seeds)
+    refuse_output_over_inputs([seeds_path], output)
     tasks = load_seed_tasks(seeds_path)
     seed_insts = [t.instruction for t in tasks if t.is_classification or not cfg.use_clf_seed_tasks_only]
     if len(seed_insts) < cfg.num_prompt_instructions:
