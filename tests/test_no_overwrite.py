@@ -30,3 +30,18 @@ def test_data_commands_refuse_to_write_over_an_input(tmp_path: Path, args: list[
     assert res.exit_code == 1 and "would overwrite input" in res.output, res.output
     assert a.read_text() == ROW
     assert sorted(p.name for p in tmp_path.iterdir()) == [a.name]  # no journal, cache or temp file
+
+
+def test_curation_outputs_get_the_users_umask(tmp_path: Path) -> None:
+    import os
+
+    a = tmp_path / "a.jsonl"
+    a.write_text(ROW)
+    old = os.umask(0o027)
+    try:
+        res = CliRunner().invoke(app, ["data", "dedup", str(a), "-o", str(tmp_path / "out.jsonl")])
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for name in ("out.jsonl", "out.rejects.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name

@@ -406,8 +406,9 @@ def eval_judge(
 ) -> None:
     """AlpacaEval-style pairwise judging of two outputs files, both orders per pair; writes annotations.
 
-    Also prints the judge's failure modes (unreadable replies, verdicts that flip when the outputs swap
-    places, picks of the output shown first) and, with --annotations, its agreement with another judge.
+    Also prints the judge's failure modes: unreadable replies, flips, picks of the output shown first.
+
+    A flip: the verdict changes when the two outputs swap places. --annotations: agreement with another judge.
     """
     from instillm.evaluate.judge import JudgeConfig, judge_output_files, summarize, write_annotations
     from instillm.evaluate.winrate import load_annotations

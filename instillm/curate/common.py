@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from instillm.data.importer import refuse_output_over_inputs, rejects_path_for
-from instillm.data.io import RawRow, read_rows
+from instillm.data.io import RawRow, read_rows, temp_beside
 from instillm.data.schema import Example
 from instillm.errors import DataError, RowError
 
@@ -87,7 +86,7 @@ def curate_file(
     summary = CurationSummary(output=output, rejects_path=rejects_path_for(output))
     refuse_output_over_inputs([inp], output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    out_tmp, rej_tmp = _temp_beside(output), _temp_beside(summary.rejects_path)
+    out_tmp, rej_tmp = temp_beside(output), temp_beside(summary.rejects_path)
     by_reason = summary.rejected_by_reason
     try:
         with open(out_tmp, "wb") as fout, open(rej_tmp, "wb") as frej:
@@ -127,10 +126,3 @@ def curate_file(
         out_tmp.unlink(missing_ok=True)
         rej_tmp.unlink(missing_ok=True)
     return summary
-
-
-def _temp_beside(target: Path) -> Path:
-    """A fresh hidden temp path in the target's directory, so the final rename is atomic."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)

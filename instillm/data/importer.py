@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from instillm.data.formats import FORMATS, RowContext, Unit, convert_rows, detect_format, mt_bench
-from instillm.data.io import RawRow, one_line, read_rows, source_name, source_stem
+from instillm.data.io import RawRow, one_line, read_rows, source_name, source_stem, temp_beside
 from instillm.data.schema import Example, line_safe
 from instillm.errors import ConfigError, DataError, RowError
 
@@ -225,8 +224,8 @@ class _Sink:
         self.strict = strict
         self._ids: set[str] = set()
         output.parent.mkdir(parents=True, exist_ok=True)
-        self._out_tmp = _temp_beside(output)
-        self._rej_tmp = _temp_beside(self.summary.rejects_path)
+        self._out_tmp = temp_beside(output)
+        self._rej_tmp = temp_beside(self.summary.rejects_path)
         self._out = open(self._out_tmp, "wb")
         self._rej = open(self._rej_tmp, "wb")
 
@@ -299,25 +298,6 @@ class _Sink:
             reasons = ", ".join(f"{r}: {c}" for r, c in sorted(self.summary.rejects_by_reason.items()))
             raise DataError(f"no valid row in {shown} ({reasons}); see {self.summary.rejects_path}")
         os.replace(self._out_tmp, self.summary.output)
-
-
-def _temp_beside(target: Path) -> Path:
-    """A fresh hidden temp path in the target's directory (so the final rename is atomic), with umask permissions."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output should be like any file the user writes
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it and back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _encode(ex: Example) -> bytes:
@@ -396,7 +376,7 @@ def write_examples(examples: Iterable[Example], output: str | Path) -> Path:
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _sigterm_interrupts():
-        tmp = _temp_beside(out)
+        tmp = temp_beside(out)
         try:
             with open(tmp, "wb") as f:
                 for ex in examples:

@@ -19,8 +19,10 @@ import csv
 import gzip
 import io
 import json
+import os
 import re
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +48,26 @@ class RawRow:
     record: Any  # the parsed value (any JSON value, even null); None when `error` is set
     raw: str
     error: RowError | None = None
+
+
+def temp_beside(target: Path) -> Path:
+    """A fresh hidden temp file in the target's directory (so the final rename is atomic), with the
+    permissions of any file the user writes (mkstemp's are 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it and back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_rows(path: str | Path) -> Iterator[RawRow]:
