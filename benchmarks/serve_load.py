@@ -60,10 +60,31 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the server's default --max-request-bytes
 MAX_ROWS = 256  # and --max-rows
 MODES = {"batched": 32, "serial": 1}
 
-TOPICS = ["the ocean", "bread", "a binary search", "autumn rain", "Python tuples", "the moon", "chess",
-          "a bakery", "volcanoes", "trains", "coffee", "gardening", "jazz", "glaciers", "bicycles", "owls"]
-ASKS = ["Write a sentence about {}.", "Give three facts about {}.", "Explain {} to a child.",
-        "Write a haiku about {}.", "What is interesting about {}?"]
+TOPICS = [
+    "the ocean",
+    "bread",
+    "a binary search",
+    "autumn rain",
+    "Python tuples",
+    "the moon",
+    "chess",
+    "a bakery",
+    "volcanoes",
+    "trains",
+    "coffee",
+    "gardening",
+    "jazz",
+    "glaciers",
+    "bicycles",
+    "owls",
+]
+ASKS = [
+    "Write a sentence about {}.",
+    "Give three facts about {}.",
+    "Explain {} to a child.",
+    "Write a haiku about {}.",
+    "What is interesting about {}?",
+]
 
 
 def instruction(i: int) -> str:
@@ -81,8 +102,19 @@ def start_server(model: Path, max_batch_size: int, threads: int, log: Path) -> t
     """`instillm serve` in a subprocess (its output to `log`); it and its base URL once it answers."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "instillm.cli", "serve", str(model), "--port", str(port),
-           "--model-name", "bench", "--max-batch-size", str(max_batch_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "instillm.cli",
+        "serve",
+        str(model),
+        "--port",
+        str(port),
+        "--model-name",
+        "bench",
+        "--max-batch-size",
+        str(max_batch_size),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 180
@@ -100,8 +132,12 @@ def start_server(model: Path, max_batch_size: int, threads: int, log: Path) -> t
 
 def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> tuple[float, int, str]:
     """(latency s, completion tokens, text) of one greedy chat request."""
-    body = {"model": "bench", "messages": [{"role": "user", "content": instruction(i)}],
-            "max_tokens": max_tokens, "temperature": 0}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": instruction(i)}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     t0 = time.perf_counter()
     r = client.post(url + "/chat/completions", json=body, timeout=600)
     r.raise_for_status()
@@ -134,11 +170,17 @@ def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
         raise SystemExit(f"only {len(results)} of {n} requests succeeded")
     lat = sorted(r[0] for r in results.values())
     tokens = sum(r[1] for r in results.values())
-    return {"concurrency": concurrency, "requests": n, "seconds": round(wall, 3),
-            "requests_per_s": round(n / wall, 3), "completion_tokens": tokens,
-            "tokens_per_s": round(tokens / wall, 1), "p50_latency_s": round(statistics.median(lat), 3),
-            "p95_latency_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
-            "texts": {i: results[i][2] for i in sorted(results)}}
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "seconds": round(wall, 3),
+        "requests_per_s": round(n / wall, 3),
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 1),
+        "p50_latency_s": round(statistics.median(lat), 3),
+        "p95_latency_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+        "texts": {i: results[i][2] for i in sorted(results)},
+    }
 
 
 def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> list[dict]:
@@ -151,8 +193,9 @@ def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> lis
         for c in args.concurrency:
             measured = load(url, c, args.requests_per_client, args.max_tokens)
             row = {"mode": mode, "max_batch_size": MODES[mode], **measured}
-            print(f"  {mode:8s} c={c:<3d} {row['requests_per_s']:8.2f} req/s {row['tokens_per_s']:9.1f} tok/s",
-                  flush=True)
+            print(
+                f"  {mode:8s} c={c:<3d} {row['requests_per_s']:8.2f} req/s {row['tokens_per_s']:9.1f} tok/s", flush=True
+            )
             rows.append(row)
         return rows
     finally:
@@ -161,12 +204,16 @@ def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> lis
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'mode':8s} {'batch':>5s} {'clients':>7s} {'requests':>8s} {'req/s':>8s} {'tok/s':>9s} "
-          f"{'p50 s':>7s} {'p95 s':>7s}")
+    print(
+        f"\n{'mode':8s} {'batch':>5s} {'clients':>7s} {'requests':>8s} {'req/s':>8s} {'tok/s':>9s} "
+        f"{'p50 s':>7s} {'p95 s':>7s}"
+    )
     for r in rows:
-        print(f"{r['mode']:8s} {r['max_batch_size']:5d} {r['concurrency']:7d} {r['requests']:8d} "
-              f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} "
-              f"{r['p95_latency_s']:7.3f}")
+        print(
+            f"{r['mode']:8s} {r['max_batch_size']:5d} {r['concurrency']:7d} {r['requests']:8d} "
+            f"{r['requests_per_s']:8.2f} {r['tokens_per_s']:9.1f} {r['p50_latency_s']:7.3f} "
+            f"{r['p95_latency_s']:7.3f}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,12 +246,17 @@ def small_latencies(url: str, clients: int, per_client: int, max_tokens: int) ->
 
 
 def summary(lat: list[float]) -> dict:
-    return {"requests": len(lat), "p50_latency_s": round(percentile(lat, 0.5), 3),
-            "p99_latency_s": round(percentile(lat, 0.99), 3), "max_latency_s": round(max(lat), 3)}
+    return {
+        "requests": len(lat),
+        "p50_latency_s": round(percentile(lat, 0.5), 3),
+        "p99_latency_s": round(percentile(lat, 0.99), 3),
+        "max_latency_s": round(max(lat), 3),
+    }
 
 
 def big_chat_body() -> bytes:
     """A chat request of MAX_REQUEST_BYTES: one message far longer than any context."""
+
     def body(text: str) -> bytes:
         return json.dumps({"model": "bench", "messages": [{"role": "user", "content": text}], "max_tokens": 8}).encode()
 
@@ -233,13 +285,20 @@ class Hostile:
 
     def post_big(self, client: httpx.Client, kind: str) -> None:
         path = "/chat/completions" if kind == "chat" else "/completions"
-        r = client.post(self.url + path, content=self.bodies[kind], headers={"Content-Type": "application/json"},
-                        timeout=120)
+        r = client.post(
+            self.url + path, content=self.bodies[kind], headers={"Content-Type": "application/json"}, timeout=120
+        )
         self.count(f"{kind}_body_{r.status_code}")
 
     def abandon_stream(self, client: httpx.Client) -> None:
-        body = {"model": "bench", "messages": [{"role": "user", "content": "Write a long story."}], "n": 128,
-                "max_tokens": self.context - 64, "temperature": 0, "stream": True}
+        body = {
+            "model": "bench",
+            "messages": [{"role": "user", "content": "Write a long story."}],
+            "n": 128,
+            "max_tokens": self.context - 64,
+            "temperature": 0,
+            "stream": True,
+        }
         t0 = time.perf_counter()
         with client.stream("POST", self.url + "/chat/completions", json=body, timeout=120) as r:
             lines = r.iter_lines()
@@ -250,8 +309,11 @@ class Hostile:
     def run(self) -> None:
         with httpx.Client() as client:
             while not self.stop.is_set():
-                for step in (lambda: self.post_big(client, "chat"), lambda: self.post_big(client, "prompts"),
-                             lambda: self.abandon_stream(client)):
+                for step in (
+                    lambda: self.post_big(client, "chat"),
+                    lambda: self.post_big(client, "prompts"),
+                    lambda: self.abandon_stream(client),
+                ):
                     if not self.stop.is_set():
                         step()
 
@@ -282,24 +344,37 @@ def run_hostile(model: Path, args: argparse.Namespace, log: Path) -> dict:
         proc.terminate()
         proc.wait(30)
     ratio = percentile(loud, 0.99) / percentile(quiet, 0.99)
-    return {"quiet": summary(quiet), "hostile": summary(loud), "p99_ratio": round(ratio, 2),
-            "target_met": ratio <= 2.0, "hostile_client": hostile.counts,
-            "hostile_stream_first_text_s": round(statistics.median(hostile.first_text_s), 3)
-            if hostile.first_text_s else None}
+    return {
+        "quiet": summary(quiet),
+        "hostile": summary(loud),
+        "p99_ratio": round(ratio, 2),
+        "target_met": ratio <= 2.0,
+        "hostile_client": hostile.counts,
+        "hostile_stream_first_text_s": round(statistics.median(hostile.first_text_s), 3)
+        if hostile.first_text_s
+        else None,
+    }
 
 
 def print_hostile(res: dict) -> None:
     for phase in ("quiet", "hostile"):
         r = res[phase]
-        print(f"{phase:8s} {r['requests']:4d} small requests  p50 {r['p50_latency_s']:7.3f} s  "
-              f"p99 {r['p99_latency_s']:7.3f} s  max {r['max_latency_s']:7.3f} s")
+        print(
+            f"{phase:8s} {r['requests']:4d} small requests  p50 {r['p50_latency_s']:7.3f} s  "
+            f"p99 {r['p99_latency_s']:7.3f} s  max {r['max_latency_s']:7.3f} s"
+        )
     print(f"p99 hostile / quiet: {res['p99_ratio']} (target <= 2: {'met' if res['target_met'] else 'NOT met'})")
     print(f"hostile client: {res['hostile_client']}")
 
 
 def machine(load_before: tuple) -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
 
 
 def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
@@ -307,11 +382,24 @@ def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: 
     print_hostile(res)
     path = RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "benchmark": "serve_load_hostile", "quick": args.quick, "model": str(args.model or f"preset:{args.preset}"),
-        "max_tokens": args.max_tokens, "clients": args.clients, "requests_per_client": args.requests_per_client,
-        "server_threads": args.threads, "max_request_bytes": MAX_REQUEST_BYTES, "max_rows": MAX_ROWS, **res,
-        "machine": machine(load_before)}, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "serve_load_hostile",
+                "quick": args.quick,
+                "model": str(args.model or f"preset:{args.preset}"),
+                "max_tokens": args.max_tokens,
+                "clients": args.clients,
+                "requests_per_client": args.requests_per_client,
+                "server_threads": args.threads,
+                "max_request_bytes": MAX_REQUEST_BYTES,
+                "max_rows": MAX_ROWS,
+                **res,
+                "machine": machine(load_before),
+            },
+            indent=1,
+        )
+    )
     print(f"→ {path}")
 
 
@@ -367,13 +455,28 @@ def main() -> None:
     print(f"identical_outputs (batched == serial, greedy): {identical}")
     path = RESULTS_QUICK if args.quick else RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "benchmark": "serve_load", "quick": args.quick, "model": str(args.model or f"preset:{args.preset}"),
-        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
-        "server_threads": args.threads, "identical_outputs": identical, "results": rows,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-    }, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "serve_load",
+                "quick": args.quick,
+                "model": str(args.model or f"preset:{args.preset}"),
+                "max_tokens": args.max_tokens,
+                "requests_per_client": args.requests_per_client,
+                "server_threads": args.threads,
+                "identical_outputs": identical,
+                "results": rows,
+                "machine": {
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+            },
+            indent=1,
+        )
+    )
     print(f"→ {path}")
 
 

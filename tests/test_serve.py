@@ -95,10 +95,12 @@ def test_chat_equals_generator_greedy(client, reference):
 
 def test_content_as_text_parts_equals_a_string(client):
     parts = [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]
-    a = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}],
-                                       max_tokens=6, temperature=0)
-    b = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Name a colour."}],
-                                       max_tokens=6, temperature=0)
+    a = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0
+    )
+    b = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=6, temperature=0
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
@@ -122,8 +124,9 @@ def test_completions_list_of_prompts(client, reference):
 def test_the_shared_tiny_server_fixture_answers(tiny_server):
     assert tiny_server.base_url.startswith("http://127.0.0.1:") and tiny_server.api_key is None
     c = openai.OpenAI(base_url=tiny_server.base_url, api_key="unused", max_retries=0)
-    r = c.chat.completions.create(model=tiny_server.model, messages=[{"role": "user", "content": "hi"}],
-                                  max_tokens=3, temperature=0)
+    r = c.chat.completions.create(
+        model=tiny_server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0
+    )
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
 
 
@@ -134,8 +137,11 @@ def test_the_shared_tiny_server_fixture_answers(tiny_server):
 def test_stream_chat_reassembles_to_the_non_streamed_text(client):
     msgs = [{"role": "user", "content": "Tell me a story about a dog."}]
     full = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=16, temperature=0)
-    chunks = list(client.chat.completions.create(model=NAME, messages=msgs, max_tokens=16, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=NAME, messages=msgs, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert deltas[0].role == "assistant"
@@ -173,8 +179,12 @@ def _stop_across_tokens(reference: Generator, prompt: str) -> tuple[str, str]:
 def test_stream_honours_stop_strings(client, reference):
     prompt = "Seven eight nine"
     stop, want = _stop_across_tokens(reference, prompt)
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=NAME, prompt=prompt, max_tokens=16, temperature=0, stop=[stop], stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=NAME, prompt=prompt, max_tokens=16, temperature=0, stop=[stop], stream=True
+        )
+    )
     assert streamed == want
 
 
@@ -183,8 +193,15 @@ def test_stream_honours_stop_strings(client, reference):
 
 
 def test_n3_sampling_gives_three_seeded_choices(client):
-    kw = dict(model=NAME, messages=[{"role": "user", "content": "Say something."}], max_tokens=10,
-              temperature=1.0, top_p=0.95, n=3, seed=7)
+    kw = dict(
+        model=NAME,
+        messages=[{"role": "user", "content": "Say something."}],
+        max_tokens=10,
+        temperature=1.0,
+        top_p=0.95,
+        n=3,
+        seed=7,
+    )
     a = client.chat.completions.create(**kw)
     b = client.chat.completions.create(**kw)
     texts = [c.message.content for c in a.choices]
@@ -197,8 +214,9 @@ def test_stop_string_is_honoured(client, reference):
     prompt = _chat_prompt(reference, "Write words.")
     text = _alone(reference, prompt, 16).text
     stop = text[5:8]
-    r = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Write words."}],
-                                       max_tokens=16, temperature=0, stop=stop)
+    r = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "Write words."}], max_tokens=16, temperature=0, stop=stop
+    )
     assert r.choices[0].message.content == text[: text.find(stop)]
     assert r.choices[0].finish_reason == "stop"
 
@@ -368,9 +386,23 @@ def test_cli_serve_prints_the_url_and_serves(tiny_model_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "instillm.cli", "serve", str(tiny_model_dir), "--port", str(port),
-                             "--model-name", "cli-tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "instillm.cli",
+            "serve",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--model-name",
+            "cli-tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from instillm.cli._common import (
@@ -27,6 +28,7 @@ from instillm.cli._common import (
     TeacherKind,
     TeacherModel,
     cli_errors,
+    console,
     fail,
     out,
     progress_bar,
@@ -115,6 +117,133 @@ def _print_stats(stats, template_name: str) -> None:
     peak = max(counts, default=0) or 1
     for c, lo, hi in zip(counts, edges, edges[1:]):
         out.print(f"{lo:>6}-{hi:<6} {'█' * round(30 * c / peak)} {c}")
+
+
+# ------------------------------------------------------------------------------ audit / card
+
+
+@app.command("audit")
+def data_audit(
+    data: Path = typer.Argument(..., help="Canonical JSONL (from `instillm data import`)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model path or hub id (its tokenizer is used)."),
+    template: str = typer.Option("auto", "--template", help="auto | tokenizer | chatml | alpaca | plain | FILE.jinja"),
+    max_length: int = typer.Option(2048, "--max-length"),
+    truncation: str = typer.Option("drop", "--truncation", help="drop | truncate-prompt | error"),
+    max_flagged: float | None = typer.Option(
+        None, "--max-flagged", help="Exit 1 when the share of rows with any flag is above this rate (0-1)."
+    ),
+    fail_on: list[str] = typer.Option(
+        [], "--fail-on", help="FLAG=RATE (repeatable): exit 1 when FLAG's share of rows is above RATE; 0 = any row."
+    ),
+    show: int = typer.Option(5, "--show", help="Flagged rows listed per flag (--json lists them all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object only."),
+) -> None:
+    """Audit every row's loss mask as training renders it; exit 1 when a --max-flagged/--fail-on rate is exceeded.
+
+    Flags (rate = flagged rows / rows): no_trained_token (every assistant turn train=false, or a trained turn
+    renders to no token), prompt_too_long (the prompt alone is >= --max-length tokens), response_truncated (the
+    row exceeds --max-length and trained tokens are lost), eos_not_trained (a trained turn does not end with
+    EOS/end-of-turn), template_inconsistent (the template fails on the row), duplicate_prompt (same rendered
+    prompt as an earlier row). Without thresholds the exit status is 0.
+    """
+    from instillm.data.audit import audit_file, parse_fail_on, parse_rate
+    from instillm.data.render import RenderConfig, Renderer
+    from instillm.models.loading import load_tokenizer
+
+    with cli_errors():
+        limits = parse_fail_on(fail_on)
+        overall = parse_rate(max_flagged, "--max-flagged") if max_flagged is not None else None
+        renderer = Renderer(
+            load_tokenizer(model), RenderConfig(template=template, max_length=max_length, truncation=truncation)
+        )
+        with progress_bar("auditing") as advance:
+            report = audit_file(data, renderer, progress=advance)
+    if as_json:
+        out.print_json(json.dumps(report.to_json(overall, limits)))
+    else:
+        _print_audit(report, show)
+    exceeded = report.exceeded(overall, limits)
+    for message in exceeded:
+        console.print(f"[bold red]threshold exceeded:[/] {escape(message)}")
+    if exceeded:
+        raise typer.Exit(code=1)
+
+
+def _print_audit(report, show: int) -> None:
+    s = report.settings
+    table = Table(
+        title=f"mask audit: {report.n_examples} rows (template {s['template']}, max_length {s['max_length']}, "
+        f"truncation {s['truncation']})"
+    )
+    table.add_column("flag")
+    table.add_column("rows", justify="right")
+    table.add_column("rate", justify="right")
+    table.add_column("rows flagged (id:line)")
+    for flag, rows in report.flags.items():
+        listed = ", ".join(f"{r.id}:{r.line}" for r in rows[:show]) + (" …" if len(rows) > show else "")
+        table.add_row(flag, str(len(rows)), f"{report.rate(flag):.3f}", escape(listed))
+    out.print(table)
+    out.print(f"rows with any flag: {report.n_flagged} of {report.n_examples} ({report.rate():.3f})")
+    for flag, rows in report.flags.items():
+        for r in rows[:show]:
+            out.print(f"  {flag} {escape(r.id)} (line {r.line}): {escape(r.detail)}")
+
+
+@app.command("card")
+def data_card(
+    data: Path = typer.Argument(..., help="Canonical JSONL (from `instillm data import`)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="HTML card to write (self-contained, PNG plots)."),
+    eval_sets: list[Path] = typer.Option([], "--eval", help="Eval files to measure overlap with (repeatable)."),
+    n: int = typer.Option(13, "--n", help="Eval overlap: n-gram length in words, as `data decontaminate`."),
+    minhash: float = typer.Option(0.8, "--minhash", help="Near-duplicate clusters: MinHash-LSH Jaccard threshold."),
+    on: str = typer.Option("conversation", "--on", help="conversation | instruction (text compared for near dups)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as one JSON object."),
+) -> None:
+    """Data card: composition, lengths, languages, leading verbs and objects, near-duplicate clusters, eval overlap."""
+    from instillm.data.card import data_card as build_card
+    from instillm.data.card import read_card_examples, write_card_html
+    from instillm.data.importer import refuse_overwrite
+
+    if output is None and not as_json:
+        fail(InstillmError("give -o CARD.html to write the card (or --json to print it)"))
+    with cli_errors():
+        if output is not None:
+            refuse_overwrite([data, *eval_sets], {f"output {output}": output})
+        near_dup, overlap = _card_checks(eval_sets, n, minhash, on)
+        examples = read_card_examples(data)
+        if not examples:
+            raise InstillmError(f"no examples for a data card: {data} holds no rows")
+        card = build_card(examples, near_dup=near_dup, eval_overlap=overlap)
+        if output is not None:
+            write_card_html(card, output, title=f"Data card: {data.name}")
+    if as_json:
+        out.print_json(json.dumps(card))
+    else:
+        nd, ov = card["near_duplicates"], card["eval_overlap"]
+        overlap_note = f"; {ov['n_rows']} row(s) overlap eval sets" if ov is not None else ""
+        out.print(
+            f"wrote {output}: {card['n_examples']} rows; {nd['n_clusters']} near-duplicate cluster(s){overlap_note}"
+        )
+
+
+def _card_checks(eval_sets: list[Path], n: int, minhash: float, on: str):
+    """The card's near-duplicate matcher (curate's MinHash-LSH) and eval overlap matcher (curate's n-gram index)."""
+    from instillm.curate.common import conversation_parts, user_text
+    from instillm.curate.decontaminate import EvalIndex
+    from instillm.curate.dedup import MinHashDedup
+    from instillm.errors import ConfigError
+
+    if on not in ("conversation", "instruction"):
+        raise ConfigError(f"--on must be 'conversation' or 'instruction', got {on!r}")
+    mh = MinHashDedup(minhash)
+    text = (lambda ex: "\n".join(conversation_parts(ex))) if on == "conversation" else user_text
+    overlap = None
+    if eval_sets:
+        index = EvalIndex(n)
+        for path in eval_sets:
+            index.add_file(path)
+        overlap = index.find_example
+    return (lambda ex, i: mh.offer(text(ex), i)), overlap
 
 
 # ------------------------------------------------------------------------------ built-in data
@@ -362,8 +491,8 @@ def data_self_instruct(
 
     The teacher's response cache defaults to OUT.run/cache.sqlite.
     """
-    from instillm.synth.pipeline import load_config
     from instillm.data.importer import refuse_output_over_inputs
+    from instillm.synth.pipeline import load_config
     from instillm.synth.self_instruct import SelfInstructConfig, load_seed_tasks, run_self_instruct
 
     teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device)

@@ -24,8 +24,12 @@ def train_cmd(
     overrides: list[str] | None = typer.Option(None, "--set", help="Override a key: --set lora.r=16 (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     device: Device = "auto",
-    overwrite: bool = typer.Option(False, "--overwrite", help="Train into a non-empty output_dir that holds no "
-                                   "checkpoints or run.json of this run (its other files are left alone)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Train into a non-empty output_dir that holds no "
+        "checkpoints or run.json of this run (its other files are left alone).",
+    ),
 ) -> None:
     """Supervised fine-tuning with loss on responses only; resumes from the newest checkpoint."""
     from instillm.train import load_config, train
@@ -35,20 +39,30 @@ def train_cmd(
     table = Table(title=f"trained → {result.final_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = {"steps": result.steps, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
-            "trained_tokens": result.trained_tokens, "tokens_per_s": result.tokens_per_s}
+    rows = {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "trained_tokens": result.trained_tokens,
+        "tokens_per_s": result.tokens_per_s,
+    }
     for k, v in rows.items():
         table.add_row(k, "—" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
     out.print(table)
 
 
 def export_cmd(
-    run_dir: Path = typer.Argument(..., help="A training output_dir (holds final/ and run.json), or with --gguf "
-                                             "also a model directory."),
+    run_dir: Path = typer.Argument(
+        ..., help="A training output_dir (holds final/ and run.json), or with --gguf also a model directory."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the exported model (--gguf: the file)."),
     merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge a LoRA adapter into the base model."),
-    gguf: bool = typer.Option(False, "--gguf", help="Write one GGUF file for llama.cpp / Ollama (Llama family): "
-                                                    "weights, tokenizer, chat template, end-of-turn ids."),
+    gguf: bool = typer.Option(
+        False,
+        "--gguf",
+        help="Write one GGUF file for llama.cpp / Ollama (Llama family): "
+        "weights, tokenizer, chat template, end-of-turn ids.",
+    ),
     outtype: str = typer.Option("f32", "--outtype", help="GGUF weight type: f32 | f16 | bf16 | q8_0."),
 ) -> None:
     """Export a trained run as a standalone Hugging Face model (LoRA merged by default) or as GGUF."""
@@ -57,7 +71,9 @@ def export_cmd(
             from instillm.train.to_gguf import export_run_gguf
 
             info = export_run_gguf(run_dir, output, outtype)
-            out.print(f"exported {info['tensor_count']} tensors ({info['outtype']}, {info['bytes']:,} bytes) → {output}")
+            out.print(
+                f"exported {info['tensor_count']} tensors ({info['outtype']}, {info['bytes']:,} bytes) → {output}"
+            )
             return
         from instillm.train import export
 
@@ -93,8 +109,9 @@ def _print_heldout(name: str, results: dict) -> None:
     for split, after in results["after"].items():
         before = results["before"].get(split)
         base = results["baseline"].get(split)
-        table.add_row(split, "—" if before is None else f"{before:.1%}", f"{after:.1%}",
-                      "—" if base is None else f"{base:.1%}")
+        table.add_row(
+            split, "—" if before is None else f"{before:.1%}", f"{after:.1%}", "—" if base is None else f"{base:.1%}"
+        )
     out.print(table)
 
 
@@ -111,27 +128,39 @@ def _print_suites(suites: dict) -> None:
 
 def serve_cmd(
     model: str = typer.Argument(..., help="A saved model directory (e.g. a run's final/ or an export) or hub id."),
-    host: str = typer.Option("127.0.0.1", "--host",
-                             help="Interface to bind; 0.0.0.0 exposes the server to the network (needs a key)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes the server to the network (needs a key)."
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="INSTILLM_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' (or set INSTILLM_API_KEY)."),
-    model_name: str | None = typer.Option(None, "--model-name",
-                                          help="Name clients send as `model` (default: the directory name)."),
-    max_batch_size: int = typer.Option(32, "--max-batch-size",
-                                       help="Rows decoded together; 1 serves one request at a time."),
-    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms",
-                                        help="How long to wait for more requests before decoding a batch."),
-    max_length: int | None = typer.Option(None, "--max-length",
-                                          help="Prompt + completion tokens (default: the model's maximum positions)."),
-    template: str = typer.Option("auto", "--template",
-                                 help="Chat template: auto (the model's saved one), chatml, alpaca, plain."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="INSTILLM_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (or set INSTILLM_API_KEY).",
+    ),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Name clients send as `model` (default: the directory name)."
+    ),
+    max_batch_size: int = typer.Option(
+        32, "--max-batch-size", help="Rows decoded together; 1 serves one request at a time."
+    ),
+    batch_wait_ms: float = typer.Option(
+        5.0, "--batch-wait-ms", help="How long to wait for more requests before decoding a batch."
+    ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Prompt + completion tokens (default: the model's maximum positions)."
+    ),
+    template: str = typer.Option(
+        "auto", "--template", help="Chat template: auto (the model's saved one), chatml, alpaca, plain."
+    ),
     device: Device = "auto",
-    max_request_bytes: int = typer.Option(4 * 1024 * 1024, "--max-request-bytes",
-                                          help="Largest request body; bigger ones get 413 before they are read."),
+    max_request_bytes: int = typer.Option(
+        4 * 1024 * 1024, "--max-request-bytes", help="Largest request body; bigger ones get 413 before they are read."
+    ),
     max_rows: int = typer.Option(256, "--max-rows", help="Most rows (prompts x n) one request may ask for."),
-    allow_remote_without_key: bool = typer.Option(False, "--allow-remote-without-key",
-                                                  help="Serve a non-loopback --host without an API key anyway."),
+    allow_remote_without_key: bool = typer.Option(
+        False, "--allow-remote-without-key", help="Serve a non-loopback --host without an API key anyway."
+    ),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
 
@@ -149,7 +178,20 @@ def serve_cmd(
         console.print(f"[bold red]{escape(message)}[/]")
 
     with cli_errors():
-        serve(model, host=host, port=port, api_key=api_key or None, model_name=model_name,
-              max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_length=max_length, template=template,
-              device=device, announce=announce, max_request_bytes=max_request_bytes, max_rows=max_rows,
-              allow_remote_without_key=allow_remote_without_key, warn=warn)
+        serve(
+            model,
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            model_name=model_name,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            max_length=max_length,
+            template=template,
+            device=device,
+            announce=announce,
+            max_request_bytes=max_request_bytes,
+            max_rows=max_rows,
+            allow_remote_without_key=allow_remote_without_key,
+            warn=warn,
+        )

@@ -55,7 +55,7 @@ import torch
 
 from instillm.config import Config, check_choice, check_min, check_min_int, check_range
 from instillm.curate.common import CurationSummary, curate_file, iter_canonical
-from instillm.data.importer import refuse_output_over_inputs, rejects_path_for
+from instillm.data.importer import refuse_output_over_inputs
 from instillm.data.render import IGNORE_INDEX, RenderConfig, Rendered, Renderer
 from instillm.data.schema import Example
 from instillm.errors import DataError, RenderError, RowError

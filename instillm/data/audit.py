@@ -2,8 +2,9 @@
 not train as written, with counts, the rows (id and line) behind each flag, and CI thresholds.
 
 Each row is rendered with the training `Renderer` (same template, max_length, truncation policy).
-Flags, each with a one-line detail per row (a row may carry several flags, but the first four
-name one cause each and are exclusive):
+Flags, each with a one-line detail per row. A row carries at most one of the first five (the
+first fault training meets: a row the template fails on is not also checked for length) and
+may carry duplicate_prompt besides:
 
   no_trained_token       no token of the row receives loss for a reason other than length: every
                          assistant turn has `train: false` (the schema rejects such a row, so
@@ -35,7 +36,7 @@ of rows with any flag, `fail_on` bounds one flag's rate; a rate strictly above i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ class AuditReport:
 
     def exceeded(self, max_flagged: float | None = None, fail_on: dict[str, float] | None = None) -> list[str]:
         """One message per threshold the report is above (empty: it passes)."""
-        limits = [(None, max_flagged)] if max_flagged is not None else []
+        limits: list[tuple[str | None, float]] = [(None, max_flagged)] if max_flagged is not None else []
         limits += list((fail_on or {}).items())
         return [self._over(f, lim) for f, lim in limits if self.rate(f) > lim]
 
@@ -224,20 +225,13 @@ def audit_examples(examples: Iterable[Example], renderer: Renderer) -> AuditRepo
 
 
 def audit_file(path: str | Path, renderer: Renderer, progress: Callable[[], None] | None = None) -> AuditReport:
-    """Audit a canonical JSONL file; rows with every assistant turn `train: false` are flagged, not fatal.
-
-    Any other unreadable or invalid row raises DataError naming file:line, as `read_examples` does.
-    """
+    """Audit a canonical JSONL file (rows as `read_audit_rows` reads them); DataError when it holds no row."""
     auditor = Auditor(renderer)
-    for row in read_rows(path):
-        if row.error is not None:
-            raise DataError(f"{path}:{row.line}: {row.error}")
-        try:
-            ex = Example.from_dict(row.record)
-        except RowError as e:
-            _add_untrainable(auditor, path, row.line, row.record, e)
+    for line, record, ex in read_audit_rows(path):
+        if ex is None:
+            _add_untrainable(auditor, line, record)
         else:
-            auditor.add(ex, row.line)
+            auditor.add(ex, line)
         if progress is not None:
             progress()
     if auditor.report.n_examples == 0:
@@ -245,10 +239,24 @@ def audit_file(path: str | Path, renderer: Renderer, progress: Callable[[], None
     return auditor.report
 
 
-def _add_untrainable(auditor: Auditor, path: str | Path, line: int, record: Any, error: RowError) -> None:
-    """Flag a row whose only fault is `nothing_to_train`; re-raise any other row error as DataError."""
-    if error.reason != "nothing_to_train":
-        raise DataError(f"{path}:{line}: {error}") from error
+def read_audit_rows(path: str | Path) -> Iterator[tuple[int, Any, Example | None]]:
+    """(line, record, Example) per row of a canonical JSONL file; the Example is None for a row whose only fault
+    is that every assistant turn has `train: false`. Any other bad row raises DataError naming file:line, as
+    `read_examples` does."""
+    for row in read_rows(path):
+        if row.error is not None:
+            raise DataError(f"{path}:{row.line}: {row.error}")
+        try:
+            ex: Example | None = Example.from_dict(row.record)
+        except RowError as e:
+            if e.reason != "nothing_to_train":
+                raise DataError(f"{path}:{row.line}: {e}") from e
+            ex = None
+        yield row.line, row.record, ex
+
+
+def _add_untrainable(auditor: Auditor, line: int, record: Any) -> None:
+    """Flag a row the schema rejects because no assistant turn is trained."""
     messages = parse_messages(record["messages"])
     row_id = record.get("id") or content_id(messages)  # the schema has checked that an id is a string
     detail = "every assistant turn has train=false (the schema rejects this row: training stops on it)"

@@ -37,8 +37,9 @@ import inspect
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 from instillm.errors import ConfigError, DataError
 from instillm.llm.backend import Backend, LLMRequest, LLMResponse, LLMResponseError, LLMSample, OnResponse, Progress
@@ -73,8 +74,10 @@ def _usable(path: Path) -> Iterator[None]:
 
 
 def _damaged(path: Path, why: str) -> DataError:
-    return DataError(f"backend.cache: {path} is not a usable response cache ({why}); delete it or move it "
-                     "aside to start an empty one (its answers will be requested again)")
+    return DataError(
+        f"backend.cache: {path} is not a usable response cache ({why}); delete it or move it "
+        "aside to start an empty one (its answers will be requested again)"
+    )
 
 
 def _to_db(text: str) -> str | bytes:
@@ -109,7 +112,9 @@ class CachedBackend:
         self._key_model = getattr(inner, "cache_id", None) or inner.model
         self.path = Path(path)
         if self.path.is_dir():
-            raise ConfigError(f"backend.cache: {self.path} is a directory; give a file path (e.g. {self.path}/llm.sqlite)")
+            raise ConfigError(
+                f"backend.cache: {self.path} is a directory; give a file path (e.g. {self.path}/llm.sqlite)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
@@ -144,9 +149,9 @@ class CachedBackend:
 
         def finish(indices: list[int]) -> None:
             for i in indices:
-                results[i] = LLMResponse(tuple(found.get(k) or fresh[k] for k in keys[i]), self.model)
+                resp = results[i] = LLMResponse(tuple(found.get(k) or fresh[k] for k in keys[i]), self.model)
                 if on_response is not None:
-                    on_response(i, results[i])
+                    on_response(i, resp)
             if progress is not None and indices:
                 progress(len(indices))
 
@@ -193,8 +198,9 @@ class CachedBackend:
             return
         self.sent += sum(len(j.slots) for j in jobs)
         batch = [j.request for j in jobs]
-        if "on_response" in inspect.signature(self.inner.generate).parameters:
-            self.inner.generate(batch, on_response=store)
+        generate: Any = self.inner.generate  # `on_response` is an optional extension of the Backend protocol
+        if "on_response" in inspect.signature(generate).parameters:
+            generate(batch, on_response=store)
             return
         for j, resp in enumerate(self.inner.generate(batch)):  # a backend that cannot report early
             store(j, resp)
@@ -210,8 +216,18 @@ class CachedBackend:
             if s >= 0:
                 key = job.request.key(self._key_model, s)
                 out[key] = x
-                rows.append((key, self._key_model, s, _to_db(x.text), x.finish_reason, x.prompt_tokens,
-                             x.completion_tokens, now))
+                rows.append(
+                    (
+                        key,
+                        self._key_model,
+                        s,
+                        _to_db(x.text),
+                        x.finish_reason,
+                        x.prompt_tokens,
+                        x.completion_tokens,
+                        now,
+                    )
+                )
         with self._lock, _usable(self.path), self._db:  # one transaction, committed on exit
             self._db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return out
@@ -223,8 +239,10 @@ class CachedBackend:
         with self._lock, _usable(self.path):
             for a in range(0, len(ordered), _LOOKUP_CHUNK):
                 chunk = ordered[a : a + _LOOKUP_CHUNK]
-                sql = ("SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM samples "
-                       f"WHERE key IN ({','.join('?' * len(chunk))})")
+                sql = (
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM samples "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})"
+                )
                 for key, text, finish, pt, ct in self._db.execute(sql, chunk):
                     found[key] = LLMSample(_from_db(text), finish, pt, ct, cached=True)
         return found

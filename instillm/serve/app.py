@@ -35,8 +35,13 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 def _routes(app: FastAPI, served: ServedModel) -> None:
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        card = {"id": served.name, "object": "model", "created": app.state.created, "owned_by": "instillm",
-                "max_model_len": served.max_length}
+        card = {
+            "id": served.name,
+            "object": "model",
+            "created": app.state.created,
+            "owned_by": "instillm",
+            "max_model_len": served.max_length,
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
@@ -48,8 +53,14 @@ def _routes(app: FastAPI, served: ServedModel) -> None:
         return await respond(await served.prepare(await request.body(), chat=False), request)
 
 
-def _check_settings(max_batch_size: int, batch_wait_ms: float, max_length: int | None,
-                    default_max_tokens: int, max_request_bytes: int, max_rows: int) -> None:
+def _check_settings(
+    max_batch_size: int,
+    batch_wait_ms: float,
+    max_length: int | None,
+    default_max_tokens: int,
+    max_request_bytes: int,
+    max_rows: int,
+) -> None:
     problems: list[str] = []
     check_min_int(problems, "max_batch_size", max_batch_size)
     check_min_int(problems, "max_request_bytes", max_request_bytes)
@@ -106,8 +117,9 @@ def create_app(
     generator = Generator(local.model, worker_tok, worker_renderer, max_length=max_length)
     engine = Engine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
     tools = [(local.tokenizer, local.renderer), local.fresh_tokenizer()]  # one per preparation lane
-    served = ServedModel(_served_name(model, model_name), engine, tools, generator.max_length,
-                         default_max_tokens, max_rows)
+    served = ServedModel(
+        _served_name(model, model_name), engine, tools, generator.max_length, default_max_tokens, max_rows
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

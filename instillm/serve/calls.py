@@ -74,8 +74,15 @@ class ServedModel:
     `tools`: two (tokenizer, renderer) pairs from the model's files, one per lane.
     """
 
-    def __init__(self, name: str, engine: Engine, tools: Sequence[tuple[Any, Any]], max_length: int,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        tools: Sequence[tuple[Any, Any]],
+        max_length: int,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> None:
         self.name, self.engine, self.max_length = name, engine, max_length
         self.default_max_tokens, self.max_rows = default_max_tokens, max_rows
         self.lanes = [_Lane(kind, tok, renderer) for kind, (tok, renderer) in zip(("small", "large"), tools)]
@@ -103,24 +110,35 @@ class ServedModel:
     def check_model(self, name: str) -> None:
         """404 unless `name` is the served model."""
         if name != self.name:
-            raise APIError(404, f"model: {name!r} is not served here; this server serves {self.name!r}",
-                           "model", "model_not_found")
+            raise APIError(
+                404, f"model: {name!r} is not served here; this server serves {self.name!r}", "model", "model_not_found"
+            )
 
     def check_rows(self, prompts: int, n: int) -> None:
         """400 when prompts x n is more than max_rows."""
         if prompts * n > self.max_rows:
             field = "n" if n > 1 else "prompt"
-            raise APIError(400, f"{field}: the request asks for {prompts * n} rows ({prompts} prompt(s) x n={n}); "
-                           f"this server decodes at most max_rows={self.max_rows} per request", field, "too_many_rows")
+            raise APIError(
+                400,
+                f"{field}: the request asks for {prompts * n} rows ({prompts} prompt(s) x n={n}); "
+                f"this server decodes at most max_rows={self.max_rows} per request",
+                field,
+                "too_many_rows",
+            )
 
     def check_chars(self, prompts: list[str], field: str) -> None:
         """400 for a prompt with more characters than max_length tokens can hold (not tokenized then)."""
         for i, p in enumerate(prompts):
             if len(p) > self.max_prompt_chars:
                 where = field if len(prompts) == 1 else f"{field}.{i}"
-                raise APIError(400, f"{where}: the prompt has {len(p)} characters, more than max_length="
-                               f"{self.max_length} tokens of {self.name!r} can hold (at most {self.max_prompt_chars} "
-                               "characters); shorten it", where, "context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"{where}: the prompt has {len(p)} characters, more than max_length="
+                    f"{self.max_length} tokens of {self.name!r} can hold (at most {self.max_prompt_chars} "
+                    "characters); shorten it",
+                    where,
+                    "context_length_exceeded",
+                )
 
     def encode(self, prompts: list[str], field: str, tokenizer: Any) -> list[list[int]]:
         """Token ids of rendered prompts (no special tokens added: the template has them).
@@ -139,8 +157,13 @@ class ServedModel:
         if n == 0:
             raise APIError(400, f"{where}: the prompt is empty (0 tokens)", where, "invalid_value")
         if n >= self.max_length:
-            raise APIError(400, f"{where}: the prompt has {n} tokens, no room left within max_length="
-                           f"{self.max_length} of {self.name!r}; shorten it", where, "context_length_exceeded")
+            raise APIError(
+                400,
+                f"{where}: the prompt has {n} tokens, no room left within max_length="
+                f"{self.max_length} of {self.name!r}; shorten it",
+                where,
+                "context_length_exceeded",
+            )
 
     def budget(self, ids: list[list[int]], requested: int | None, field: str) -> int:
         """max_new_tokens for these prompts; 400 when prompt + requested exceeds max_length."""
@@ -148,13 +171,23 @@ class ServedModel:
         room = self.max_length - longest
         if requested is None:
             if room < 1:
-                raise APIError(400, f"the prompt has {longest} tokens, no room left within max_length="
-                               f"{self.max_length} of {self.name!r}; shorten it", field, "context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"the prompt has {longest} tokens, no room left within max_length="
+                    f"{self.max_length} of {self.name!r}; shorten it",
+                    field,
+                    "context_length_exceeded",
+                )
             return min(self.default_max_tokens, room)
         if longest + requested > self.max_length:
-            raise APIError(400, f"{field}: the prompt has {longest} tokens and {field} is {requested}: "
-                           f"{longest + requested} > max_length={self.max_length} of {self.name!r}; "
-                           f"shorten the prompt or lower {field}", field, "context_length_exceeded")
+            raise APIError(
+                400,
+                f"{field}: the prompt has {longest} tokens and {field} is {requested}: "
+                f"{longest + requested} > max_length={self.max_length} of {self.name!r}; "
+                f"shorten the prompt or lower {field}",
+                field,
+                "context_length_exceeded",
+            )
         return requested
 
 
@@ -195,8 +228,13 @@ async def _next_events(events: asyncio.Queue, request: Request, job: Job) -> lis
 
 def _options(req: Any, max_new_tokens: int, batch_size: int) -> GenerateOptions:
     """Decoding options: equal for all greedy requests with the same budget and stop strings."""
-    return GenerateOptions.sampling(req.temperature, req.top_p, max_new_tokens=max_new_tokens,
-                                    stop_strings=req.stop_strings(), batch_size=batch_size)
+    return GenerateOptions.sampling(
+        req.temperature,
+        req.top_p,
+        max_new_tokens=max_new_tokens,
+        stop_strings=req.stop_strings(),
+        batch_size=batch_size,
+    )
 
 
 def _seeds(seed: int | None, n_prompts: int, n: int) -> list[int]:
@@ -219,8 +257,12 @@ def _usage(ids: list[list[int]], outputs: list[GenerationOutput]) -> dict[str, i
 
 
 def _chat_choice(i: int, o: GenerationOutput) -> dict[str, Any]:
-    return {"index": i, "message": {"role": "assistant", "content": o.text},
-            "finish_reason": o.finish_reason, "logprobs": None}
+    return {
+        "index": i,
+        "message": {"role": "assistant", "content": o.text},
+        "finish_reason": o.finish_reason,
+        "logprobs": None,
+    }
 
 
 def _text_choice(i: int, o: GenerationOutput) -> dict[str, Any]:
@@ -266,8 +308,11 @@ class Call:
         job = self.start()
         outputs = await _until(asyncio.wrap_future(job.future), request, job)
         choice = _chat_choice if self.chat else _text_choice
-        return {**self.envelope(self.object), "choices": [choice(i, o) for i, o in enumerate(outputs)],
-                "usage": _usage(self.ids, outputs)}
+        return {
+            **self.envelope(self.object),
+            "choices": [choice(i, o) for i, o in enumerate(outputs)],
+            "usage": _usage(self.ids, outputs),
+        }
 
     def streaming(self, request: Request) -> StreamingResponse:
         """The SSE response; the job is queued now and cancelled if the response ends before it."""
@@ -280,11 +325,16 @@ class Call:
         job = self.start(on_delta)
         future = asyncio.wrap_future(job.future)
         future.add_done_callback(lambda _: events.put_nowait(None))
-        return StreamingResponse(self._stream(job, events, future, request), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"}, background=BackgroundTask(self.cancel))
+        return StreamingResponse(
+            self._stream(job, events, future, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+            background=BackgroundTask(self.cancel),
+        )
 
-    async def _stream(self, job: Job, events: asyncio.Queue, future: asyncio.Future,
-                      request: Request) -> AsyncIterator[str]:
+    async def _stream(
+        self, job: Job, events: asyncio.Queue, future: asyncio.Future, request: Request
+    ) -> AsyncIterator[str]:
         """Server-sent events: chunks as text is generated, then `data: [DONE]`."""
         sent = [""] * len(self.rows)
         if self.chat:
@@ -313,12 +363,24 @@ class Call:
             outputs = future.result()
         except Exception as e:  # the status line is sent already: report in the stream
             logger.exception("streamed generation failed")
-            return [_sse({"error": {"message": f"generation failed: {e}", "type": "server_error",
-                                    "param": None, "code": None}}), "data: [DONE]\n\n"]
+            return [
+                _sse(
+                    {
+                        "error": {
+                            "message": f"generation failed: {e}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                ),
+                "data: [DONE]\n\n",
+            ]
         chunks = [self._final(i, o, sent[i]) for i, o in enumerate(outputs)]
         if self.include_usage:
-            chunks.append(_sse({**self.envelope(self._chunk_object()), "choices": [],
-                                "usage": _usage(self.ids, outputs)}))
+            chunks.append(
+                _sse({**self.envelope(self._chunk_object()), "choices": [], "usage": _usage(self.ids, outputs)})
+            )
         return chunks + ["data: [DONE]\n\n"]
 
     def _final(self, i: int, o: GenerationOutput, sent: str) -> str:
@@ -326,7 +388,7 @@ class Call:
         if not o.text.startswith(sent):  # cannot happen with the engine's hold-back; say so if it does
             logger.warning("choice %d: streamed text %r is not a prefix of the final text %r", i, sent, o.text)
             return self._event(i, "", o.finish_reason)
-        return self._event(i, o.text[len(sent):], o.finish_reason)
+        return self._event(i, o.text[len(sent) :], o.finish_reason)
 
     def _chunk_object(self) -> str:
         return "chat.completion.chunk" if self.chat else "text_completion"

@@ -193,9 +193,13 @@ class Engine:
         seeds = [s for j in jobs for s in j.seeds]
         owners = [j for j in jobs for _ in j.prompts]
         try:
-            outputs = self.generator.generate_ids(prompts, options, seeds=seeds,
-                                                  on_token=self._on_token(jobs, options.stop_strings),
-                                                  should_stop=lambda i: owners[i].cancelled)
+            outputs = self.generator.generate_ids(
+                prompts,
+                options,
+                seeds=seeds,
+                on_token=self._on_token(jobs, options.stop_strings),
+                should_stop=lambda i: owners[i].cancelled,
+            )
         except BaseException as e:  # every waiting request must hear of it
             logger.exception("generation failed for a batch of %d request(s)", len(jobs))
             for j in jobs:

@@ -27,8 +27,9 @@ def is_json(content_type: str | None) -> bool:
 
 
 def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"the request body is larger than max_request_bytes={max_bytes} bytes",
-                    code="request_too_large")
+    return APIError(
+        413, f"the request body is larger than max_request_bytes={max_bytes} bytes", code="request_too_large"
+    )
 
 
 def _declared_size(headers: Headers) -> int | None:

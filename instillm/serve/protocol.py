@@ -188,8 +188,12 @@ def parse_body(body: bytes, model: type[Body]) -> Body:
     data = _json_object(body)
     where = surrogate_at(data)
     if where is not None:
-        raise APIError(400, f"{where}: contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape); "
-                       "text must be valid Unicode", where, "invalid_value")
+        raise APIError(
+            400,
+            f"{where}: contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape); text must be valid Unicode",
+            where,
+            "invalid_value",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -39,17 +39,28 @@ def check_bind(host: str, api_key: str | None, allow_remote_without_key: bool = 
     if api_key or is_loopback(host):
         return None
     if not allow_remote_without_key:
-        raise ConfigError(f"--host {host} would expose the server to the network without an API key: set --api-key "
-                          "(or INSTILLM_API_KEY), or pass --allow-remote-without-key (allow_remote_without_key=True) "
-                          "to serve it open anyway")
-    return (f"WARNING: serving on {host} without an API key: anyone who can reach this machine can use the model "
-            "(and its compute). Set --api-key or INSTILLM_API_KEY to require a key.")
+        raise ConfigError(
+            f"--host {host} would expose the server to the network without an API key: set --api-key "
+            "(or INSTILLM_API_KEY), or pass --allow-remote-without-key (allow_remote_without_key=True) "
+            "to serve it open anyway"
+        )
+    return (
+        f"WARNING: serving on {host} without an API key: anyone who can reach this machine can use the model "
+        "(and its compute). Set --api-key or INSTILLM_API_KEY to require a key."
+    )
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          log_level: str = "info", announce: Callable[[str], None] | None = None,
-          allow_remote_without_key: bool = False, warn: Callable[[str], None] | None = None,
-          **app_options: Any) -> None:
+def serve(
+    model: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    log_level: str = "info",
+    announce: Callable[[str], None] | None = None,
+    allow_remote_without_key: bool = False,
+    warn: Callable[[str], None] | None = None,
+    **app_options: Any,
+) -> None:
     """Serve `model` with uvicorn until interrupted; `app_options` go to `create_app`.
 
     A non-loopback `host` without `api_key` is refused (ConfigError, before anything is loaded)
@@ -89,8 +100,9 @@ class ServerHandle:
         self.thread.join(timeout)
 
 
-def start_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
-                    log_level: str = "warning") -> ServerHandle:
+def start_in_thread(
+    app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0, log_level: str = "warning"
+) -> ServerHandle:
     """Start uvicorn serving `app` in a daemon thread and return once it accepts connections.
 
     `port` 0 picks a free port (the socket is bound here, so the port is known before start).

@@ -47,8 +47,9 @@ import signal
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from instillm.config import Config, apply_overrides, build, read_yaml_mapping
 from instillm.data.importer import rejects_path_for
@@ -148,8 +149,9 @@ class Journal:
             raise DataError(f"{path}: unreadable run state ({e}); delete {self.dir} to start over") from e
         committed = saved.get("committed_bytes") if isinstance(saved, dict) else None
         if type(committed) is not int or committed < 0 or not isinstance(saved.get("state", {}), dict):
-            raise DataError(f"{path}: damaged run state (no valid committed_bytes and state); "
-                            f"delete {self.dir} to start over")
+            raise DataError(
+                f"{path}: damaged run state (no valid committed_bytes and state); delete {self.dir} to start over"
+            )
         return saved, committed
 
     def commit(self, records: Sequence[Mapping[str, Any]], **state: Any) -> None:
@@ -167,8 +169,12 @@ class Journal:
 
     def _write_state(self, committed: int) -> None:
         """Atomically replace state.json (temp file, fsync, rename, directory fsync)."""
-        body = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                "committed_bytes": committed, "state": self.state}
+        body = {
+            "version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "committed_bytes": committed,
+            "state": self.state,
+        }
         _atomic_write(self.dir / STATE, json.dumps(body, indent=1).encode())
         self._committed = committed
 
@@ -192,8 +198,7 @@ def _parse_record(items: Path, line_no: int, line: bytes) -> dict[str, Any]:
     except ValueError as e:
         record = e
     if not isinstance(record, dict):
-        raise DataError(f"{items}:{line_no}: damaged committed record ({record}); delete {items.parent} to start "
-                        "over")
+        raise DataError(f"{items}:{line_no}: damaged committed record ({record}); delete {items.parent} to start over")
     return record
 
 
@@ -214,8 +219,10 @@ def _lock_dir(directory: Path) -> tuple[int, int]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(f"{directory} is in use by another process (a run writing the same output); "
-                              "wait for it to end, or write to another output") from None
+            raise ConfigError(
+                f"{directory} is in use by another process (a run writing the same output); "
+                "wait for it to end, or write to another output"
+            ) from None
         _HELD[key] = [fd, 1]
     return key
 
@@ -234,8 +241,10 @@ def _unlock_dir(key: tuple[int, int]) -> None:
 def _mismatch(directory: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """The error for resuming a run with other settings, naming the keys that differ."""
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return (f"{directory} holds a run started with other settings (differs in: {', '.join(keys)}); "
-            f"rerun with the same settings to resume it, or delete {directory} to start over")
+    return (
+        f"{directory} holds a run started with other settings (differs in: {', '.join(keys)}); "
+        f"rerun with the same settings to resume it, or delete {directory} to start over"
+    )
 
 
 def _maybe_kill(n_records: int, point: str) -> None:
@@ -263,15 +272,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def write_outputs(output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]],
-                  stats: Mapping[str, Any]) -> tuple[Path, Path, Path]:
+def write_outputs(
+    output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]], stats: Mapping[str, Any]
+) -> tuple[Path, Path, Path]:
     """Write OUT.jsonl, OUT.rejects.jsonl and OUT.stats.json, each atomically; their paths."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     rej, st = rejects_path_for(out), stats_path_for(out)
     _atomic_write(out, b"".join((ex.to_json() + "\n").encode("utf-8", "surrogatepass") for ex in examples))
-    _atomic_write(rej, b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
-                                for r in rejects))
+    _atomic_write(
+        rej, b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass") for r in rejects)
+    )
     _atomic_write(st, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode())
     return out, rej, st
 

@@ -95,8 +95,9 @@ def newest_complete(output_dir: str | Path) -> Path | None:
             if skipped:
                 logger.warning("resuming from %s, the newest complete checkpoint", path.name)
             return path
-        logger.warning("checkpoint %s is incomplete (%s); moved aside to %s", path.name, problem,
-                       _move_aside(path).name)
+        logger.warning(
+            "checkpoint %s is incomplete (%s); moved aside to %s", path.name, problem, _move_aside(path).name
+        )
         skipped = True
     if skipped:
         logger.warning("no complete checkpoint in %s: training starts from step 0", Path(output_dir) / CHECKPOINTS)
@@ -155,8 +156,9 @@ def _legacy_problem(path: Path) -> str | None:
             _load_any(path / name)
         except Exception as e:  # noqa: BLE001 - torch/safetensors raise many types for a torn file
             return f"no {MANIFEST}, and {name} does not load ({type(e).__name__})"
-    logger.warning("checkpoint %s has no manifest (written by an older instillm); every file loads, so it is used",
-                   path)
+    logger.warning(
+        "checkpoint %s has no manifest (written by an older instillm); every file loads, so it is used", path
+    )
     return None
 
 
@@ -211,7 +213,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 def rng_state() -> dict[str, Any]:
     """RNG states of python, numpy and torch (CPU and every CUDA device)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # numpy's stubs say tuple | dict; the legacy tuple it is
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -268,15 +270,15 @@ def save_checkpoint(
     return final
 
 
-def _write_files(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 state: dict[str, Any]) -> None:
+def _write_files(
+    tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+) -> None:
     """The main process's files, each fsync'd, then the manifest of them all (rng files too) last."""
     _durable(lambda p: save_file(trainable_state(model), str(p)), tmp / TRAINABLE)
     _durable(lambda p: torch.save(optimizer.state_dict(), p), tmp / "optimizer.pt")
     _durable(lambda p: torch.save(scheduler.state_dict(), p), tmp / "scheduler.pt")
     _durable(lambda p: p.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8"), tmp / STATE_FILE)
-    _durable(lambda p: p.write_text(json.dumps(manifest_of(tmp), indent=1) + "\n", encoding="utf-8"),
-             tmp / MANIFEST)
+    _durable(lambda p: p.write_text(json.dumps(manifest_of(tmp), indent=1) + "\n", encoding="utf-8"), tmp / MANIFEST)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -364,8 +366,10 @@ class OutputLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(f"output_dir: {self.directory} is in use by another training run (pid {holder}, "
-                              f"lock {self.path}); wait for it to end, or use another output_dir") from None
+            raise ConfigError(
+                f"output_dir: {self.directory} is in use by another training run (pid {holder}, "
+                f"lock {self.path}); wait for it to end, or use another output_dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -48,22 +48,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from instillm.data.importer import read_examples
 from instillm.data.mix import MixResult, mix_cot, mix_tasks
-from instillm.data.render import Rendered, Renderer, RenderConfig, RenderStats, save_template
+from instillm.data.render import RenderConfig, Rendered, Renderer, RenderStats, save_template
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError, InstillmError, ModelError
 from instillm.train import attention
 from instillm.train import checkpoint as ckpt
 from instillm.train.batching import (
-    MicroBatch, collate, count_rows, epoch_micro_batches, eval_micro_batches, step_shard,
+    MicroBatch,
+    collate,
+    count_rows,
+    epoch_micro_batches,
+    eval_micro_batches,
+    step_shard,
 )
 from instillm.train.config import Plan, TrainConfig, load_config, resolve
 from instillm.train.loss import TokenLoss, split_causal_lm, step_scale, token_loss_sum, unwrap
@@ -115,12 +121,16 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[dict[str, An
 
     An example's task is its dataset's `task`, else its own `task`, else the file name stem.
     """
-    missing = [f"datasets[{i}].path: {s.path} does not exist" for i, s in enumerate(config.datasets)
-               if not Path(s.path).is_file()]
+    missing = [
+        f"datasets[{i}].path: {s.path} does not exist"
+        for i, s in enumerate(config.datasets)
+        if not Path(s.path).is_file()
+    ]
     if missing:
         raise DataError("; ".join(missing))
     examples: list[Example] = []
-    files, weights = [], {}
+    files: list[dict[str, Any]] = []
+    weights: dict[str, float] = {}
     for i, spec in enumerate(config.datasets):
         rows = list(read_examples(spec.path))  # DataError names file:line of a bad row
         if not rows:
@@ -128,8 +138,10 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[dict[str, An
         for ex in rows:
             task = spec.task or ex.task or Path(spec.path).name.split(".")[0]
             if weights.setdefault(task, spec.weight) != spec.weight:
-                raise ConfigError(f"datasets[{i}].weight: task {task!r} also comes from a dataset with weight "
-                                  f"{weights[task]}; give each dataset its own `task` name")
+                raise ConfigError(
+                    f"datasets[{i}].weight: task {task!r} also comes from a dataset with weight "
+                    f"{weights[task]}; give each dataset its own `task` name"
+                )
             examples.append(ex if ex.task == task else dataclasses.replace(ex, task=task))
         files.append({"path": str(spec.path), "sha256": sha256_file(spec.path), "examples": len(rows)})
     return examples, files, weights
@@ -152,8 +164,14 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> TrainData:
     groups: dict[str, list[Rendered]] = {}
     for r in train_items:  # Rendered.task is the example's task
         groups.setdefault(r.task, []).append(r)
-    mixed = mix_tasks(groups, total=config.mixing.total, cap=config.mixing.cap,
-                      temperature=config.mixing.temperature, weights=weights, seed=config.seed)
+    mixed = mix_tasks(
+        groups,
+        total=config.mixing.total,
+        cap=config.mixing.cap,
+        temperature=config.mixing.temperature,
+        weights=weights,
+        seed=config.seed,
+    )
     return TrainData(list(mixed.examples), eval_items, mixed, stats, files, renderer)
 
 
@@ -212,8 +230,10 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     lora = config.lora
     assert lora is not None
     targets: Any = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=targets, task_type="CAUSAL_LM")
+    alpha: Any = lora.alpha  # peft annotates an int; it scales by alpha / r, a float works (and is what we ask)
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     try:
         return get_peft_model(model, peft_config)
     except ValueError as e:
@@ -230,9 +250,11 @@ def compile_decoder(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Mod
     Not with the fp32-GEMM emulation of bf16 (`Fp32Gemm` intercepts dispatch).
     """
     if uses_fp32_gemm(config, next(model.parameters()).device):
-        raise ConfigError("compile: not supported while bf16 matmuls run as fp32 GEMMs (cpu_bf16_matmul: fp32, "
-                          "or auto on a CPU without bf16 matmul units); use precision fp32 or "
-                          "cpu_bf16_matmul: native")
+        raise ConfigError(
+            "compile: not supported while bf16 matmuls run as fp32 GEMMs (cpu_bf16_matmul: fp32, "
+            "or auto on a CPU without bf16 matmul units); use precision fp32 or "
+            "cpu_bf16_matmul: native"
+        )
     decoder, _ = split_causal_lm(model)
     decoder.forward = torch.compile(decoder.forward)
     return model
@@ -247,11 +269,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = bool(params) and params[0].device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.adam_betas,
-                             eps=config.adam_eps, fused=fused or None)
+    return torch.optim.AdamW(
+        groups, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps, fused=fused or None
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, plan: Plan) -> Any:
@@ -259,8 +281,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, plan:
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps,
-                         num_training_steps=plan.total_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
 
 
 def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -343,23 +364,27 @@ class StepStats:
     lr: float  # the learning rate this step used
 
 
-def accumulate(loss_module: torch.nn.Module, batches: Sequence[MicroBatch], accelerator: Any,
-               config: TrainConfig) -> tuple[float, int, int]:
+def accumulate(
+    loss_module: torch.nn.Module, batches: Sequence[MicroBatch], accelerator: Any, config: TrainConfig
+) -> tuple[float, int, int]:
     """Backward over this process's micro-batches of one step; (mean loss, trained tokens, tokens), global.
 
     Token counts of the whole step are all-reduced first, so each micro-batch's loss_sum is scaled
     by world_size / global_count and the gradient is the exact mean over the step's trained tokens.
     """
-    counts = torch.tensor([sum(b.n_trained for b in batches), sum(b.n_tokens for b in batches)],
-                          device=accelerator.device)
+    counts = torch.tensor(
+        [sum(b.n_trained for b in batches), sum(b.n_tokens for b in batches)], device=accelerator.device
+    )
     n_trained, n_tokens = (int(x) for x in accelerator.reduce(counts, reduction="sum"))
     scale = step_scale(n_trained, accelerator.num_processes)
     loss_total = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         # Gradients are all-reduced only on the last micro-batch of the step.
-        with contextlib.nullcontext() if last else accelerator.no_sync(loss_module), \
-                matmul_mode(config, accelerator.device):
+        with (
+            contextlib.nullcontext() if last else accelerator.no_sync(loss_module),
+            matmul_mode(config, accelerator.device),
+        ):
             with autocast(config, accelerator.device):
                 loss_sum, _ = loss_module(**batch.model_inputs())
             accelerator.backward(loss_sum * scale)
@@ -368,8 +393,14 @@ def accumulate(loss_module: torch.nn.Module, batches: Sequence[MicroBatch], acce
     return loss, n_trained, n_tokens
 
 
-def train_step(loss_module: torch.nn.Module, batches: Sequence[MicroBatch], optimizer: torch.optim.Optimizer,
-               scheduler: Any, accelerator: Any, config: TrainConfig) -> StepStats:
+def train_step(
+    loss_module: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Any,
+    config: TrainConfig,
+) -> StepStats:
     """One optimizer step: accumulate gradients, clip, AdamW, LR schedule."""
     loss, n_trained, n_tokens = accumulate(loss_module, batches, accelerator, config)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
@@ -382,8 +413,9 @@ def train_step(loss_module: torch.nn.Module, batches: Sequence[MicroBatch], opti
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, items: Sequence[Rendered], config: TrainConfig, accelerator: Any,
-             pad_id: int) -> float | None:
+def evaluate(
+    model: torch.nn.Module, items: Sequence[Rendered], config: TrainConfig, accelerator: Any, pad_id: int
+) -> float | None:
     """Mean loss over the eval examples' trained tokens (padded batches, shared across processes)."""
     if not items:
         return None
@@ -391,8 +423,7 @@ def evaluate(model: torch.nn.Module, items: Sequence[Rendered], config: TrainCon
     was_training = lm.training
     lm.eval()
     totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # (loss sum, token count)
-    for rows in eval_micro_batches(len(items), config.batch_size, accelerator.num_processes,
-                                   accelerator.process_index):
+    for rows in eval_micro_batches(len(items), config.batch_size, accelerator.num_processes, accelerator.process_index):
         batch = collate(items, rows, pad_id, packing=False).to(accelerator.device)
         with matmul_mode(config, accelerator.device), autocast(config, accelerator.device):
             loss_sum, n = token_loss_sum(lm, **batch.model_inputs())
@@ -422,9 +453,14 @@ class RunLog:
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
-                                TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-")
             self.bar.start()
 
@@ -435,7 +471,7 @@ class RunLog:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
+            if self.writer is not None and key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, record["step"])
         if self.bar is not None and "loss" in record:
             self.bar.update(self.task, loss=f"{record['loss']:.4f}", tps=f"{record['tokens_per_s']:.0f}")
@@ -479,8 +515,13 @@ def _metrics_row(line: str) -> dict[str, Any] | None:
 def git_sha() -> str | None:
     """Commit of the instillm source tree, when it is a git checkout with a commit."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -499,8 +540,9 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_from: int | None,
-                   attn_implementation: str | None) -> dict[str, Any]:
+def write_manifest(
+    config: TrainConfig, plan: Plan, data: TrainData, resumed_from: int | None, attn_implementation: str | None
+) -> dict[str, Any]:
     """Write output_dir/run.json: what was asked, what it resolved to, which data and code."""
     manifest = {
         "config": config.to_dict(),
@@ -512,8 +554,11 @@ def write_manifest(config: TrainConfig, plan: Plan, data: TrainData, resumed_fro
         "task_available": data.mix.available,
         "n_train_examples": len(data.train),
         "n_eval_examples": len(data.eval),
-        "render": {"kept": data.render_stats.n_kept, "truncated": data.render_stats.truncated,
-                   "dropped": dict(data.render_stats.dropped)},
+        "render": {
+            "kept": data.render_stats.n_kept,
+            "truncated": data.render_stats.truncated,
+            "dropped": dict(data.render_stats.dropped),
+        },
         "versions": package_versions(),
         "git_sha": git_sha(),
         "resumed_from": resumed_from,
@@ -537,11 +582,15 @@ def report(data: TrainData, plan: Plan, config: TrainConfig) -> None:
         table.add_row(task, str(available), str(taken), f"{rate:.3f}")
     console.print(table)
     st = data.render_stats
-    console.print(f"rendered {st.n_kept}/{st.n_examples} examples (truncated {st.truncated}, dropped "
-                  f"{dict(st.dropped) or 0}); {len(data.train)} train, {len(data.eval)} eval")
-    console.print(f"plan: {plan.total_steps} steps ({plan.epochs:.2f} epochs of {plan.steps_per_epoch}), "
-                  f"global batch {plan.global_batch} {'packed rows' if config.packing else 'sequences'} "
-                  f"on {plan.world_size} process(es), warmup {plan.warmup_steps}")
+    console.print(
+        f"rendered {st.n_kept}/{st.n_examples} examples (truncated {st.truncated}, dropped "
+        f"{dict(st.dropped) or 0}); {len(data.train)} train, {len(data.eval)} eval"
+    )
+    console.print(
+        f"plan: {plan.total_steps} steps ({plan.epochs:.2f} epochs of {plan.steps_per_epoch}), "
+        f"global batch {plan.global_batch} {'packed rows' if config.packing else 'sequences'} "
+        f"on {plan.world_size} process(es), warmup {plan.warmup_steps}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,8 +632,10 @@ def find_resume(config: TrainConfig, accelerator: Any = None) -> Path | None:
     The main process verifies the checkpoints (see `ckpt.newest_complete`) and tells the others."""
     latest = ckpt.latest_checkpoint(config.output_dir)
     if latest is not None and config.resume == "never":
-        raise ConfigError(f"resume: never, but output_dir {config.output_dir} already holds checkpoints "
-                          f"({latest.name}); use resume: auto to continue, or a new output_dir")
+        raise ConfigError(
+            f"resume: never, but output_dir {config.output_dir} already holds checkpoints "
+            f"({latest.name}); use resume: auto to continue, or a new output_dir"
+        )
     if config.resume != "auto":
         return None
     main = accelerator is None or accelerator.is_main_process
@@ -606,9 +657,11 @@ def check_output_dir(config: TrainConfig, overwrite: bool = False) -> None:
     others = sorted(p.name for p in out.iterdir() if p.name != ckpt.LOCK_FILE)
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        raise ConfigError(f"output_dir: {out} is not empty ({shown}) and holds no checkpoints or run.json of this "
-                          "run; use a new or empty output_dir, or --overwrite (train(..., overwrite=True)) to "
-                          "write into it anyway")
+        raise ConfigError(
+            f"output_dir: {out} is not empty ({shown}) and holds no checkpoints or run.json of this "
+            "run; use a new or empty output_dir, or --overwrite (train(..., overwrite=True)) to "
+            "write into it anyway"
+        )
 
 
 def claim_output_dir(config: TrainConfig, overwrite: bool, lock: ckpt.OutputLock) -> None:
@@ -630,8 +683,9 @@ def _same_run(out: Path, config: TrainConfig) -> bool:
         return False
     ours = json.loads(json.dumps(config.to_dict()))
     ignore = {"output_dir", "resume"}
-    return isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in ignore} == \
-        {k: v for k, v in ours.items() if k not in ignore}
+    return isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in ignore} == {
+        k: v for k, v in ours.items() if k not in ignore
+    }
 
 
 def data_fingerprint(data: TrainData) -> str:
@@ -646,8 +700,10 @@ def restore(run: Run, path: Path) -> None:
     state = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
     if state.get("plan") != run.plan.to_dict() or state.get("data_sha256") != data_fingerprint(run.data):
         what = "plan" if state.get("plan") != run.plan.to_dict() else "data"
-        raise ConfigError(f"resume: checkpoint {path} was written for a different {what} (settings or data "
-                          "changed since); use a new output_dir, or delete its checkpoints/ to start over")
+        raise ConfigError(
+            f"resume: checkpoint {path} was written for a different {what} (settings or data "
+            "changed since); use a new output_dir, or delete its checkpoints/ to start over"
+        )
     state = ckpt.load_checkpoint(path, run.model, run.optimizer, run.scheduler, run.accelerator.process_index)
     run.start_step, run.trained_tokens = state["step"], state["trained_tokens"]
     run.last_loss, run.resumed_from = state.get("loss"), state["step"]
@@ -699,30 +755,51 @@ def _build(config: TrainConfig, accelerator: Any, lock: ckpt.OutputLock) -> Run:
         compile_decoder(model, config)
     loss_module = accelerator.prepare(TokenLoss(model))  # moves to the device, wraps DDP
     optimizer = build_optimizer(model, config)
-    run = Run(config, accelerator, tokenizer, data, plan, model, loss_module, optimizer,
-              build_scheduler(optimizer, config, plan), lock=lock if lock.held else None)
+    run = Run(
+        config,
+        accelerator,
+        tokenizer,
+        data,
+        plan,
+        model,
+        loss_module,
+        optimizer,
+        build_scheduler(optimizer, config, plan),
+        lock=lock if lock.held else None,
+    )
     if resume_from is not None:
         restore(run, resume_from)
     if run.is_main:
-        write_manifest(config, plan, data, run.resumed_from, unwrap(model).config._attn_implementation)
+        lm: Any = unwrap(model)  # a transformers model (nn.Module's typing hides `config`)
+        write_manifest(config, plan, data, run.resumed_from, lm.config._attn_implementation)
     return run
 
 
 def step_batches(run: Run, epoch_batches: list, step: int) -> list[MicroBatch]:
     """This process's micro-batches (on the device) for global optimizer step `step`."""
     acc, cfg = run.accelerator, run.config
-    shard = step_shard(epoch_batches, step % run.plan.steps_per_epoch, cfg.gradient_accumulation_steps,
-                       acc.num_processes, acc.process_index)
-    return [collate(run.data.train, rows, run.tokenizer.pad_token_id, cfg.packing).to(acc.device)
-            for rows in shard]
+    shard = step_shard(
+        epoch_batches,
+        step % run.plan.steps_per_epoch,
+        cfg.gradient_accumulation_steps,
+        acc.num_processes,
+        acc.process_index,
+    )
+    return [collate(run.data.train, rows, run.tokenizer.pad_token_id, cfg.packing).to(acc.device) for rows in shard]
 
 
 def save_step(run: Run, step: int) -> None:
     """Checkpoint after `step` optimizer steps, prune old ones, and apply the test kill hook."""
     cfg, plan = run.config, run.plan
-    state = {"step": step, "epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,
-             "trained_tokens": run.trained_tokens, "loss": run.last_loss, "plan": plan.to_dict(),
-             "data_sha256": data_fingerprint(run.data)}
+    state = {
+        "step": step,
+        "epoch": step // plan.steps_per_epoch,
+        "step_in_epoch": step % plan.steps_per_epoch,
+        "trained_tokens": run.trained_tokens,
+        "loss": run.last_loss,
+        "plan": plan.to_dict(),
+        "data_sha256": data_fingerprint(run.data),
+    }
     ckpt.save_checkpoint(cfg.output_dir, step, run.model, run.optimizer, run.scheduler, state, run.accelerator)
     if run.is_main:
         ckpt.prune_checkpoints(cfg.output_dir, cfg.save_total_limit)
@@ -740,11 +817,13 @@ def run_loop(run: Run, log: RunLog) -> tuple[float | None, float]:
     for step in range(run.start_step, plan.total_steps):
         epoch = step // plan.steps_per_epoch
         if epoch != cached_epoch:  # the epoch's order is a function of (seed, epoch) only
-            epoch_batches = epoch_micro_batches(lengths, cfg.batch_size, cfg.max_length, cfg.packing,
-                                                cfg.group_by_length, cfg.seed, epoch)
+            epoch_batches = epoch_micro_batches(
+                lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
+            )
             cached_epoch = epoch
-        stats = train_step(run.loss_module, step_batches(run, epoch_batches, step), run.optimizer,
-                           run.scheduler, acc, cfg)
+        stats = train_step(
+            run.loss_module, step_batches(run, epoch_batches, step), run.optimizer, run.scheduler, acc, cfg
+        )
         done = step + 1
         run.trained_tokens += stats.trained_tokens
         run.last_loss = stats.loss
@@ -782,10 +861,12 @@ def save_final(run: Run) -> Path:
     """Model (or LoRA adapter) and tokenizer with the training chat template in output_dir/final."""
     final = Path(run.config.output_dir) / FINAL
     if run.is_main:
-        run.model.config.use_cache = True
-        if unwrap(run.model).config._attn_implementation == attention.SEGMENTS:
-            unwrap(run.model).set_attn_implementation("sdpa")  # what it runs outside packed rows anyway
-        run.model.save_pretrained(final)
+        model: Any = run.model  # a transformers / peft model (nn.Module's typing hides their attributes)
+        lm: Any = unwrap(model)
+        model.config.use_cache = True
+        if lm.config._attn_implementation == attention.SEGMENTS:
+            lm.set_attn_implementation("sdpa")  # what it runs outside packed rows anyway
+        model.save_pretrained(final)
         save_template(run.tokenizer, run.data.renderer)
         run.tokenizer.save_pretrained(final)
     run.accelerator.wait_for_everyone()
@@ -808,8 +889,18 @@ def train(config: TrainConfig, progress: bool = True, device: str = "auto", over
         final = save_final(run)
     finally:
         run.release()
-    return TrainResult(out, final, run.plan, run.plan.total_steps, run.last_loss, eval_loss,
-                       run.trained_tokens, tokens_per_s, dict(run.data.mix.counts), run.resumed_from)
+    return TrainResult(
+        out,
+        final,
+        run.plan,
+        run.plan.total_steps,
+        run.last_loss,
+        eval_loss,
+        run.trained_tokens,
+        tokens_per_s,
+        dict(run.data.mix.counts),
+        run.resumed_from,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,7 +917,9 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = True) -> Path
     src = run_dir / FINAL if (run_dir / FINAL).is_dir() else run_dir
     is_adapter = (src / "adapter_config.json").is_file()
     if not is_adapter and not (src / "config.json").is_file():
-        raise ModelError(f"{run_dir} holds no trained model (expected {FINAL}/ with config.json or adapter_config.json)")
+        raise ModelError(
+            f"{run_dir} holds no trained model (expected {FINAL}/ with config.json or adapter_config.json)"
+        )
     if is_adapter and not merge:
         shutil.copytree(src, out, dirs_exist_ok=True)
         return out
@@ -865,8 +958,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"final_dir": str(result.final_dir), "steps": result.steps, "final_loss": result.final_loss,
-                          "eval_loss": result.eval_loss, "tokens_per_s": result.tokens_per_s}))
+        print(
+            json.dumps(
+                {
+                    "final_dir": str(result.final_dir),
+                    "steps": result.steps,
+                    "final_loss": result.final_loss,
+                    "eval_loss": result.eval_loss,
+                    "tokens_per_s": result.tokens_per_s,
+                }
+            )
+        )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0

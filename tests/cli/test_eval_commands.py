@@ -43,6 +43,7 @@ OWN_OPTIONS = {
         "--judge-style",
         "--judge-max-tokens",
         "--device",
+        "--annotations",
     }
     | JUDGE_BACKEND,
     "winrate": {"--json", "--leaderboard"},

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from instillm.errors import ConfigError, DataError
-from instillm.llm.cache import CachedBackend
 from instillm.llm.backend import BackendConfig, LLMRequestError, LLMResponse, LLMSample, chat, completion, make_backend
+from instillm.llm.cache import CachedBackend
 from instillm.llm.openai_backend import OpenAIBackend
 from tests.llm.fault_server import PROMPT_TOKENS, TOKENS_PER_CHOICE, FaultServer, scripted
 
@@ -22,8 +22,19 @@ def server():
 
 
 def config(server: FaultServer, model: str = "teacher", **overrides) -> BackendConfig:
-    return BackendConfig(**({"kind": "openai", "model": model, "base_url": server.base_url, "max_retries": 1,
-                             "backoff": 0.01, "concurrency": 4} | overrides))
+    return BackendConfig(
+        **(
+            {
+                "kind": "openai",
+                "model": model,
+                "base_url": server.base_url,
+                "max_retries": 1,
+                "backoff": 0.01,
+                "concurrency": 4,
+            }
+            | overrides
+        )
+    )
 
 
 def cached(server: FaultServer, path, model: str = "teacher") -> CachedBackend:
@@ -36,9 +47,11 @@ def rid() -> str:
 
 def test_second_run_sends_nothing_and_returns_cached_samples(server, tmp_path):
     ids = [rid() for _ in range(3)]
-    reqs = [chat([{"role": "user", "content": scripted(ids[0])}], n=2, temperature=0.8),
-            completion(scripted(ids[1]), max_tokens=5),
-            chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": scripted(ids[2])}])]
+    reqs = [
+        chat([{"role": "user", "content": scripted(ids[0])}], n=2, temperature=0.8),
+        completion(scripted(ids[1]), max_tokens=5),
+        chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": scripted(ids[2])}]),
+    ]
     b = cached(server, tmp_path / "c.sqlite")
     first = b.generate(reqs)
     assert not any(s.cached for r in first for s in r.samples)
@@ -48,7 +61,9 @@ def test_second_run_sends_nothing_and_returns_cached_samples(server, tmp_path):
     assert [server.attempts[x] for x in ids] == [1, 1, 1]
     assert sum(progress) == 3
     assert all(s.cached for r in second for s in r.samples)
-    strip = lambda rs: [[(s.text, s.finish_reason, s.prompt_tokens, s.completion_tokens) for s in r.samples] for r in rs]  # noqa: E731
+    strip = lambda rs: [
+        [(s.text, s.finish_reason, s.prompt_tokens, s.completion_tokens) for s in r.samples] for r in rs
+    ]  # noqa: E731
     assert strip(second) == strip(first)
     assert second[1].samples[0].prompt_tokens == PROMPT_TOKENS
     assert second[1].samples[0].completion_tokens == TOKENS_PER_CHOICE
@@ -85,12 +100,14 @@ def test_different_params_or_model_are_different_entries(server, tmp_path):
     path = tmp_path / "c.sqlite"
     b = cached(server, path)
     text = scripted(i)
-    variants = [chat([{"role": "user", "content": text}]),
-                chat([{"role": "user", "content": text}], temperature=0.5),
-                chat([{"role": "user", "content": text}], max_tokens=7),
-                chat([{"role": "user", "content": text}], stop=["\n"]),
-                chat([{"role": "user", "content": text}], seed=1, temperature=0.5),
-                completion(text)]
+    variants = [
+        chat([{"role": "user", "content": text}]),
+        chat([{"role": "user", "content": text}], temperature=0.5),
+        chat([{"role": "user", "content": text}], max_tokens=7),
+        chat([{"role": "user", "content": text}], stop=["\n"]),
+        chat([{"role": "user", "content": text}], seed=1, temperature=0.5),
+        completion(text),
+    ]
     for k, r in enumerate(variants, start=1):
         b.generate([r])
         assert server.attempts[i] == k
@@ -122,8 +139,10 @@ def test_identical_requests_in_one_batch_are_sent_once(server, tmp_path):
     b = cached(server, tmp_path / "c.sqlite")
     req = chat([{"role": "user", "content": scripted(i)}], temperature=0.5)
     arrived = []
-    out = b.generate([req, chat([{"role": "user", "content": scripted(i)}], temperature=0.5, n=2), req],
-                     on_response=lambda k, r: arrived.append(k))
+    out = b.generate(
+        [req, chat([{"role": "user", "content": scripted(i)}], temperature=0.5, n=2), req],
+        on_response=lambda k, r: arrived.append(k),
+    )
     assert server.attempts[i] == 1 and server.bodies[i][0]["n"] == 2
     assert [len(r.samples) for r in out] == [1, 2, 1]
     assert out[0].text == out[2].text == out[1].samples[0].text
@@ -183,8 +202,10 @@ class _Fixed:
 
     def generate(self, requests):
         self.sent += len(requests)
-        return [LLMResponse(tuple(LLMSample(self.text, "stop", 1, 1) for _ in range(r.params.n)), self.model)
-                for r in requests]
+        return [
+            LLMResponse(tuple(LLMSample(self.text, "stop", 1, 1) for _ in range(r.params.n)), self.model)
+            for r in requests
+        ]
 
     def close(self) -> None:
         pass
@@ -207,8 +228,11 @@ def test_a_malformed_database_is_an_error_naming_it_and_the_fix(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[4096 * 2 : 4096 * 4] = b"\xab" * (4096 * 2)  # pages 3-4 overwritten: the header still reads
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=rf"{path} is not a usable response cache \(database disk image is "
-                                        r"malformed\); delete it or move it aside"):
+    with pytest.raises(
+        DataError,
+        match=rf"{path} is not a usable response cache \(database disk image is "
+        r"malformed\); delete it or move it aside",
+    ):
         CachedBackend(_Fixed(), path).generate(reqs)
 
 

@@ -36,16 +36,24 @@ def test_a_chunked_body_is_cut_at_the_limit(limited):
 
 def test_a_body_at_the_limit_is_read(limited):
     body = _chat_body("hi")
-    r = httpx.post(limited.url + "/chat/completions", content=body + b" " * (LIMIT - len(body)),
-                   headers={"Content-Type": _raw.JSON}, timeout=20)
+    r = httpx.post(
+        limited.url + "/chat/completions",
+        content=body + b" " * (LIMIT - len(body)),
+        headers={"Content-Type": _raw.JSON},
+        timeout=20,
+    )
     assert r.status_code == 200, r.text
 
 
 def test_a_wrong_key_is_401_before_the_body_is_read(keyed_limited):
     head = _raw.head(CHAT, {"Content-Type": _raw.JSON, "Content-Length": "1000000", "Authorization": "Bearer no"})
     assert " 401 " in _raw.status(keyed_limited.port, head)
-    ok = httpx.post(keyed_limited.url + "/chat/completions", content=_chat_body("hi"),
-                    headers={"Content-Type": _raw.JSON, "Authorization": f"Bearer {KEY}"}, timeout=20)
+    ok = httpx.post(
+        keyed_limited.url + "/chat/completions",
+        content=_chat_body("hi"),
+        headers={"Content-Type": _raw.JSON, "Authorization": f"Bearer {KEY}"},
+        timeout=20,
+    )
     assert ok.status_code == 200, ok.text
 
 
@@ -58,8 +66,12 @@ def test_non_json_bodies_are_415(limited, content_type):
 
 
 def test_json_with_a_charset_is_accepted(limited):
-    r = httpx.post(limited.url + "/chat/completions", content=_chat_body("hi"),
-                   headers={"Content-Type": "application/json; charset=utf-8"}, timeout=20)
+    r = httpx.post(
+        limited.url + "/chat/completions",
+        content=_chat_body("hi"),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        timeout=20,
+    )
     assert r.status_code == 200, r.text
 
 
@@ -92,8 +104,9 @@ def test_a_maximum_size_chat_body_does_not_stall_the_server(limited):
     assert len(body) <= LIMIT
 
     def post() -> int:
-        return httpx.post(limited.url + "/chat/completions", content=body,
-                          headers={"Content-Type": _raw.JSON}, timeout=25).status_code
+        return httpx.post(
+            limited.url + "/chat/completions", content=body, headers={"Content-Type": _raw.JSON}, timeout=25
+        ).status_code
 
     slowest, code = _models_latency_while(limited, post)
     assert code == 400 and slowest < 1.0
@@ -106,8 +119,9 @@ def test_tokenizing_a_large_request_does_not_stall_the_server(limited):
     assert len(body) <= LIMIT
 
     def post() -> int:
-        return httpx.post(limited.url + "/completions", content=body,
-                          headers={"Content-Type": _raw.JSON}, timeout=25).status_code
+        return httpx.post(
+            limited.url + "/completions", content=body, headers={"Content-Type": _raw.JSON}, timeout=25
+        ).status_code
 
     slowest, code = _models_latency_while(limited, post)
     assert code == 400 and slowest < 1.0

@@ -31,8 +31,9 @@ def test_a_second_writer_on_a_run_dir_fails_at_once_and_loses_nothing(tmp_path):
     run = tmp_path / "run"
     Journal(run, {"v": 1}).commit([{"i": 0}, {"i": 1}], n=2)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(ConfigError, match=rf"{run.name} is in use by another process"):
@@ -54,15 +55,28 @@ def test_journals_of_one_process_share_the_lock_until_closed(tmp_path):
     assert Journal(tmp_path / "run", {}).records == [{"i": 0}]
 
 
-STRANGE = ["lone \ud800 high", "lone \udfff low", "pair 😀", "line\u2028sep\u2029par", "nel\x85", "nul\x00",
-           "cr\r", "lf\n", "vt\x0b ff\x0c fs\x1c gs\x1d rs\x1e", "bom\ufeff", "del\x7f", "", "\\u0000 literally"]
+STRANGE = [
+    "lone \ud800 high",
+    "lone \udfff low",
+    "pair 😀",
+    "line\u2028sep\u2029par",
+    "nel\x85",
+    "nul\x00",
+    "cr\r",
+    "lf\n",
+    "vt\x0b ff\x0c fs\x1c gs\x1d rs\x1e",
+    "bom\ufeff",
+    "del\x7f",
+    "",
+    "\\u0000 literally",
+]
 
 
 def test_records_round_trip_any_string(tmp_path):
     j = Journal(tmp_path / "run", {"s": STRANGE})
     j.commit([{"text": s, STRANGE[0]: s} for s in STRANGE], step=1)
     j.commit([{"text": "after"}], step=2)
-    assert j.records[:len(STRANGE)] == [{"text": s, STRANGE[0]: s} for s in STRANGE]
+    assert j.records[: len(STRANGE)] == [{"text": s, STRANGE[0]: s} for s in STRANGE]
     again = Journal(tmp_path / "run", {"s": STRANGE})
     assert again.records == j.records and again.state == {"step": 2}
 
@@ -71,21 +85,26 @@ def test_journals_written_by_older_versions_still_read(tmp_path):
     """Before: records as UTF-8 with surrogates passed through (`surrogatepass`)."""
     run = tmp_path / "run"
     Journal(run, {}).commit([])
-    items = b"".join((json.dumps({"t": s}, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
-                     for s in ["plain", "lone \ud800", "é"])
+    items = b"".join(
+        (json.dumps({"t": s}, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+        for s in ["plain", "lone \ud800", "é"]
+    )
     (run / ITEMS).write_bytes(items)
     state = json.loads((run / STATE).read_text())
     (run / STATE).write_text(json.dumps({**state, "committed_bytes": len(items)}))
     assert [r["t"] for r in Journal(run, {}).records] == ["plain", "lone \ud800", "é"]
 
 
-@pytest.mark.parametrize("body", [
-    {"version": 1, "fingerprint": {}, "state": {}},  # no committed_bytes
-    {"version": 1, "fingerprint": {}, "committed_bytes": "12", "state": {}},
-    {"version": 1, "fingerprint": {}, "committed_bytes": -1, "state": {}},
-    {"version": 1, "fingerprint": {}, "committed_bytes": 0, "state": [1]},
-    [1, 2],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"version": 1, "fingerprint": {}, "state": {}},  # no committed_bytes
+        {"version": 1, "fingerprint": {}, "committed_bytes": "12", "state": {}},
+        {"version": 1, "fingerprint": {}, "committed_bytes": -1, "state": {}},
+        {"version": 1, "fingerprint": {}, "committed_bytes": 0, "state": [1]},
+        [1, 2],
+    ],
+)
 def test_a_damaged_state_file_is_an_error_naming_it_and_the_fix(tmp_path, body):
     run = tmp_path / "run"
     Journal(run, {}).commit([{"i": 0}])

@@ -16,10 +16,18 @@ import yaml
 
 from instillm.data.schema import Example, Message
 from instillm.errors import ConfigError
-from instillm.synth.evol import EvolConfig, run_evol
 from instillm.llm.backend import BackendConfig, make_backend
+from instillm.synth.evol import EvolConfig, run_evol
 from instillm.synth.pipeline import (
-    ITEMS, KILL_HOOK, KILL_POINT_HOOK, STATE, Journal, config_from_mapping, request_seed, step_rng, work_dir_for,
+    ITEMS,
+    KILL_HOOK,
+    KILL_POINT_HOOK,
+    STATE,
+    Journal,
+    config_from_mapping,
+    request_seed,
+    step_rng,
+    work_dir_for,
 )
 from instillm.synth.self_instruct import SelfInstructConfig, run_self_instruct
 from tests.synth.test_self_instruct import SHORT
@@ -117,13 +125,17 @@ def _cli(args: list[str], kill_after: int | None = None, point: str = "commit") 
     env.pop(KILL_POINT_HOOK, None)
     if kill_after is not None:
         env[KILL_HOOK], env[KILL_POINT_HOOK] = str(kill_after), point
-    return subprocess.run([sys.executable, "-m", "instillm.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "instillm.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _outputs(out: Path) -> tuple[str, str, dict]:
-    return (out.read_text(), out.with_name(out.stem + ".rejects.jsonl").read_text(),
-            json.loads(out.with_name(out.stem + ".stats.json").read_text()))
+    return (
+        out.read_text(),
+        out.with_name(out.stem + ".rejects.jsonl").read_text(),
+        json.loads(out.with_name(out.stem + ".stats.json").read_text()),
+    )
 
 
 def _requests(server) -> int:
@@ -131,11 +143,22 @@ def _requests(server) -> int:
 
 
 def test_self_instruct_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_server, tmp_path):
-    settings = dict(num_instructions=5, request_batch_size=2, max_tokens=32, on_truncated="keep",
-                    instance_max_tokens=24, clf_instance_max_tokens=24, max_stalled_batches=4, **SHORT)
+    settings = dict(
+        num_instructions=5,
+        request_batch_size=2,
+        max_tokens=32,
+        on_truncated="keep",
+        instance_max_tokens=24,
+        clf_instance_max_tokens=24,
+        max_stalled_batches=4,
+        **SHORT,
+    )
     before = _requests(tiny_server)
-    straight = make_backend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                                          cache=str(tmp_path / "a.sqlite")))
+    straight = make_backend(
+        BackendConfig(
+            kind="openai", model=tiny_server.model, base_url=tiny_server.base_url, cache=str(tmp_path / "a.sqlite")
+        )
+    )
     ref = run_self_instruct(straight, tmp_path / "a" / "si.jsonl", config=SelfInstructConfig(**settings))
     straight.close()
     sent_straight = _requests(tiny_server) - before
@@ -144,8 +167,18 @@ def test_self_instruct_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_serve
     cfg = tmp_path / "si.yaml"
     cfg.write_text(yaml.safe_dump(settings))
     out = tmp_path / "b" / "si.jsonl"
-    args = ["data", "self-instruct", "-o", str(out), "--base-url", tiny_server.base_url, "--model",
-            tiny_server.model, "--config", str(cfg)]
+    args = [
+        "data",
+        "self-instruct",
+        "-o",
+        str(out),
+        "--base-url",
+        tiny_server.base_url,
+        "--model",
+        tiny_server.model,
+        "--config",
+        str(cfg),
+    ]
     before = _requests(tiny_server)
     killed = _cli(args, kill_after=6, point="append")  # torn step: appended, state not yet written
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -156,29 +189,62 @@ def test_self_instruct_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_serve
     assert _outputs(out) == _outputs(ref.output)
     assert _requests(tiny_server) - before == sent_straight  # nothing answered was sent again
     records = Journal(work_dir_for(out), json.loads((work_dir_for(out) / STATE).read_text())["fingerprint"]).records
-    assert len(records) == len(Journal(work_dir_for(ref.output), json.loads(
-        (work_dir_for(ref.output) / STATE).read_text())["fingerprint"]).records)
+    assert len(records) == len(
+        Journal(
+            work_dir_for(ref.output), json.loads((work_dir_for(ref.output) / STATE).read_text())["fingerprint"]
+        ).records
+    )
 
 
 def test_evolve_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_server, tmp_path):
     data = tmp_path / "in.jsonl"
-    qs = ["Name a fruit.", "Give two tips for sleeping well.", "Translate cat into French.", "What is 2 + 3?",
-          "Describe a rainy day.", "List three rivers."]
-    data.write_text("".join(Example(messages=(Message("user", q), Message("assistant", "An answer.")),
-                                    id=f"q{i}").to_json() + "\n" for i, q in enumerate(qs)))
-    settings = dict(rounds=2, max_tokens=20, response_max_tokens=20, judge_max_tokens=4,
-                    on_unclear_judgement="keep", request_batch_size=2)
+    qs = [
+        "Name a fruit.",
+        "Give two tips for sleeping well.",
+        "Translate cat into French.",
+        "What is 2 + 3?",
+        "Describe a rainy day.",
+        "List three rivers.",
+    ]
+    data.write_text(
+        "".join(
+            Example(messages=(Message("user", q), Message("assistant", "An answer.")), id=f"q{i}").to_json() + "\n"
+            for i, q in enumerate(qs)
+        )
+    )
+    settings = dict(
+        rounds=2,
+        max_tokens=20,
+        response_max_tokens=20,
+        judge_max_tokens=4,
+        on_unclear_judgement="keep",
+        request_batch_size=2,
+    )
     before = _requests(tiny_server)
-    straight = make_backend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url,
-                                          cache=str(tmp_path / "a.sqlite")))
+    straight = make_backend(
+        BackendConfig(
+            kind="openai", model=tiny_server.model, base_url=tiny_server.base_url, cache=str(tmp_path / "a.sqlite")
+        )
+    )
     ref = run_evol(straight, data, tmp_path / "a" / "evol.jsonl", EvolConfig(**settings))
     straight.close()
     sent_straight = _requests(tiny_server) - before
 
     out = tmp_path / "b" / "evol.jsonl"
-    args = ["data", "evolve", str(data), "-o", str(out), "--base-url", tiny_server.base_url, "--model",
-            tiny_server.model, *[f"--set={k}={json.dumps(v)}" for k, v in settings.items() if k != "rounds"],
-            "--rounds", "2"]
+    args = [
+        "data",
+        "evolve",
+        str(data),
+        "-o",
+        str(out),
+        "--base-url",
+        tiny_server.base_url,
+        "--model",
+        tiny_server.model,
+        *[f"--set={k}={json.dumps(v)}" for k, v in settings.items() if k != "rounds"],
+        "--rounds",
+        "2",
+    ]
     before = _requests(tiny_server)
     killed = _cli(args, kill_after=8)  # after the first batch of round 2 is committed
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

@@ -36,9 +36,16 @@ def base_config(model_dir: Path, data: Path | list, output_dir: Path, **override
     """A small fast config dict (fp32, no eval, no checkpoints unless overridden)."""
     datasets = [{"path": str(p)} for p in data] if isinstance(data, list) else [{"path": str(data)}]
     cfg: dict[str, Any] = {
-        "model": str(model_dir), "datasets": datasets, "output_dir": str(output_dir),
-        "max_length": 64, "batch_size": 4, "learning_rate": 3e-3, "lr_scheduler": "constant",
-        "max_steps": 6, "logging_interval": 1, "seed": 0,
+        "model": str(model_dir),
+        "datasets": datasets,
+        "output_dir": str(output_dir),
+        "max_length": 64,
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "lr_scheduler": "constant",
+        "max_steps": 6,
+        "logging_interval": 1,
+        "seed": 0,
     }
     cfg.update(overrides)
     return cfg

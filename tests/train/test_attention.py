@@ -28,12 +28,15 @@ def test_segment_lengths_cut_rows_at_examples_padding_and_row_ends():
 
 def _reference(q, k, v, sizes):
     """Causal SDPA on each piece alone, in float64: (B, H, L, D) -> (B, L, H, D)."""
-    b, h, l, d = q.shape
-    flat = [x.transpose(1, 2).reshape(b * l, x.shape[1], d) for x in (q, k, v)]
-    outs = [F.scaled_dot_product_attention(a.transpose(0, 1), c.transpose(0, 1), e.transpose(0, 1),
-                                           is_causal=True, enable_gqa=True).transpose(0, 1)
-            for a, c, e in zip(*(x.split(sizes) for x in flat))]
-    return torch.cat(outs).view(b, l, h, d)
+    b, h, n, d = q.shape
+    flat = [x.transpose(1, 2).reshape(b * n, x.shape[1], d) for x in (q, k, v)]
+    outs = [
+        F.scaled_dot_product_attention(
+            a.transpose(0, 1), c.transpose(0, 1), e.transpose(0, 1), is_causal=True, enable_gqa=True
+        ).transpose(0, 1)
+        for a, c, e in zip(*(x.split(sizes) for x in flat))
+    ]
+    return torch.cat(outs).view(b, n, h, d)
 
 
 @pytest.mark.parametrize("math_max_length", [attention.MATH_MAX_LENGTH, 4])  # 4: long pieces take SDPA
@@ -45,9 +48,12 @@ def test_backend_equals_per_example_sdpa_in_outputs_and_gradients(monkeypatch, m
     q, k, v = (torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))  # grouped heads
     grad = torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
     results = []
-    for fn in (lambda a, b, c: _reference(a, b, c, sizes),
-               lambda a, b, c: segments_attention_forward(None, a, b, c, None, scaling=8 ** -0.5,
-                                                          segment_lengths=segment_lengths(seg))[0]):
+    for fn in (
+        lambda a, b, c: _reference(a, b, c, sizes),
+        lambda a, b, c: segments_attention_forward(
+            None, a, b, c, None, scaling=8**-0.5, segment_lengths=segment_lengths(seg)
+        )[0],
+    ):
         leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
         out = fn(*leaves)
         out.backward(grad.float())
@@ -73,11 +79,14 @@ def _grads(model):
 def test_packed_with_segments_equals_unpacked_and_the_mask(tiny_model, rendered):
     """Loss and every gradient (1e-5, fp32): padded rows vs packed rows, segments vs the 4D mask."""
     padded = pad_collate(rendered, pad_id=0)
-    packed = pack_collate([rendered[i:i + 4] for i in range(0, 16, 4)], pad_id=0)
+    packed = pack_collate([rendered[i : i + 4] for i in range(0, 16, 4)], pad_id=0)
     results = {}
     attention.register()
-    for name, backend, batch in (("unpacked", "sdpa", padded), ("mask", "sdpa", packed),
-                                 ("segments", SEGMENTS, packed)):
+    for name, backend, batch in (
+        ("unpacked", "sdpa", padded),
+        ("mask", "sdpa", packed),
+        ("segments", SEGMENTS, packed),
+    ):
         tiny_model.set_attn_implementation(backend)
         tiny_model.zero_grad()
         loss_sum, n = token_loss_sum(tiny_model, **batch.model_inputs())
@@ -103,7 +112,7 @@ def test_without_segment_lengths_the_backend_is_sdpa(tiny_model, rendered):
 
 
 def test_bf16_autocast_runs_in_bf16_and_matches_the_mask(tiny_model, rendered):
-    packed = pack_collate([rendered[i:i + 4] for i in range(0, 16, 4)], pad_id=0)
+    packed = pack_collate([rendered[i : i + 4] for i in range(0, 16, 4)], pad_id=0)
     attention.register()
     losses = {}
     for backend in ("sdpa", SEGMENTS):
@@ -129,8 +138,15 @@ def test_training_picks_the_backend_from_packed_attention(tiny_model_dir, task_f
     cfg = config_from_dict(base_config(tiny_model_dir, task_file, tmp_path))
     assert packed_attention(cfg, "flash_attention_2") == "varlen"
     with pytest.raises(ConfigError, match="packed_attention: 'segments' does not apply to flash_attention_2"):
-        config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, attn_implementation="flash_attention_2",
-                                     packed_attention="segments"))
+        config_from_dict(
+            base_config(
+                tiny_model_dir,
+                task_file,
+                tmp_path,
+                attn_implementation="flash_attention_2",
+                packed_attention="segments",
+            )
+        )
     with pytest.raises(ConfigError, match="packed_attention: 'blocks' is not one of"):
         config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, packed_attention="blocks"))
 
@@ -143,8 +159,16 @@ def test_packed_runs_with_segments_and_mask_train_alike(tiny_model_dir, task_fil
 
     results = {}
     for mode in ("segments", "mask"):
-        cfg = base_config(tiny_model_dir, task_file, tmp_path / mode, max_steps=3, packing=True, max_length=128,
-                          eval_split=0.1, packed_attention=mode)
+        cfg = base_config(
+            tiny_model_dir,
+            task_file,
+            tmp_path / mode,
+            max_steps=3,
+            packing=True,
+            max_length=128,
+            eval_split=0.1,
+            packed_attention=mode,
+        )
         results[mode] = train(config_from_dict(cfg), progress=False)
     assert results["segments"].final_loss == pytest.approx(results["mask"].final_loss, rel=1e-5)
     assert results["segments"].eval_loss == pytest.approx(results["mask"].eval_loss, rel=1e-5)
@@ -158,8 +182,15 @@ def test_packed_runs_with_segments_and_mask_train_alike(tiny_model_dir, task_fil
 def test_lora_with_packed_segments_trains_and_saves_the_adapter(tiny_model_dir, task_file, tmp_path):
     from instillm.train.loop import train
 
-    cfg = base_config(tiny_model_dir, task_file, tmp_path, max_steps=2, packing=True, max_length=128,
-                      lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    cfg = base_config(
+        tiny_model_dir,
+        task_file,
+        tmp_path,
+        max_steps=2,
+        packing=True,
+        max_length=128,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    )
     result = train(config_from_dict(cfg), progress=False)
     assert result.steps == 2 and result.final_loss is not None
     assert (result.final_dir / "adapter_config.json").is_file()

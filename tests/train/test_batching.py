@@ -7,8 +7,14 @@ import torch
 
 from instillm.data.render import IGNORE_INDEX, Rendered
 from instillm.train.batching import (
-    count_rows, epoch_micro_batches, epoch_rows, eval_micro_batches, pack_collate, packed_attention_mask,
-    pad_collate, step_shard,
+    count_rows,
+    epoch_micro_batches,
+    epoch_rows,
+    eval_micro_batches,
+    pack_collate,
+    packed_attention_mask,
+    pad_collate,
+    step_shard,
 )
 
 
@@ -42,11 +48,7 @@ def test_packed_mask_is_additive_float_block_causal():
     m = packed_attention_mask(seg, torch.float32)
     assert m.shape == (1, 1, 5, 5) and m.dtype == torch.float32
     allowed = (m[0, 0] == 0).int().tolist()
-    assert allowed == [[1, 0, 0, 0, 0],
-                       [1, 1, 0, 0, 0],
-                       [0, 0, 1, 0, 0],
-                       [0, 0, 1, 1, 0],
-                       [0, 0, 0, 0, 1]]
+    assert allowed == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
     assert m[0, 0, 2, 0] == torch.finfo(torch.float32).min
 
 

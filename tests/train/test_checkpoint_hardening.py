@@ -97,7 +97,10 @@ def test_newest_complete_falls_back_and_moves_the_torn_one_aside(parts, tmp_path
     assert "step-3 is incomplete" in caplog.text and "optimizer.pt" in caplog.text
     assert "resuming from step-1" in caplog.text
     assert sorted(p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()) == [
-        ".incomplete-step-2", ".incomplete-step-3", "step-1"]
+        ".incomplete-step-2",
+        ".incomplete-step-3",
+        "step-1",
+    ]
 
 
 def test_checkpoints_without_a_manifest_count_when_every_file_loads(parts, tmp_path, caplog):
@@ -170,8 +173,9 @@ def test_a_second_run_on_the_same_dir_fails_at_once_naming_the_holder(tiny_model
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another training run \(pid {holder.pid}"):
@@ -227,10 +231,18 @@ def test_resuming_a_run_dir_with_checkpoints_needs_no_overwrite(tiny_model_dir, 
 
 
 def test_two_processes_fall_back_together_and_only_the_main_one_locks(tiny_model_dir, data, tmp_path):
-    cfg = write_config(tmp_path / "two.yaml", base_config(tiny_model_dir, data, tmp_path / "out", max_steps=4,
-                                                          save_interval=2))
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
-                "instillm.train.loop", str(cfg)]
+    cfg = write_config(
+        tmp_path / "two.yaml", base_config(tiny_model_dir, data, tmp_path / "out", max_steps=4, save_interval=2)
+    )
+    torchrun = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "instillm.train.loop",
+        str(cfg),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     first = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -8,7 +8,12 @@ import pytest
 
 from instillm.errors import ConfigError
 from instillm.train.config import (
-    LoraSettings, TrainConfig, apply_overrides, config_from_dict, load_config, resolve,
+    LoraSettings,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    resolve,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,10 +40,17 @@ def test_every_problem_is_reported_at_once_with_its_path():
     with pytest.raises(ConfigError) as e:
         config_from_dict(bad)
     msg = str(e.value)
-    for expected in ("model: required", "datasets[0].wieght: unknown key (did you mean 'weight'?)",
-                     "datasets[1].weight: must be > 0", "lr: unknown key (did you mean 'learning_rate'?)",
-                     "batch_size: expected int", "precision: 'fp16' is not one of",
-                     "lora.r: must be >= 1", "lora.alhpa: unknown key", "mixing.temperature: must be > 0"):
+    for expected in (
+        "model: required",
+        "datasets[0].wieght: unknown key (did you mean 'weight'?)",
+        "datasets[1].weight: must be > 0",
+        "lr: unknown key (did you mean 'learning_rate'?)",
+        "batch_size: expected int",
+        "precision: 'fp16' is not one of",
+        "lora.r: must be >= 1",
+        "lora.alhpa: unknown key",
+        "mixing.temperature: must be > 0",
+    ):
         assert expected in msg, expected
     assert msg.count("\n  - ") == 9
 
@@ -78,8 +90,9 @@ def test_example_config_file_loads():
 
 
 def test_resolve_math():
-    c = config_from_dict({**MINIMAL, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 3,
-                          "warmup_ratio": 0.1})
+    c = config_from_dict(
+        {**MINIMAL, "batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 3, "warmup_ratio": 0.1}
+    )
     plan = resolve(c, n_train_sequences=100, world_size=2)
     assert plan.micro_batches_per_epoch == 25  # ceil(100 / 4)
     assert plan.global_batch == 16  # 4 × 2 × 2

@@ -27,8 +27,10 @@ def test_two_processes_equal_one_with_double_accumulation(tiny_model_dir, tmp_pa
     data = write_jsonl(tmp_path / "d.jsonl", make_examples(48, "reverse") + make_examples(48, "upper"))
     common = dict(max_steps=4, batch_size=4, packing=packing, max_grad_norm=1.0)
     two = write_config(tmp_path / "two.yaml", base_config(tiny_model_dir, data, tmp_path / "two", **common))
-    one = write_config(tmp_path / "one.yaml", base_config(tiny_model_dir, data, tmp_path / "one",
-                                                          gradient_accumulation_steps=2, **common))
+    one = write_config(
+        tmp_path / "one.yaml",
+        base_config(tiny_model_dir, data, tmp_path / "one", gradient_accumulation_steps=2, **common),
+    )
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "instillm.train.loop", str(two)]
     procs = [_run(torchrun), _run([sys.executable, "-m", "instillm.train.loop", str(one)])]
     outputs = [p.communicate(timeout=300) for p in procs]

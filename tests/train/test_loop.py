@@ -17,17 +17,30 @@ from tests.train.helpers import base_config, make_examples, read_metrics, write_
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    return [write_jsonl(d / "reverse.jsonl", make_examples(120, "reverse")),
-            write_jsonl(d / "upper.jsonl", make_examples(120, "upper"))]
+    return [
+        write_jsonl(d / "reverse.jsonl", make_examples(120, "reverse")),
+        write_jsonl(d / "upper.jsonl", make_examples(120, "upper")),
+    ]
 
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, task_files, tmp_path_factory):
     """30 optimizer steps of full fine-tuning on two tasks, with eval and a checkpoint."""
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = base_config(tiny_model_dir, task_files, out, max_steps=30, batch_size=8, eval_split=0.1,
-                      eval_interval=15, save_interval=15, save_total_limit=1, warmup_steps=3,
-                      lr_scheduler="cosine", weight_decay=0.01)
+    cfg = base_config(
+        tiny_model_dir,
+        task_files,
+        out,
+        max_steps=30,
+        batch_size=8,
+        eval_split=0.1,
+        eval_interval=15,
+        save_interval=15,
+        save_total_limit=1,
+        warmup_steps=3,
+        lr_scheduler="cosine",
+        weight_decay=0.01,
+    )
     return train(config_from_dict(cfg), progress=False)
 
 
@@ -82,13 +95,16 @@ def test_errors_name_the_setting_before_any_compute(tiny_model_dir, task_files, 
     with pytest.raises(ModelError, match="does not exist"):
         train(config_from_dict(base_config(tmp_path / "no-model", task_files, out)), progress=False)
     with pytest.raises(DataError, match=r"datasets\[1\].path"):
-        train(config_from_dict(base_config(tiny_model_dir, [task_files[0], tmp_path / "x.jsonl"], out)),
-              progress=False)
+        train(config_from_dict(base_config(tiny_model_dir, [task_files[0], tmp_path / "x.jsonl"], out)), progress=False)
     with pytest.raises(DataError, match="no example is left after rendering.*max_length"):
         train(config_from_dict(base_config(tiny_model_dir, task_files, out, max_length=10)), progress=False)
     with pytest.raises(ConfigError, match="batch_size"):
-        train(config_from_dict(base_config(tiny_model_dir, task_files, out, batch_size=200,
-                                           gradient_accumulation_steps=3)), progress=False)
+        train(
+            config_from_dict(
+                base_config(tiny_model_dir, task_files, out, batch_size=200, gradient_accumulation_steps=3)
+            ),
+            progress=False,
+        )
     assert not out.exists()  # nothing written, nothing computed
 
 
@@ -99,8 +115,9 @@ def test_resume_never_refuses_existing_checkpoints(full_run, tiny_model_dir, tas
 
 
 def test_changed_settings_refuse_to_resume(full_run, tiny_model_dir, task_files):
-    cfg = base_config(tiny_model_dir, task_files, full_run.output_dir, max_steps=30, batch_size=4,
-                      eval_split=0.1, warmup_steps=3)
+    cfg = base_config(
+        tiny_model_dir, task_files, full_run.output_dir, max_steps=30, batch_size=4, eval_split=0.1, warmup_steps=3
+    )
     with pytest.raises(ConfigError, match="different plan"):
         train(config_from_dict(cfg), progress=False)
 
@@ -110,8 +127,16 @@ def test_bf16_autocast_packed_step_saves_the_template_used(tiny_model_dir, task_
 
     from instillm.data.templates import ALPACA
 
-    cfg = base_config(tiny_model_dir, task_files, tmp_path / "out", precision="bf16", packing=True,
-                      max_steps=1, max_length=128, template="alpaca")
+    cfg = base_config(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "out",
+        precision="bf16",
+        packing=True,
+        max_steps=1,
+        max_length=128,
+        template="alpaca",
+    )
     result = train(config_from_dict(cfg), progress=False)
     assert result.steps == 1 and math.isfinite(result.final_loss) and result.final_loss > 0
     # The tiny model ships chatml; the saved tokenizer carries the template training used.
@@ -127,8 +152,14 @@ def test_gradient_checkpointing_gives_the_same_weights(tiny_model_dir, task_file
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in on.modules())
     runs = []
     for gc in (False, True):
-        cfg = base_config(tiny_model_dir, task_files, tmp_path / f"gc-{gc}", gradient_checkpointing=gc,
-                          max_steps=2, group_by_length=True)
+        cfg = base_config(
+            tiny_model_dir,
+            task_files,
+            tmp_path / f"gc-{gc}",
+            gradient_checkpointing=gc,
+            max_steps=2,
+            group_by_length=True,
+        )
         runs.append(train(config_from_dict(cfg), progress=False))
     a, b = (load_file(str(r.final_dir / "model.safetensors")) for r in runs)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -140,8 +171,7 @@ def test_prepare_data_splits_then_mixes_with_cap_and_weights(tiny_model_dir, tin
 
     big = write_jsonl(tmp_path / "big.jsonl", make_examples(200, "reverse"))
     small = write_jsonl(tmp_path / "small.jsonl", make_examples(40, "upper"))
-    cfg = base_config(tiny_model_dir, [big, small], tmp_path / "out", eval_split=0.1,
-                      mixing={"cap": 60, "total": 200})
+    cfg = base_config(tiny_model_dir, [big, small], tmp_path / "out", eval_split=0.1, mixing={"cap": 60, "total": 200})
     cfg["datasets"][1]["weight"] = 2.0
     data = prepare_data(config_from_dict(cfg), tiny_tokenizer)
     assert len(data.eval) == 24 and len(data.train) == 200

@@ -14,8 +14,9 @@ from tests.train.helpers import base_config, make_examples, write_jsonl
 def lora_run(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
     data = write_jsonl(tmp / "d.jsonl", make_examples(64, "upper"))
-    cfg = base_config(tiny_model_dir, data, tmp / "out", max_steps=8, learning_rate=1e-2,
-                      lora={"r": 4, "alpha": 8, "dropout": 0.0})  # target_modules: all-linear
+    cfg = base_config(
+        tiny_model_dir, data, tmp / "out", max_steps=8, learning_rate=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0}
+    )  # target_modules: all-linear
     run = setup(config_from_dict(cfg))
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     run_loop(run, RunLog(tmp / "out", run.plan.total_steps, 0, enabled=False, progress=False))

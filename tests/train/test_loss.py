@@ -25,8 +25,15 @@ def test_equals_full_vocab_cross_entropy_and_chunking_is_exact(tiny_model, rende
     mb = pad_collate(rendered[:8], pad_id=0)
     logits = tiny_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
     count = (mb.labels[:, 1:] != IGNORE_INDEX).sum()
-    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), mb.labels[:, 1:].reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="sum") / count
+    ref = (
+        F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            mb.labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        / count
+    )
     loss_sum, n = token_loss_sum(tiny_model, **mb.model_inputs())
     assert int(n) == int(count) == mb.n_trained > 0
     assert abs(float(loss_sum.detach() / n) - float(ref.detach())) < 1e-5
@@ -48,7 +55,7 @@ def test_packed_equals_unpacked(tiny_model, rendered):
     ref_loss, ref_grads = float(loss_sum.detach() / n), _grads(tiny_model)
     tiny_model.zero_grad()
 
-    packed = pack_collate([rendered[i:i + 4] for i in range(0, 16, 4)], pad_id=0)
+    packed = pack_collate([rendered[i : i + 4] for i in range(0, 16, 4)], pad_id=0)
     assert packed.input_ids.shape[0] == 4
     p_sum, p_n = token_loss_sum(tiny_model, **packed.model_inputs())
     (p_sum / p_n).backward()
@@ -71,7 +78,7 @@ def test_gradient_accumulation_4x2_equals_1x8(tiny_model, tiny_model_dir, render
     loss8, n8, _ = accumulate(module, [pad_collate(items, 0)], acc, config)
     grads8 = _grads(tiny_model)
     tiny_model.zero_grad(set_to_none=True)
-    loss2, n2, _ = accumulate(module, [pad_collate(items[i:i + 2], 0) for i in range(0, 8, 2)], acc, config)
+    loss2, n2, _ = accumulate(module, [pad_collate(items[i : i + 2], 0) for i in range(0, 8, 2)], acc, config)
     assert n2 == n8
     assert abs(loss2 - loss8) < 1e-6
     _assert_same(_grads(tiny_model), grads8, atol=1e-6)

@@ -143,8 +143,17 @@ def test_model_loss_and_gradients_match_native_bf16(tiny_model_dir, rendered, ti
 def test_bf16_training_with_fp32_gemm_runs_and_matches_native(tiny_model_dir, task_file, tmp_path):
     results = {}
     for mode in ("fp32", "native"):
-        cfg = base_config(tiny_model_dir, task_file, tmp_path / mode, precision="bf16", cpu_bf16_matmul=mode,
-                          max_steps=3, packing=True, max_length=128, eval_split=0.1)
+        cfg = base_config(
+            tiny_model_dir,
+            task_file,
+            tmp_path / mode,
+            precision="bf16",
+            cpu_bf16_matmul=mode,
+            max_steps=3,
+            packing=True,
+            max_length=128,
+            eval_split=0.1,
+        )
         results[mode] = train(config_from_dict(cfg), progress=False)
     emul, native = results["fp32"], results["native"]
     assert emul.steps == 3 and math.isfinite(emul.final_loss) and math.isfinite(emul.eval_loss)
@@ -175,8 +184,15 @@ def test_compiled_decoder_trains_like_eager(tiny_model_dir, task_file, tmp_path)
     """`compile: true`: torch.compile of the decoder changes kernels, not the numbers."""
     results = {}
     for compiled in (False, True):
-        cfg = base_config(tiny_model_dir, task_file, tmp_path / str(compiled), max_steps=3, packing=True,
-                          max_length=128, eval_split=0.1)
+        cfg = base_config(
+            tiny_model_dir,
+            task_file,
+            tmp_path / str(compiled),
+            max_steps=3,
+            packing=True,
+            max_length=128,
+            eval_split=0.1,
+        )
         results[compiled] = train(config_from_dict({**cfg, "compile": compiled}), progress=False)
     eager, comp = results[False], results[True]
     assert comp.steps == 3

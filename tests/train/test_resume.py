@@ -24,8 +24,13 @@ def _start(config: Path, kill_after: int | None = None) -> subprocess.Popen:
     env.pop(KILL_HOOK, None)
     if kill_after is not None:
         env[KILL_HOOK] = str(kill_after)
-    return subprocess.Popen([sys.executable, "-m", "instillm.train.loop", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "instillm.train.loop", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -37,9 +42,19 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tiny_model_dir, tmp_path, packing):
     data = write_jsonl(tmp_path / "d.jsonl", make_examples(40, "reverse") + make_examples(40, "double"))
     # LoRA with dropout: the resumed run must also restore the RNG to match; 2 epochs: crosses an epoch.
-    settings = dict(max_steps=10, batch_size=4, gradient_accumulation_steps=2, save_interval=3,
-                    lr_scheduler="cosine", warmup_steps=2, lora={"r": 4, "alpha": 8, "dropout": 0.1},
-                    learning_rate=1e-2, eval_split=0.2, eval_interval=5, packing=packing)
+    settings = dict(
+        max_steps=10,
+        batch_size=4,
+        gradient_accumulation_steps=2,
+        save_interval=3,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+        lora={"r": 4, "alpha": 8, "dropout": 0.1},
+        learning_rate=1e-2,
+        eval_split=0.2,
+        eval_interval=5,
+        packing=packing,
+    )
     straight = write_config(tmp_path / "straight.yaml", base_config(tiny_model_dir, data, tmp_path / "a", **settings))
     crashy = write_config(tmp_path / "crashy.yaml", base_config(tiny_model_dir, data, tmp_path / "b", **settings))
 
