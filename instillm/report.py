@@ -181,7 +181,7 @@ def _markdown(results: dict[str, Any], plots: dict[str, Path], advice: list[str]
 def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
     """The zero-shot T0 section: per cluster, accuracy and ROUGE-L of each stage given.
 
-    `zeroshot` maps a stage ("before", "after") to the results dict of `eval --suite zeroshot`
+    `zeroshot` maps a stage ("before", "after") to the results dict of `eval zeroshot`
     (`ZeroShotResult.to_dict()`); absent or empty, the section is left out.
     """
     stages = [s for s in ("before", "after") if zeroshot.get(s)]

@@ -154,12 +154,20 @@ _OUTPUT_AB_POSITION = {"a": FIRST, "b": SECOND}
 _BRACKETS = re.compile(r"\[\[([ABC])\]\]")
 _BRACKETS_POSITION = {"A": FIRST, "B": SECOND, "C": TIE}
 _VERDICT_KEYS = ("model_identifier", "best_model", "best", "winner", "preferred")
+# A sentence that ends by naming the identifier: "The model whose output is better is m." (small
+# judges answer in a sentence rather than with the bare identifier).
+_IS_IDENTIFIER = re.compile(r"\b(?i:is|be|model|answer)\s*:?\s*[`'\"*]*(m|M)[`'\"*]*\s*[.!]?\s*$", re.MULTILINE)
 
 
 def _identifier(text: str) -> set[float]:
     """The whole reply, or its last line, is `m` or `M` (the identifier prompt's answer)."""
     lines = [ln.strip(_CLEAN) for ln in text.strip().splitlines() if ln.strip(_CLEAN)]
     return {_POSITION[c] for c in (text.strip(_CLEAN), lines[-1] if lines else "") if c in ("m", "M")}
+
+
+def _sentence_identifier(text: str) -> set[float]:
+    """A line ending in "is m" / "is M" (or "answer: M", "model M"): the identifier named in a sentence."""
+    return {_POSITION[x] for x in _IS_IDENTIFIER.findall(text)}
 
 
 def _output_ab(text: str) -> set[float]:
@@ -220,13 +228,14 @@ def _json_choice(text: str) -> set[float]:
     return {_POSITION[str(obj[k])] for k in _VERDICT_KEYS if k in obj and str(obj[k]) in _POSITION}
 
 
-_FORMATS = (_identifier, _output_ab, _brackets, _ranking, _json_choice)
+_FORMATS = (_identifier, _sentence_identifier, _output_ab, _brackets, _ranking, _json_choice)
 
 
 def parse_verdict(text: str | None) -> Verdict:
     """The position a judge text prefers, read in every supported format; formats that disagree fail.
 
-    Formats: the identifier `m` / `M` (the whole reply or its last line), "Output (a)" /
+    Formats: the identifier `m` / `M` (the whole reply or its last line, or ending a line's
+    sentence: "The model whose output is better is m."), "Output (a)" /
     "Output (b)", "[[A]]" / "[[B]]" / "[[C]]" (C: tie), a ranking list of `model_1` / `model_2`
     (or m / M) as JSON or a Python literal, and a JSON object such as {"model_identifier": "m"}.
     """

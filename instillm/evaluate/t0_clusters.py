@@ -150,7 +150,7 @@ def write_cluster_split(
 
     Rows go through the prompt/completion importer (so `<|endoftext|>` is removed and empty
     completions are rejected into OUT/<split>.rejects.jsonl); each example's `category` is its
-    cluster and `meta` holds its dataset, so `eval --suite heldout` reports per cluster.
+    cluster and `meta` holds its dataset, so `eval heldout` reports per cluster.
     Returns the ImportSummary of each split.
     """
     from instillm.data.importer import import_files, read_examples, write_examples

@@ -337,3 +337,31 @@ def test_cli_eval_judge(tiny_server, tmp_path):
     assert json.loads(out.read_text()) == rows
     missing = CliRunner().invoke(app, ["eval", "judge", "--outputs", str(tmp_path / "m.json"), "-o", str(out)])
     assert missing.exit_code == 1 and "--reference" in missing.output
+
+
+@pytest.mark.parametrize(
+    "text,position",
+    [
+        ("The model whose output is better is m.", 1.0),
+        ("The output of the model whose output is better is M.", 2.0),
+        ("Answer: M", 2.0),
+        ("The better one is `m`!", 1.0),
+        ("The model whose output is better is m. No wait, it is M.", 2.0),  # the last word counts
+    ],
+)
+def test_a_sentence_ending_in_the_identifier_is_a_verdict(text, position):
+    # small judges (SmolLM2-135M) answer the identifier prompt in a sentence like these
+    from instillm.evaluate.judge import parse_verdict
+
+    assert parse_verdict(text).preference == position
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The leaderboard of the game is a game called kickball", "I'm glad you asked: M is a letter, m too.",
+     "The model whose output is better is m.\nThe model whose output is better is M."],
+)
+def test_sentences_without_one_identifier_are_not_verdicts(text):
+    from instillm.evaluate.judge import parse_verdict
+
+    assert parse_verdict(text).preference is None
