@@ -358,8 +358,11 @@ def test_a_sentence_ending_in_the_identifier_is_a_verdict(text, position):
 
 @pytest.mark.parametrize(
     "text",
-    ["The leaderboard of the game is a game called kickball", "I'm glad you asked: M is a letter, m too.",
-     "The model whose output is better is m.\nThe model whose output is better is M."],
+    [
+        "The leaderboard of the game is a game called kickball",
+        "I'm glad you asked: M is a letter, m too.",
+        "The model whose output is better is m.\nThe model whose output is better is M.",
+    ],
 )
 def test_sentences_without_one_identifier_are_not_verdicts(text):
     from instillm.evaluate.judge import parse_verdict
