@@ -164,3 +164,13 @@ def test_api_key_never_in_repr_nor_in_stage_keys(tmp_path):
     from instillm.run import _hash, _redact
 
     assert _hash(_redact(asdict(a.suites.judge))) == _hash(_redact(asdict(b.suites.judge)))
+
+
+def test_real_student_config_loads():
+    from pathlib import Path
+
+    from instillm.run import load_run_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "real_student.yaml")
+    assert cfg.model.path == ".cache/smollm2-135m-instruct" and cfg.train.lora is not None
+    assert set(cfg.skills.heldout_families) <= set(cfg.skills.families)

@@ -329,16 +329,8 @@ def eval_mt_bench(
     """
     from instillm.evaluate.mt_bench import GradeConfig, load_mt_bench, local_responder, run_mt_bench
 
-    judge = BackendOptions(
-        judge_backend,
-        judge_base_url,
-        judge_model,
-        judge_api_key,
-        judge_cache,
-        judge_concurrency,
-        prefix="judge-",
-        role="judge",
-        device=device,
+    judge = BackendOptions.judge(
+        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device=device
     )
     with cli_errors():
         if data is None:
@@ -413,16 +405,8 @@ def eval_judge(
     from instillm.evaluate.judge import JudgeConfig, judge_output_files, summarize, write_annotations
     from instillm.evaluate.winrate import load_annotations
 
-    judge = BackendOptions(
-        judge_backend,
-        judge_base_url,
-        judge_model,
-        judge_api_key,
-        judge_cache,
-        judge_concurrency,
-        prefix="judge-",
-        role="judge",
-        device=device,
+    judge = BackendOptions.judge(
+        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device=device
     )
     with cli_errors():
         if outputs is None or reference is None:
