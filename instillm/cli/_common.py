@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -131,9 +131,18 @@ class BackendOptions:
     device: str = "auto"  # where a local (transformers) backend runs its model
 
     @classmethod
-    def judge(cls, *values: Any, device: str = "auto") -> BackendOptions:
-        """The `--judge-*` group of `eval judge` / `eval mt-bench` (values in the field order)."""
-        return cls(*values, prefix="judge-", role="judge", device=device)
+    def judge(
+        cls,
+        kind: str,
+        base_url: str | None,
+        model: str | None,
+        api_key: str | None,
+        cache: Path | None,
+        concurrency: int,
+        device: str = "auto",
+    ) -> BackendOptions:
+        """The `--judge-*` group of `eval judge` / `eval mt-bench`."""
+        return cls(kind, base_url, model, api_key, cache, concurrency, prefix="judge-", role="judge", device=device)
 
     def config(self, default_cache: Path | None = None):
         """The `BackendConfig`; a missing model or endpoint is an error naming this group's flags."""
