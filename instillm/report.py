@@ -1,20 +1,30 @@
-"""The run report: before/after tables and plots, the loss curve, failures, and what to fix next.
+"""The run report: before/after tables and plots, the loss curve, the data card, failures, and what to fix next.
 
 Input is a run's `results.json` dict (keys `before`/`after`: split → exact match, and
 `details`: stage → split → per-task/per-category scores with sample predictions; optionally
 `suites`: suite (ifeval, zeroshot, mt_bench, judge) → {before, after} → that suite's results,
-see `instillm.evaluate.suites`) plus the training `metrics.jsonl`. Output: `report.md`,
-`report.html` and PNG plots beside them (one per suite: `suite_<name>.png`).
+see `instillm.evaluate.suites`; optionally `data_card`: the training data's card, see
+`instillm.data.card`) plus the training `metrics.jsonl`. Output: `report.md`, `report.html` and
+PNG plots beside them (one per suite: `suite_<name>.png`). A cell without a number (a split
+without rows, a stage not run, a metric not computed) reads "—". report.html also holds the data
+card's plots (inline) and links each failing task to its failing rows.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from instillm.data.card import card_sections_html
+
 WEAK = 0.8  # a task or category below this "correct" rate is called out in "what to do next"
+DASH = "—"  # a cell without a number
+CARD_MARKER = "<!-- instillm:data-card -->"  # report.md's placeholder for the card's HTML sections
 
 
 def load_metrics(path: Path | None) -> list[dict[str, Any]]:
@@ -30,6 +40,11 @@ def load_metrics(path: Path | None) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
+def loss_points(metrics: Sequence[dict[str, Any]], key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) of every metrics row holding `key`, by step: the curve from the first logged step."""
+    return sorted((m["step"], m[key]) for m in metrics if m.get(key) is not None and m.get("step") is not None)
+
+
 def _plt():
     import matplotlib
 
@@ -39,24 +54,36 @@ def _plt():
     return plt
 
 
+def split_score(results: dict[str, Any], stage: str, split: str) -> float | None:
+    """A split's exact match at `stage`; None when the stage did not run or the split has no rows."""
+    details = results.get("details", {}).get(stage, {}).get(split)
+    if details is not None and not details.get("n"):
+        return None
+    return results.get(stage, {}).get(split)
+
+
 def plot_before_after(results: dict[str, Any], path: Path) -> Path:
-    """Grouped bars: exact match per split, before vs after training."""
+    """Grouped bars: exact match per split, before vs after training (no bar where a split has no rows)."""
     plt = _plt()
     splits = list(results.get("after", {}))
-    before = [results.get("before", {}).get(s, 0.0) for s in splits]
-    after = [results["after"][s] for s in splits]
+    labels = [s if split_score(results, "after", s) is not None else f"{s}\n(no rows)" for s in splits]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    xs = range(len(splits))
-    ax.bar([x - 0.2 for x in xs], before, 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], after, 0.4, label="after")
-    ax.set_xticks(list(xs), splits, rotation=10)
+    for offset, stage in ((-0.2, "before"), (0.2, "after")):
+        vals = [split_score(results, stage, s) for s in splits]
+        ax.bar([x + offset for x in range(len(splits))], [v or 0.0 for v in vals], 0.4, label=stage)
+    ax.set_xticks(list(range(len(splits))), labels, rotation=10)
     ax.set_ylim(0, 1)
     ax.set_ylabel("exact match")
     ax.legend()
     ax.set_title("Held-out exact match before and after fine-tuning")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the figure as a PNG and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -75,31 +102,26 @@ def plot_categories(details: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("correct")
     ax.legend(fontsize=8)
     ax.set_title("After fine-tuning, per category")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss(metrics: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training (and eval) loss against optimizer step."""
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
+    """Training (and eval) loss against optimizer step, from the first logged step, the x axis from 0."""
+    train = loss_points(metrics)
     if not train:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(*zip(*train), label="train loss")
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    ax.plot(*zip(*train), marker="." if len(train) <= 60 else None, label="train loss")
+    evals = loss_points(metrics, "eval_loss")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlim(left=0)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
     ax.set_title("Training loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def next_steps(results: dict[str, Any], weak: float = WEAK) -> list[str]:
@@ -125,57 +147,157 @@ def _hint(split: str) -> str:
     }.get(split, "Add training data resembling these tasks.")
 
 
-def _failures(details: dict[str, Any], k: int = 2) -> list[tuple[str, str, dict[str, Any]]]:
-    """The worst sample predictions per task (failures only), per split."""
+def failing_tasks(details: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(split, task, its scores) of every task with a wrong answer, worst first within each split."""
     rows = []
     for split, res in details.items():
-        for task, samples in sorted(res.get("samples", {}).items()):
-            rows += [(split, task, s) for s in samples if s["correct"] < 1][:k]
+        ranked = sorted(res.get("per_task", {}).items(), key=lambda kv: (kv[1]["correct"], kv[0]))
+        rows += [(split, task, scores) for task, scores in ranked if scores["correct"] < 1]
     return rows
 
 
+def failing_anchors(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """A unique in-page id per (split, task): `fail-<split>-<task>`, other characters as '-'."""
+    anchors: dict[tuple[str, str], str] = {}
+    taken: set[str] = set()
+    for key in keys:
+        base = "fail-" + re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(key))
+        anchor, k = base, 1
+        while anchor in taken:
+            k += 1
+            anchor = f"{base}-{k}"
+        anchors[key] = anchor
+        taken.add(anchor)
+    return anchors
+
+
+def _show(value: Any) -> str:
+    """A table cell: a float to 3 decimals, None or nan as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return lines + ["| " + " | ".join(_show(v) for v in r) + " |" for r in rows]
 
 
-def _markdown(results: dict[str, Any], plots: dict[str, Path], advice: list[str]) -> str:
-    before, after = results.get("before", {}), results.get("after", {})
+def headline_markdown(results: dict[str, Any], plot: Path) -> list[str]:
+    """Exact match per split before and after, beside the baseline; a dash where there is no number."""
+    splits = list(results.get("after", {}))
     baseline = results.get("baseline", {})
-    md = [f"# instillm run report: {results.get('name', '')}".rstrip(), ""]
-    md += ["## Held-out exact match", ""]
-    md += _table(
-        ["split", "before", "after", "most-frequent-answer baseline"],
-        [[s, before.get(s, float("nan")), after[s], baseline.get(s, "—")] for s in after],
-    )
-    md += ["", f"![before vs after]({plots['before_after'].name})", ""]
+    rows = [[s, split_score(results, "before", s), split_score(results, "after", s), baseline.get(s)] for s in splits]
+    md = ["## Held-out exact match", ""]
+    md += _table(["split", "before", "after", "most-frequent-answer baseline"], rows) + [""]
+    if any(v is None for r in rows for v in r):
+        md += [f"{DASH}: the split has no rows, the stage did not run, or there is no baseline for it.", ""]
+    return md + [f"![before vs after]({plot.name})", ""]
+
+
+def categories_markdown(details: dict[str, Any], plot: Path) -> list[str]:
+    """The 'correct' rate per category and split after training; a dash where a split has none of it."""
+    cats = sorted({c for r in details.values() for c in r["per_category"]})
+    cell = lambda s, c: details[s]["per_category"].get(c, {}).get("correct")  # noqa: E731
+    md = ["## After fine-tuning, per category", ""]
+    md += _table(["category", *details], [[c, *(cell(s, c) for s in details)] for c in cats])
+    return md + ["", f"![categories]({plot.name})", ""]
+
+
+def loss_markdown(metrics: Sequence[dict[str, Any]], plot: Path) -> list[str]:
+    """The loss curve with its first and last logged points."""
+    train = loss_points(metrics)
+    (first, l0), (last, l1) = train[0], train[-1]
+    line = f"Train loss logged from step {first} ({l0:.3f}) to step {last} ({l1:.3f}), {len(train)} point(s)."
+    return ["## Training loss", "", line, "", f"![loss]({plot.name})", ""]
+
+
+def card_markdown(card: dict[str, Any] | None) -> list[str]:
+    """The training data card: a summary line, then (report.html only) the card's sections with plots."""
+    if not card:
+        return []
+    comp = card["composition"]
+    counts = ", ".join(f"{len(comp.get(f, []))} {f}(s)" for f in ("task", "category", "source"))
+    return [
+        "## Training data card {#data-card}",
+        "",
+        f"{card['n_examples']} training row(s): {counts}. In report.html, with plots: the card's composition, "
+        "lengths, languages and leading verbs (instillm data card adds near-duplicate clusters and eval overlap).",
+        "",
+        CARD_MARKER,
+        "",
+    ]
+
+
+def failing_tasks_markdown(fails: list[tuple[str, str, dict[str, Any]]], anchors: dict) -> list[str]:
+    """After training, every task with a wrong answer, each linked to its failing rows."""
+    if not fails:
+        return []
+    rows = [
+        [_cell(s), f"[{_cell(t)}](#{anchors[(s, t)]})", v["correct"], f"{_wrong(v)} / {v['n']}"] for s, t, v in fails
+    ]
+    md = ["## Failing tasks {#failing-tasks}", ""]
+    md += ["After fine-tuning, every task with a wrong answer, worst first; each links to its failing rows.", ""]
+    return md + _table(["split", "task", "correct", "wrong / rows"], rows) + [""]
+
+
+def _wrong(scores: dict[str, Any]) -> int:
+    """How many of a task's rows are wrong (each row is right or wrong)."""
+    return round(scores["n"] * (1 - scores["correct"]))
+
+
+def failing_rows_markdown(details: dict[str, Any], fails: list, anchors: dict) -> list[str]:
+    """One subsection per failing task (its anchor): the failing rows results.json keeps for it."""
+    if not fails:
+        return []
+    md = ["## Failing rows", "", "The wrong answers kept in results.json (a task's worst rows), after fine-tuning.", ""]
+    for split, task, scores in fails:
+        md += _task_rows(split, task, scores, details[split].get("samples", {}).get(task, []), anchors[(split, task)])
+    return md
+
+
+def _task_rows(split: str, task: str, scores: dict[str, Any], samples: list, anchor: str) -> list[str]:
+    """A failing task's subsection: heading with its anchor, counts, a link back, its wrong rows."""
+    kept = [x for x in samples if x["correct"] < 1]
+    counts = f"{_wrong(scores)} of {scores['n']} row(s) wrong, {len(kept)} shown."
+    md = [f"### {split} / {task} {{#{anchor}}}", "", f"{counts} [Back to failing tasks](#failing-tasks)", ""]
+    if kept:
+        md += _table(["prompt", "expected", "got", "verdict"], [_row(x) for x in kept])
+    return md + [""]
+
+
+def _row(sample: dict[str, Any]) -> list[str]:
+    """prompt | expected | got | verdict of one scored row."""
+    got = _cell(sample["prediction"], 200) or "(empty)"
+    return [_cell(sample["prompt"], 200), _cell(sample["reference"], 200), got, _verdict(sample)]
+
+
+def _verdict(sample: dict[str, Any]) -> str:
+    """'wrong' or 'partly right (c)', with the row's exact match and ROUGE-L."""
+    c = sample["correct"]
+    head = "wrong" if c == 0 else f"partly right ({c:.2f})"
+    return f"{head}; exact match {sample.get('exact_match', 0):.0f}, ROUGE-L {sample.get('rouge_l', 0):.2f}"
+
+
+def _markdown(
+    results: dict[str, Any], plots: dict[str, Path], advice: list[str], metrics: Sequence[dict[str, Any]] = ()
+) -> str:
     details = results.get("details", {}).get("after", {})
-    if details:
-        md += ["## After fine-tuning, per category", ""]
-        cats = sorted({c for r in details.values() for c in r["per_category"]})
-        md += _table(
-            ["category", *details],
-            [[c, *(details[s]["per_category"].get(c, {}).get("correct", float("nan")) for s in details)] for c in cats],
-        )
-        md += ["", f"![categories]({plots['categories'].name})", ""]
-    if "loss" in plots:
-        md += ["## Training loss", "", f"![loss]({plots['loss'].name})", ""]
+    fails = failing_tasks(details)
+    anchors = failing_anchors([(s, t) for s, t, _ in fails])
+    md = [f"# instillm run report: {results.get('name', '')}".rstrip(), ""]
+    md += headline_markdown(results, plots["before_after"])
+    md += categories_markdown(details, plots["categories"]) if details else []
+    md += loss_markdown(metrics, plots["loss"]) if "loss" in plots else []
     if results.get("train"):
         md += _table(["training", "value"], [[k, v] for k, v in results["train"].items()]) + [""]
     if results.get("data"):
         md += ["## Data", ""] + _table(["data", "value"], [[k, v] for k, v in results["data"].items()]) + [""]
-    fails = _failures(details)
-    if fails:
-        md += ["## Worst failures per task", ""]
-        md += _table(
-            ["split", "task", "prompt", "reference", "prediction"],
-            [[s, t, _cell(x["prompt"]), _cell(x["reference"]), _cell(x["prediction"])] for s, t, x in fails],
-        )
-        md += [""]
+    md += card_markdown(results.get("data_card"))
+    md += failing_tasks_markdown(fails, anchors)
     md += suites_markdown(results.get("suites") or {}, plots)
     md += ["## What to do next", ""] + [f"- {a}" for a in advice] + [""]
-    return "\n".join(md)
+    return "\n".join(md + failing_rows_markdown(details, fails, anchors))
 
 
 def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
@@ -188,11 +310,9 @@ def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
     if not stages:
         return []
     clusters = sorted({c for s in stages for c in zeroshot[s]["clusters"]})
-    nan = float("nan")
 
     def cell(stage: str, cluster: str, metric: str) -> Any:
-        value = zeroshot[stage]["clusters"].get(cluster, {}).get(metric)
-        return nan if value is None else value
+        return zeroshot[stage]["clusters"].get(cluster, {}).get(metric)
 
     header = ["cluster", *(f"accuracy {s}" for s in stages), *(f"ROUGE-L {s}" for s in stages)]
     rows = [[c, *(cell(s, c, "accuracy") for s in stages), *(cell(s, c, "rouge_l") for s in stages)] for c in clusters]
@@ -200,7 +320,7 @@ def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
         "## Zero-shot T0 clusters",
         "",
         "Rank-classification accuracy and ROUGE-L: median over templates per dataset, mean over a "
-        "cluster's datasets (nan: the cluster has no template of that kind).",
+        "cluster's datasets (—: the cluster has no template of that kind).",
         "",
     ]
     return md + _table(header, rows) + [""]
@@ -210,16 +330,11 @@ def zeroshot_markdown(zeroshot: dict[str, Any]) -> list[str]:
 # evaluation suites (results["suites"][name] = {"before": ..., "after": ...})
 
 STAGE_NAMES = ("before", "after")
-NAN = float("nan")
 
 
 def _stages(entry: dict[str, Any]) -> list[str]:
     """The stages of a suite entry that hold results."""
     return [s for s in STAGE_NAMES if entry.get(s)]
-
-
-def _num(value: Any) -> Any:
-    return NAN if value is None else value
 
 
 def suite_categories(name: str, res: dict[str, Any]) -> dict[str, float | None]:
@@ -300,7 +415,7 @@ def ifeval_markdown(entry: dict[str, Any]) -> list[str]:
     """IFEval: the four accuracies, then strict / loose accuracy per instruction group."""
     stages = _stages(entry)
     metrics = [
-        (k.replace("_", " "), lambda r, k=k: _num(r.get(k)))
+        (k.replace("_", " "), lambda r, k=k: r.get(k))
         for k in ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")
     ]
     md = [
@@ -311,7 +426,7 @@ def ifeval_markdown(entry: dict[str, Any]) -> list[str]:
     ]
     md += _stage_table(entry, [*metrics, ("prompts", lambda r: r.get("num_prompts", 0))]) + [""]
     groups = sorted({g for s in stages for g in entry[s].get("per_group", {})})
-    cell = lambda s, g, m: _num(entry[s].get("per_group", {}).get(g, {}).get(m))  # noqa: E731
+    cell = lambda s, g, m: entry[s].get("per_group", {}).get(g, {}).get(m)  # noqa: E731
     md += ["Per instruction group (the instruction id's prefix; n: instructions checked):", ""]
     md += _table(
         ["group", "n", *(f"strict {s}" for s in stages), *(f"loose {s}" for s in stages)],
@@ -335,8 +450,8 @@ def zeroshot_suite_markdown(entry: dict[str, Any]) -> list[str]:
     md += _stage_table(
         entry,
         [
-            ("accuracy", lambda r: _num((r.get("overall") or {}).get("accuracy"))),
-            ("ROUGE-L", lambda r: _num((r.get("overall") or {}).get("rouge_l"))),
+            ("accuracy", lambda r: (r.get("overall") or {}).get("accuracy")),
+            ("ROUGE-L", lambda r: (r.get("overall") or {}).get("rouge_l")),
             ("templates scored", lambda r: len(r.get("templates", {}))),
             ("templates skipped", lambda r: len(r.get("skipped", {}))),
         ],
@@ -357,7 +472,7 @@ def mt_bench_markdown(entry: dict[str, Any]) -> list[str]:
     md += _stage_table(
         entry,
         [
-            ("score (1-10)", lambda r: _num(r.get("score"))),
+            ("score (1-10)", lambda r: r.get("score")),
             ("judgments", lambda r: r.get("n_judgments", 0)),
             ("failures", lambda r: r.get("n_failures", 0)),
             ("judge", lambda r: r.get("judge", "")),
@@ -371,9 +486,9 @@ def mt_bench_markdown(entry: dict[str, Any]) -> list[str]:
         [
             [
                 label,
-                *(_num(cell(s, part, k, "score")) for s in stages),
-                *(_num(cell(s, part, k, "n")) for s in stages),
-                *(_num(cell(s, part, k, "n_failures")) for s in stages),
+                *(cell(s, part, k, "score") for s in stages),
+                *(cell(s, part, k, "n") for s in stages),
+                *(cell(s, part, k, "n_failures") for s in stages),
             ]
             for part, label, k in keys
         ],
@@ -534,45 +649,94 @@ def suite_advice(suites: dict[str, Any], k: int = 3, weak: float = WEAK) -> list
 
 
 def _cell(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Text for a markdown table cell: one line, at most `limit` characters, `\\`, `|`, `[` and `]` escaped."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return re.sub(r"([\\|\[\]])", r"\\\1", text)
 
 
-def _html(markdown: str) -> str:
-    """A self-contained HTML page from the report's markdown subset (headings, tables, images, lists)."""
-    body, in_table = [], False
+_LINK = re.compile(r"(?<!\\)\[((?:\\.|[^\\\[\]])+)\]\((#[A-Za-z0-9_-]+)\)")  # [label](#in-page-id)
+_ANCHOR = re.compile(r"\s*\{#([A-Za-z0-9_-]+)\}$")  # a heading's id: "## text {#id}"
+
+
+def _inline(text: str) -> str:
+    """Escaped HTML of a markdown text: in-page links `[label](#id)` as anchors, backslash escapes undone."""
+    linked = _LINK.sub(lambda m: f'<a href="{m[2]}">{m[1]}</a>', html.escape(text))
+    return re.sub(r"\\([\\|\[\]])", r"\1", linked)
+
+
+def _html_table(lines: list[str]) -> str:
+    """A markdown table (header, separator, rows) as an HTML table."""
+    rows = [[_inline(c.strip()) for c in ln.strip("|").split(" | ")] for ln in lines if not ln.startswith("|---")]
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_line(line: str, raw: Mapping[str, str]) -> str:
+    """One non-table markdown line as HTML; a `<!-- instillm:NAME -->` line becomes raw[NAME]."""
+    if line.startswith("<!-- instillm:"):
+        return raw.get(line.removeprefix("<!-- instillm:").removesuffix(" -->"), "")
+    if line.startswith("!["):
+        alt, src = line[2:].split("](")
+        return f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}"></p>'
+    if line.startswith("#"):
+        return _html_heading(line)
+    if line.startswith("- "):
+        return f"<li>{_inline(line[2:])}</li>"
+    return f"<p>{_inline(line)}</p>" if line.strip() else ""
+
+
+def _html_heading(line: str) -> str:
+    """`## text {#id}` as `<h2 id="id">text</h2>` (the id optional)."""
+    level = len(line) - len(line.lstrip("#"))
+    text = line[level:].strip()
+    anchor = _ANCHOR.search(text)
+    ident = f' id="{anchor[1]}"' if anchor else ""
+    text = text[: anchor.start()] if anchor else text
+    return f"<h{level}{ident}>{html.escape(text)}</h{level}>"
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse;margin:.5em 0 1em}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}"
+    "td.n{text-align:right}img{max-width:100%}.note{color:#555;font-size:.9em}"
+)
+
+
+def _html(markdown: str, raw: Mapping[str, str] | None = None) -> str:
+    """A self-contained HTML page from the report's markdown subset (headings with ids, tables, images, lists,
+    in-page links); a placeholder line `<!-- instillm:NAME -->` becomes the HTML raw[NAME]."""
+    body: list[str] = []
+    table: list[str] = []
     for line in markdown.splitlines():
-        if line.startswith("|") and not line.startswith("|---"):
-            cells = [html.escape(c.strip()).replace("\\|", "|") for c in line.strip("|").split(" | ")]
-            tag = "th" if not in_table else "td"
-            body.append(
-                ("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
-            )
-            in_table = True
+        if line.startswith("|"):
+            table.append(line)
             continue
-        if line.startswith("|---"):
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            alt, src = line[2:].split("](")
-            body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
-    )
-    head = f"<head><meta charset='utf-8'><title>instillm report</title><style>{style}</style></head>"
+        if table:
+            body.append(_html_table(table))
+            table = []
+        body.append(_html_line(line, raw or {}))
+    if table:
+        body.append(_html_table(table))
+    head = f"<head><meta charset='utf-8'><title>instillm report</title><style>{STYLE}</style></head>"
     return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"
+
+
+def _plots(results: dict[str, Any], out: Path, metrics: list[dict[str, Any]]) -> dict[str, Path]:
+    """Every plot the report shows, as PNG files in `out`."""
+    plots = {"before_after": plot_before_after(results, out / "before_after.png")}
+    details = results.get("details", {}).get("after", {})
+    if details:
+        plots["categories"] = plot_categories(details, out / "categories.png")
+    loss = plot_loss(metrics, out / "loss.png")
+    if loss:
+        plots["loss"] = loss
+    for name, entry in (results.get("suites") or {}).items():
+        path = plot_suite(name, entry, out / f"suite_{name}.png")
+        if path:
+            plots[f"suite_{name}"] = path
+    return plots
 
 
 def write_report(
@@ -581,18 +745,11 @@ def write_report(
     """Write report.md, report.html and PNG plots into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = {"before_after": plot_before_after(results, out / "before_after.png")}
-    details = results.get("details", {}).get("after", {})
-    if details:
-        plots["categories"] = plot_categories(details, out / "categories.png")
-    loss = plot_loss(load_metrics(Path(metrics_path) if metrics_path else None), out / "loss.png")
-    if loss:
-        plots["loss"] = loss
-    for name, entry in (results.get("suites") or {}).items():
-        path = plot_suite(name, entry, out / f"suite_{name}.png")
-        if path:
-            plots[f"suite_{name}"] = path
-    md = _markdown(results, plots, next_steps(results))
+    metrics = load_metrics(Path(metrics_path) if metrics_path else None)
+    plots = _plots(results, out, metrics)
+    md = _markdown(results, plots, next_steps(results), metrics)
+    card = results.get("data_card")
+    raw = {"data-card": card_sections_html(card, level=3, computed_only=True)} if card else {}
     (out / "report.md").write_text(md, encoding="utf-8")
-    (out / "report.html").write_text(_html(md), encoding="utf-8")
+    (out / "report.html").write_text(_html(md, raw), encoding="utf-8")
     return {"report.md": out / "report.md", "report.html": out / "report.html", **plots}

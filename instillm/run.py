@@ -381,6 +381,13 @@ def _data_stats(train_files: Sequence[Path], splits: Mapping[str, list]) -> dict
     }
 
 
+def training_data_card(train_files: Sequence[Path]) -> dict[str, Any]:
+    """The data card of the training files (composition, lengths, languages, leading verbs) for the report."""
+    from instillm.data.card import data_card, read_card_examples
+
+    return data_card([ex for f in train_files for ex in read_card_examples(f)])
+
+
 def run(
     config: RunConfig,
     say: Callable[[str], None] = print,
@@ -412,6 +419,7 @@ def run(
         ctx, before, after, train_summary, baselines(train_files, splits), _data_stats(train_files, splits)
     )
     results["suites"] = {name: {"before": suites_before.get(name), "after": res} for name, res in suites_after.items()}
+    results["data_card"] = training_data_card(train_files)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out, metrics_path=out / "train" / "metrics.jsonl")
     return results

@@ -460,8 +460,8 @@ def _img(uri: str, alt: str) -> str:
 
 def _composition_html(card: dict[str, Any]) -> str:
     n = card["n_examples"] or 1
-    tables = "".join(
-        f"<h3>{_e(f)}</h3>" + _table([f, "rows", "share"], [[k, c, f"{c / n:.1%}"] for k, c in pairs[:30]])
+    tables = "".join(  # each table's first header names its field
+        _table([f, "rows", "share"], [[k, c, f"{c / n:.1%}"] for k, c in pairs[:30]])
         for f, pairs in card["composition"].items()
     )
     return _img(plot_composition(card["composition"]), "composition") + tables
@@ -530,9 +530,24 @@ SECTIONS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
 )
 
 
+OPTIONAL_SECTIONS = {"Near-duplicate clusters": "near_duplicates", "Overlap with eval sets": "eval_overlap"}
+
+
+def card_sections_html(card: dict[str, Any], level: int = 2, computed_only: bool = False) -> str:
+    """The card's sections as embeddable HTML, headed `<h{level}>`; `computed_only` drops those without data."""
+    shown = [(name, render) for name, render in SECTIONS if not computed_only or _computed(card, name)]
+    return "".join(f"<section><h{level}>{_e(name)}</h{level}>{render(card)}</section>" for name, render in shown)
+
+
+def _computed(card: dict[str, Any], section: str) -> bool:
+    """Whether the card holds the section's data (the optional ones are None without their matcher)."""
+    key = OPTIONAL_SECTIONS.get(section)
+    return key is None or card.get(key) is not None
+
+
 def card_html(card: dict[str, Any], title: str = "Data card") -> str:
     """The card as one self-contained HTML page."""
-    body = "".join(f"<section><h2>{_e(name)}</h2>{render(card)}</section>" for name, render in SECTIONS)
+    body = card_sections_html(card)
     head = f'<h1>{_e(title)}</h1><p>{card["n_examples"]} row(s).</p><p class="note">{_e(LIMITS_NOTE)}</p>'
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'

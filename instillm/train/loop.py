@@ -10,8 +10,8 @@ the model path, the rendered data (not empty) and the plan (enough data for one 
 Output layout (`output_dir/`):
 
 - `run.json` — config, resolved plan, data files with sha256, per-task counts, versions, git SHA
-- `metrics.jsonl` — one line per logging interval (step, loss, lr, grad_norm, trained_tokens,
-  tokens_per_s, epoch) and per evaluation (step, eval_loss)
+- `metrics.jsonl` — one line for the first step and per logging interval (step, loss, lr, grad_norm,
+  trained_tokens, tokens_per_s, epoch), and per evaluation (step, eval_loss)
 - `tb/` — the same scalars for TensorBoard
 - `checkpoints/step-N/` — see `instillm.train.checkpoint`; `resume: auto` continues from the newest
   complete one (verified against its manifest; newer incomplete ones are moved aside, logged)
@@ -831,7 +831,7 @@ def run_loop(run: Run, log: RunLog) -> tuple[float | None, float]:
         window["loss"] += stats.loss * stats.trained_tokens
         window["trained"] += stats.trained_tokens
         window["tokens"] += stats.tokens
-        if done % cfg.logging_interval == 0 or done == plan.total_steps:
+        if done == 1 or done % cfg.logging_interval == 0 or done == plan.total_steps:  # the curve from step 1
             log.log(_metrics(run, done, stats, window))
             window = {"loss": 0.0, "trained": 0, "tokens": 0, "t": time.perf_counter()}
         if run.data.eval and ((cfg.eval_interval and done % cfg.eval_interval == 0) or done == plan.total_steps):

@@ -12,6 +12,7 @@ from instillm.curate.decontaminate import EvalIndex
 from instillm.curate.dedup import MinHashDedup
 from instillm.data.card import (
     card_html,
+    card_sections_html,
     data_card,
     detect_language,
     leading_verb_object,
@@ -144,6 +145,13 @@ def test_html_is_self_contained(tmp_path: Path):
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "Data card: &lt;x&gt;" in html and "p1 (row 1), p2 (row 2)" in html and "evalset.jsonl" in html
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_sections_html_embeds_only_what_was_computed():
+    html = card_sections_html(data_card(rows()), level=3, computed_only=True)
+    assert html.startswith("<section><h3>Composition</h3>") and "<html" not in html and "<h2>" not in html
+    assert html.count('src="data:image/png;base64,') == 4 and "Near-duplicate clusters" not in html
+    assert "Near-duplicate clusters" in card_sections_html(data_card(rows()))  # by default: all, "not computed"
 
 
 def test_html_of_an_empty_card():

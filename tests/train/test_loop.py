@@ -122,6 +122,13 @@ def test_changed_settings_refuse_to_resume(full_run, tiny_model_dir, task_files)
         train(config_from_dict(cfg), progress=False)
 
 
+def test_metrics_start_at_the_first_step(tiny_model_dir, task_files, tmp_path):
+    """The loss curve (report, TensorBoard) starts at step 1, not at the first logging interval."""
+    cfg = base_config(tiny_model_dir, task_files, tmp_path / "out", max_steps=5, logging_interval=4)
+    train(config_from_dict(cfg), progress=False)
+    assert [m["step"] for m in read_metrics(tmp_path / "out") if "loss" in m] == [1, 4, 5]
+
+
 def test_bf16_autocast_packed_step_saves_the_template_used(tiny_model_dir, task_files, tmp_path):
     from transformers import AutoTokenizer
 
