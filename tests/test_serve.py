@@ -26,7 +26,7 @@ from instillm.data.render import RenderConfig, Renderer
 from instillm.llm.generation import GenerateOptions, Generator
 from instillm.models.loading import load_model, load_tokenizer
 from instillm.serve import create_app, serve, start_in_thread
-from instillm.serve.engine import Engine, Job
+from instillm.serve.engine import BatchEngine, Engine, Job
 
 NAME = "chaotic"
 
@@ -256,17 +256,22 @@ def test_32_concurrent_clients_are_batched_and_equal_alone(client, server, refer
     assert stats.generate_calls - calls_before < 32 and stats.max_requests_per_call > 1
 
 
-def test_engine_groups_queued_jobs_up_to_max_batch_size(reference):
+@pytest.mark.parametrize("engine_class", [Engine, BatchEngine])
+def test_engine_groups_queued_jobs_up_to_max_batch_size(reference, engine_class):
     ids = [reference.tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("a b", "c d e", "f")]
     opts = GenerateOptions(max_new_tokens=4)
-    for max_batch, calls in ((32, 1), (1, 3)):
-        engine = Engine(reference, max_batch_size=max_batch, batch_wait_ms=500)
+    for max_batch in (32, 1):
+        engine = engine_class(reference, max_batch_size=max_batch, batch_wait_ms=500)
         engine.start()
         futures = [engine.submit(Job([x], [0], opts)) for x in ids]
         outs = [f.result(60)[0].text for f in futures]
         engine.stop()
-        assert engine.stats.generate_calls == calls and engine.stats.requests == 3
+        assert engine.stats.requests == 3
         assert outs == [reference.generate_ids([x], opts)[0].text for x in ids]
+        if engine_class is BatchEngine:  # one Generator call per batch
+            assert engine.stats.generate_calls == (1 if max_batch == 32 else 3)
+        else:  # one running batch, never wider than max_batch_size
+            assert engine.stats.max_rows_per_step == min(max_batch, 3) and engine.stats.generate_calls == 1
 
 
 def test_a_cancelled_job_is_skipped_and_the_engine_keeps_serving(reference):
@@ -424,3 +429,43 @@ def test_the_served_model_runs_where_device_says(tiny_server):
     import torch
 
     assert tiny_server.app.state.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# continuous batching
+
+
+def test_mixed_jobs_joining_a_running_batch_equal_alone(reference):
+    """Different budgets, temperatures, stop strings and prompt lengths share decode steps."""
+    texts = ["Numbers:", "A long prompt about the weather today and tomorrow, " * 4, "x", "hello there"]
+    ids = [reference.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stop = reference.generate_ids([ids[3]], GenerateOptions(max_new_tokens=10))[0].text[4:7].strip() or "e"
+    options = [
+        GenerateOptions(max_new_tokens=30),
+        GenerateOptions(max_new_tokens=5),
+        GenerateOptions(max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9),
+        GenerateOptions(max_new_tokens=10, stop_strings=(stop,)),
+    ]
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=0)
+    engine.start()
+    futures = []
+    for i, (x, opts) in enumerate(zip(ids, options)):
+        futures.append(engine.submit(Job([x, x], [7 + i, 8 + i], opts)))
+        time.sleep(0.02 * i)  # later jobs join a batch that is already running
+    outs = [f.result(60) for f in futures]
+    engine.stop()
+    for x, opts, got, i in zip(ids, options, outs, range(4)):
+        assert got == reference.generate_ids([x, x], opts, seeds=[7 + i, 8 + i])
+    assert engine.stats.max_requests_per_call > 1
+
+
+def test_a_short_answer_returns_while_a_long_one_is_decoded(reference):
+    ids = reference.tokenizer("go on", add_special_tokens=False)["input_ids"]
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=0)
+    engine.start()
+    long = engine.submit(Job([ids], [0], GenerateOptions(max_new_tokens=400)))
+    short = engine.submit(Job([ids], [0], GenerateOptions(max_new_tokens=2)))
+    assert len(short.result(60)[0].token_ids) == 2
+    assert not long.done()
+    assert len(long.result(120)[0].token_ids) == 400
+    engine.stop()

@@ -142,10 +142,10 @@ def serve_cmd(
         None, "--model-name", help="Name clients send as `model` (default: the directory name)."
     ),
     max_batch_size: int = typer.Option(
-        32, "--max-batch-size", help="Rows decoded together; 1 serves one request at a time."
+        32, "--max-batch-size", help="Most rows decoded together; 1 serves one row at a time."
     ),
     batch_wait_ms: float = typer.Option(
-        5.0, "--batch-wait-ms", help="How long to wait for more requests before decoding a batch."
+        5.0, "--batch-wait-ms", help="When idle, how long to wait for more requests before decoding."
     ),
     max_length: int | None = typer.Option(
         None, "--max-length", help="Prompt + completion tokens (default: the model's maximum positions)."
@@ -160,6 +160,15 @@ def serve_cmd(
     max_rows: int = typer.Option(256, "--max-rows", help="Most rows (prompts x n) one request may ask for."),
     allow_remote_without_key: bool = typer.Option(
         False, "--allow-remote-without-key", help="Serve a non-loopback --host without an API key anyway."
+    ),
+    scheduler: str = typer.Option(
+        "continuous",
+        "--scheduler",
+        help="continuous: requests join the running batch at the next step and leave when done; "
+        "static: one batch decoded to its end, then the next (for comparison).",
+    ),
+    prefix_cache_tokens: int = typer.Option(
+        4096, "--prefix-cache-tokens", help="Prompt tokens whose keys/values are kept for reuse (0: off)."
     ),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
@@ -194,4 +203,6 @@ def serve_cmd(
             max_rows=max_rows,
             allow_remote_without_key=allow_remote_without_key,
             warn=warn,
+            scheduler=scheduler,
+            prefix_cache_tokens=prefix_cache_tokens,
         )

@@ -324,13 +324,14 @@ def sample_seed(seed: int | None, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _row_seed(seed: int, index: int) -> int:
+def row_seed(seed: int, index: int) -> int:
+    """The sampling seed `generate_ids` gives prompt `index` of a call with options.seed `seed`."""
     digest = hashlib.sha256(f"instillm-generate:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass
-class _Row:
+class Row:
     """Bookkeeping of one prompt during generation."""
 
     index: int
@@ -460,7 +461,7 @@ class Generator:
                     "(the model's maximum positions); shorten the prompt"
                 )
             seed = None if seeds is None else int(seeds[i])
-            rows.append(_Row(i, ids, min(opts.max_new_tokens, self.max_length - len(ids)), seed=seed))
+            rows.append(Row(i, ids, min(opts.max_new_tokens, self.max_length - len(ids)), seed=seed))
         if not rows:
             return []
         # Length buckets: sort by length, batch neighbours; outputs go back by `index`.
@@ -484,10 +485,11 @@ class Generator:
             config._attn_implementation = impl
             if was_training:
                 self.model.train()
-        return [self._output(r, opts) for r in rows]
+        return [self.output_of(r, opts) for r in rows]
 
     # -- internals --------------------------------------------------------------------------
-    def _output(self, r: _Row, opts: GenerateOptions) -> GenerationOutput:
+    def output_of(self, r: Row, opts: GenerateOptions) -> GenerationOutput:
+        """The output of a finished row: its text (cut at a stop string), tokens and counts."""
         text = self.tokenizer.decode(r.tokens, skip_special_tokens=opts.skip_special_tokens)
         if r.stop_string is not None:
             text = text[: text.find(r.stop_string)] if r.stop_string in text else text
@@ -508,7 +510,8 @@ class Generator:
         dtype = next(self.model.parameters()).dtype
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
-    def _forward(self, input_ids, position_ids, mask, cache, groups=None) -> torch.Tensor:
+    def forward_last(self, input_ids, position_ids, mask, cache, groups=None) -> torch.Tensor:
+        """One model call with `cache` and a boolean 4D `mask`; the logits of each row's last position."""
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
         kwargs[self._cache_kwarg] = cache
         if groups is not None:
@@ -522,7 +525,7 @@ class Generator:
         )
         return out.logits[:, -1, :]
 
-    def _prefill(self, rows: list[_Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
+    def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
         """Prefill rows (sorted by length) in chunks of similar length; last-position logits."""
         device = self.device
         chunks, start = [], 0
@@ -547,7 +550,7 @@ class Generator:
             # Pad queries attend to themselves only: finite values, never seen by real tokens.
             mask = (causal[None] & key_ok[:, None, :]) | torch.eye(lc, dtype=torch.bool, device=device)[None]
             cache.rows, cache.write, cache.read = slice(a, b), (width - lc, width), (width - lc, width)
-            out = self._forward(ids.to(device), position_ids, mask[:, None], cache)
+            out = self.forward_last(ids.to(device), position_ids, mask[:, None], cache)
             if logits is None:
                 logits = out.new_empty((len(rows), out.shape[-1]))
             logits[a:b] = out
@@ -556,7 +559,7 @@ class Generator:
             raise ValueError("_prefill needs at least one row")
         return logits
 
-    def _generate_batch(self, rows: list[_Row], opts: GenerateOptions) -> None:
+    def _generate_batch(self, rows: list[Row], opts: GenerateOptions) -> None:
         if self._should_stop is not None:  # stopped rows are not even prefilled
             rows = [r for r in rows if not self._should_stop(r.index)]
             if not rows:
@@ -575,7 +578,7 @@ class Generator:
         end_ids = torch.tensor(sorted(self.end_ids | set(opts.stop_token_ids)), device=device)
         gens = None
         if opts.do_sample:
-            seeds = [_row_seed(opts.seed, r.index) if r.seed is None else r.seed for r in rows]
+            seeds = [row_seed(opts.seed, r.index) if r.seed is None else r.seed for r in rows]
             gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         stop_strings = opts.stop_strings
         window = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 2
@@ -584,7 +587,7 @@ class Generator:
         groups = self._groups(live, steps)
 
         for t in range(steps):
-            tok = self._select(logits, opts, gens)
+            tok = self.select_tokens(logits, opts, gens)
             is_end = torch.isin(tok, end_ids)
             done = is_end | (budget <= t + 1)
             tok_list = tok.tolist()
@@ -627,16 +630,16 @@ class Generator:
                 groups = self._groups(live, steps - t - 1)
             slot = width + t
             cache.write, cache.read = (slot, slot + 1), (kv_lo, slot + 1)
-            logits = self._forward(tok[:, None], pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+            logits = self.forward_last(tok[:, None], pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
 
     @staticmethod
-    def _report(live: list[_Row], done: torch.Tensor, on_token: TokenCallback) -> None:
+    def _report(live: list[Row], done: torch.Tensor, on_token: TokenCallback) -> None:
         """Tell `on_token` what each live row produced this step (and whether it finished)."""
         for r, d in zip(live, done.tolist()):
             token = None if r.stop_token_id is not None else r.tokens[-1]
             on_token(r.index, token, r.finish_reason if d else None)
 
-    def _groups(self, live: list[_Row], remaining: int) -> list[tuple[int, int, int]] | None:
+    def _groups(self, live: list[Row], remaining: int) -> list[tuple[int, int, int]] | None:
         """Row groups for grouped decode attention (None: one group, plain SDPA)."""
         if not self.group_attention or len(live) < 2:
             return None
@@ -644,7 +647,7 @@ class Generator:
         return groups if len(groups) > 1 else None
 
     @staticmethod
-    def _select(logits: torch.Tensor, opts: GenerateOptions, gens: list | None) -> torch.Tensor:
+    def select_tokens(logits: torch.Tensor, opts: GenerateOptions, gens: list | None) -> torch.Tensor:
         """Next token per row: argmax, or a sample from the filtered, tempered distribution."""
         if not opts.do_sample:
             return logits.argmax(dim=-1)

@@ -1,10 +1,11 @@
 """In-process backends: a local Hugging Face model through instillm's Generator, or vLLM.
 
 `TransformersBackend` renders chat requests with the model's saved chat template (the one
-training used, `template: auto`), and generates completion prompts as given. Requests with the
-same sampling settings (all but `n`) form a group; each group is generated in chunks of about
-`CHUNK_BATCHES` decode batches, one row per sample, so results reach `on_response` as chunks
-finish. Temperature 0 is greedy (the `n` samples are one generation, repeated); otherwise each
+training used, `template: auto`), and generates completion prompts as given. Every request's
+rows (one per sample) are decoded by continuous batching (`instillm.llm.continuous`): at most
+`batch_size` rows at a time, whatever their settings, a waiting row joining as soon as one ends,
+prompts sharing a prefix prefilled once; a request's answer reaches `on_response` as soon as its
+last row ends. Temperature 0 is greedy (the `n` samples are one generation, repeated); otherwise each
 sample draws from its own seed, `sample_seed(seed, sample index)`, so a request samples the same
 whichever other requests share its call, and its `n` samples differ. A request without a seed
 samples from fresh random seeds (not reproducible, as with any endpoint).
@@ -33,8 +34,6 @@ from instillm.llm.backend import (
     SamplingParams,
 )
 from instillm.llm.generation import sample_seed
-
-CHUNK_BATCHES = 4  # decode batches of rows per Generator call: how often answers are handed out
 
 
 def model_fingerprint(model: str) -> str:
@@ -75,20 +74,53 @@ class TransformersBackend:
     def generate(
         self, requests: Sequence[LLMRequest], progress: Progress | None = None, on_response: OnResponse | None = None
     ) -> list[LLMResponse]:
-        """Answer every request, one batched Generator call per chunk of each params group."""
+        """Answer every request: all rows decoded by continuous batching, each answer handed out when done."""
+        from instillm.llm.continuous import PrefixCache, decode_all
+
         requests = list(requests)
         prompts = [self._prompt_ids(i, r) for i, r in enumerate(requests)]
         results: list[LLMResponse | None] = [None] * len(requests)
-        for params, indices in group_by_params(requests).items():
-            for chunk in self._chunks(params, indices, prompts, requests):
-                answers = self._generate_chunk(params, [requests[i] for i in chunk], [prompts[i] for i in chunk])
-                for i, resp in zip(chunk, answers):
-                    results[i] = resp
-                    if on_response is not None:
-                        on_response(i, resp)
+        rows = [row for i, (r, ids) in enumerate(zip(requests, prompts)) for row in self._rows(i, r, ids)]
+        left = [0] * len(requests)
+        for row in rows:
+            left[row.owner[0]] += 1
+        samples: list[list[Any]] = [[None] * k for k in left]
+
+        def on_done(row: Any) -> None:
+            i, s = row.owner
+            samples[i][s], left[i] = row.output, left[i] - 1
+            if left[i] == 0:
+                results[i] = self._response(requests[i], samples[i])
+                if on_response is not None:
+                    on_response(i, results[i])
                 if progress is not None:
-                    progress(len(chunk))
-        return results  # type: ignore[return-value]  # every index belongs to one group
+                    progress(1)
+
+        decode_all(self.generator, rows, self.config.batch_size, PrefixCache(), on_done)
+        return results  # type: ignore[return-value]  # every request's rows end
+
+    def _rows(self, index: int, request: LLMRequest, ids: list[int]) -> list[Any]:
+        """One row per distinct sample of a request (greedy: one), seeded `sample_seed(seed, sample)`."""
+        from instillm.llm.continuous import DecodeRow
+        from instillm.llm.generation import GenerateOptions
+
+        p = request.params
+        opts = GenerateOptions.sampling(p.temperature, p.top_p, max_new_tokens=p.max_tokens, stop_strings=p.stop)
+        n = 1 if not opts.do_sample else p.n
+        return [DecodeRow(s, ids, 0, seed=sample_seed(p.seed, s), options=opts, owner=(index, s)) for s in range(n)]
+
+    def _response(self, request: LLMRequest, outputs: list[Any]) -> LLMResponse:
+        """The response of a request from its rows' outputs (n greedy samples are one generation)."""
+        samples = [
+            LLMSample(
+                text=o.text,
+                finish_reason=o.finish_reason,
+                prompt_tokens=o.prompt_tokens,
+                completion_tokens=o.completion_tokens,
+            )
+            for o in outputs
+        ]
+        return LLMResponse(samples=tuple(samples * (request.params.n if len(outputs) == 1 else 1)), model=self.model)
 
     def _prompt_ids(self, index: int, request: LLMRequest) -> list[int]:
         """Token ids of a request's prompt (chat rendered with the saved template); checks length."""
@@ -101,58 +133,6 @@ class TransformersBackend:
                 f"it needs 1 to {limit - 1} (the model's maximum positions, {limit}, hold prompt and answer)"
             )
         return ids
-
-    def _chunks(
-        self, params: SamplingParams, indices: list[int], prompts: list[list[int]], requests: Sequence[LLMRequest]
-    ) -> list[list[int]]:
-        """Split a group (sorted by prompt length, so chunks batch well) into ~CHUNK_BATCHES batches of rows."""
-        rows_per_chunk = self.config.batch_size * CHUNK_BATCHES
-        greedy = params.temperature == 0
-        chunks: list[list[int]] = [[]]
-        rows = 0
-        for i in sorted(indices, key=lambda i: len(prompts[i])):
-            need = 1 if greedy else requests[i].params.n
-            if chunks[-1] and rows + need > rows_per_chunk:
-                chunks.append([])
-                rows = 0
-            chunks[-1].append(i)
-            rows += need
-        return [c for c in chunks if c]
-
-    def _generate_chunk(
-        self, params: SamplingParams, requests: list[LLMRequest], prompts: list[list[int]]
-    ) -> list[LLMResponse]:
-        """One Generator call for requests of one params group: a row per distinct sample."""
-        from instillm.llm.generation import GenerateOptions
-
-        opts = GenerateOptions.sampling(
-            params.temperature,
-            params.top_p,
-            max_new_tokens=params.max_tokens,
-            stop_strings=params.stop,
-            batch_size=self.config.batch_size,
-        )
-        greedy = not opts.do_sample
-        owners, rows, seeds = [], [], []  # owners[row] = (request position, sample index)
-        for j, (r, ids) in enumerate(zip(requests, prompts)):
-            for s in range(1 if greedy else r.params.n):
-                owners.append((j, s))
-                rows.append(ids)
-                seeds.append(sample_seed(r.params.seed, s))
-        outs = self.generator.generate_ids(rows, opts, seeds=None if greedy else seeds)
-        samples: list[list[LLMSample]] = [[] for _ in requests]
-        for (j, _), o in zip(owners, outs):
-            samples[j].append(
-                LLMSample(
-                    text=o.text,
-                    finish_reason=o.finish_reason,
-                    prompt_tokens=o.prompt_tokens,
-                    completion_tokens=o.completion_tokens,
-                )
-            )
-        if greedy:  # n greedy samples are the same generation
-            samples = [s * r.params.n for s, r in zip(samples, requests)]
-        return [LLMResponse(samples=tuple(s), model=self.model) for s in samples]
 
     def close(self) -> None:
         """Drop the model (its memory is freed when nothing else refers to it)."""
@@ -246,4 +226,4 @@ class VLLMBackend:
         self.llm = None
 
 
-__all__ = ["TransformersBackend", "VLLMBackend", "sample_seed", "group_by_params", "model_fingerprint", "CHUNK_BATCHES"]
+__all__ = ["TransformersBackend", "VLLMBackend", "sample_seed", "group_by_params", "model_fingerprint"]

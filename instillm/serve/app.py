@@ -20,9 +20,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from instillm.config import check_choice
 from instillm.errors import ConfigError, check_min_int
 from instillm.serve.calls import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, ServedModel, respond
-from instillm.serve.engine import Engine
+from instillm.serve.engine import BatchEngine, Engine
 from instillm.serve.errors import install_error_handlers
 from instillm.serve.guard import RequestGuard
 
@@ -74,6 +75,14 @@ def _check_settings(
         raise ConfigError("; ".join(problems))
 
 
+def _check_scheduler(scheduler: str, prefix_cache_tokens: int) -> None:
+    problems: list[str] = []
+    check_choice(problems, "scheduler", scheduler, ("continuous", "static"))
+    check_min_int(problems, "prefix_cache_tokens", prefix_cache_tokens, 0)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def _served_name(model: str | Path, model_name: str | None) -> str:
     if model_name:
         return model_name
@@ -94,6 +103,8 @@ def create_app(
     device: str = "auto",
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     max_rows: int = DEFAULT_MAX_ROWS,
+    scheduler: str = "continuous",
+    prefix_cache_tokens: int = 4096,
 ) -> FastAPI:
     """An OpenAI-compatible app serving `model` (a saved model directory or hub id).
 
@@ -101,7 +112,11 @@ def create_app(
     `batch_wait_ms` is how long the worker waits for more requests before decoding a batch of up
     to `max_batch_size` rows. `app.state.stats` counts requests, Generator calls, decoded tokens
     and cancellations. `device`: "auto" (CUDA when available), "cpu", "cuda:N";
-    `app.state.device` says where the model runs. A body over `max_request_bytes` is refused
+    `app.state.device` says where the model runs. `scheduler`: "continuous" (requests join the
+    running batch at the next step and leave when they end; prompts' shared prefixes are
+    prefilled once, `prefix_cache_tokens` keeps recent prompts' keys/values, 0 turns it off) or
+    "static" (a collected batch is decoded to its end before the next, requests with identical
+    options only; kept for comparison). A body over `max_request_bytes` is refused
     (413) before it is read; a request over `max_rows` rows (prompts x n) is refused (400), so
     no Generator call holds more than max(max_batch_size, max_rows) rows.
     """
@@ -109,13 +124,18 @@ def create_app(
     from instillm.models.loading import load_local
 
     _check_settings(max_batch_size, batch_wait_ms, max_length, default_max_tokens, max_request_bytes, max_rows)
+    _check_scheduler(scheduler, prefix_cache_tokens)
     if api_key is not None and not api_key:
         raise ConfigError("api_key: empty; give a key or None (no key)")
     local = load_local(model, template, device)
     # The worker's own tokenizer and renderer (same files): tokenizers are not shared across threads.
     worker_tok, worker_renderer = local.fresh_tokenizer()
     generator = Generator(local.model, worker_tok, worker_renderer, max_length=max_length)
-    engine = Engine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    engine: Engine | BatchEngine
+    if scheduler == "static":
+        engine = BatchEngine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    else:
+        engine = Engine(generator, max_batch_size, batch_wait_ms, prefix_cache_tokens=prefix_cache_tokens)
     tools = [(local.tokenizer, local.renderer), local.fresh_tokenizer()]  # one per preparation lane
     served = ServedModel(
         _served_name(model, model_name), engine, tools, generator.max_length, default_max_tokens, max_rows

@@ -32,7 +32,7 @@ from starlette.background import BackgroundTask
 
 from instillm.errors import InstillmError
 from instillm.llm.generation import GenerateOptions, GenerationOutput, sample_seed
-from instillm.serve.engine import Engine, Job
+from instillm.serve.engine import BatchEngine, Engine, Job
 from instillm.serve.errors import APIError
 from instillm.serve.protocol import ChatRequest, CompletionRequest, parse_body
 
@@ -77,7 +77,7 @@ class ServedModel:
     def __init__(
         self,
         name: str,
-        engine: Engine,
+        engine: Engine | BatchEngine,
         tools: Sequence[tuple[Any, Any]],
         max_length: int,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,

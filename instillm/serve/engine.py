@@ -28,6 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from instillm.llm.continuous import ContinuousBatch, DecodeRow, PrefixCache, check_prompt
 from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator, TokenCallback
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,10 @@ class EngineStats:
     generate_calls: int = 0
     max_requests_per_call: int = 0
     requests_per_call: Counter = field(default_factory=Counter)
+    steps: int = 0  # decode steps (continuous engine)
+    max_rows_per_step: int = 0
+    prefilled_tokens: int = 0  # prompt tokens run through the model
+    reused_tokens: int = 0  # prompt tokens whose keys came from the prefix cache
 
 
 class _TextStream:
@@ -99,8 +106,8 @@ class _TextStream:
             self.sent = safe
 
 
-class Engine:
-    """A queue of jobs and the one thread that decodes them with `generator`."""
+class _Worker:
+    """A queue of jobs and the one thread that decodes them with `generator` (its `_run`)."""
 
     def __init__(self, generator: Generator, max_batch_size: int = 32, batch_wait_ms: float = 5.0) -> None:
         self.generator = generator
@@ -108,8 +115,10 @@ class Engine:
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.stats = EngineStats()
         self._queue: queue.Queue = queue.Queue()
-        self._held: deque[Job] = deque()  # taken from the queue but not fitting the last batch
         self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
@@ -130,6 +139,17 @@ class Engine:
             raise RuntimeError("the engine is not running (start() it first)")
         self._queue.put(job)
         return job.future
+
+
+class BatchEngine(_Worker):
+    """The static batcher: the worker decodes a collected batch to its end, then the next.
+
+    Kept to compare against (`instillm serve --scheduler static`, benchmarks/serve_load.py --mixed).
+    """
+
+    def __init__(self, generator: Generator, max_batch_size: int = 32, batch_wait_ms: float = 5.0) -> None:
+        super().__init__(generator, max_batch_size, batch_wait_ms)
+        self._held: deque[Job] = deque()  # taken from the queue but not fitting the last batch
 
     # -- worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -245,4 +265,204 @@ class Engine:
         s.requests_per_call[len(jobs)] += 1
 
 
-__all__ = ["Engine", "EngineStats", "Job", "GenerationOutput"]
+@dataclass
+class _Pending:
+    """A job in the continuous engine: its rows not yet admitted, those running, its outputs."""
+
+    job: Job
+    next: int = 0  # next row to admit
+    live: int = 0  # rows in the batch
+    done: int = 0
+    outputs: list = field(default_factory=list)
+    started: bool = False
+
+    @property
+    def rows(self) -> int:
+        return len(self.job.prompts)
+
+
+class Engine(_Worker):
+    """Continuous batching: one worker thread, one running batch that requests join and leave at any step.
+
+    A queued job's rows join the running batch at the next decode step (prefilled first, shared
+    prompts once through the prefix cache), as long as it holds fewer than `max_batch_size` rows;
+    jobs take free rows in turn, and one job holds at most `max_batch_size - reserve` rows, so a
+    small request always finds room beside a large one. A row leaves at the step it ends, and a
+    job's future resolves as soon as its last row has. `batch_wait_ms` is waited only when the
+    worker was idle (so a burst of requests is prefilled together).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        max_batch_size: int = 32,
+        batch_wait_ms: float = 5.0,
+        prefix_cache_tokens: int = 4096,
+    ) -> None:
+        super().__init__(generator, max_batch_size, batch_wait_ms)
+        self.reserve = max_batch_size // 8 if max_batch_size > 1 else 0
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self._waiting: deque[_Pending] = deque()
+        self._admitting: list[DecodeRow] = []  # rows being prefilled (to fail them if that fails)
+        self._period: set[int] = set()  # ids of the jobs served since the batch was last empty
+
+    # -- worker -------------------------------------------------------------------------
+    def _run(self) -> None:
+        batch = ContinuousBatch(self.generator, self.prefix_cache)
+        self.generator.model.eval()
+        stopping = False
+        with torch.inference_mode():
+            while not (stopping and not len(batch) and not self._waiting):
+                idle = not len(batch) and not self._waiting
+                stopping = self._take(idle and not stopping) or stopping
+                try:
+                    self._finish(self._admit(batch))
+                    self._step(batch)
+                except BaseException as e:  # every request in the batch must hear of it
+                    logger.exception("generation failed for a batch of %d row(s)", len(batch))
+                    self._fail(batch, e)
+                    batch = ContinuousBatch(self.generator, self.prefix_cache)
+
+    def _take(self, idle: bool) -> bool:
+        """Move queued jobs to the waiting list; whether to stop. Idle: wait for one, then `batch_wait_ms` more."""
+        rows, deadline = 0, 0.0
+        while True:
+            try:
+                if idle and rows == 0:
+                    item = self._queue.get()
+                    deadline = time.monotonic() + self.batch_wait_s
+                elif idle:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            self._waiting.append(_Pending(item, outputs=[None] * len(item.prompts)))
+            rows += len(item.prompts)
+            if idle and rows >= self.max_batch_size:
+                return False
+
+    def _admit(self, batch: ContinuousBatch) -> list[DecodeRow]:
+        """Prefill waiting rows into free rows of the batch, one per job in turn; rows that ended at once."""
+        rows: list[DecodeRow] = []
+        free = self.max_batch_size - len(batch)
+        while free > 0 and self._waiting:
+            took = False
+            for p in list(self._waiting):
+                if free > 0 and self._admissible(p):
+                    rows.append(self._row(p))
+                    free, took = free - 1, True
+                if p.next == p.rows or p.job.cancelled:
+                    self._retire(p)
+            if not took:
+                break
+        self._admitting = rows
+        ended = batch.add(rows) if rows else []
+        self._admitting = []
+        return ended
+
+    def _admissible(self, p: _Pending) -> bool:
+        """Whether job `p` may put one more row in the batch now (starting it if it has not started)."""
+        if p.job.cancelled or p.next == p.rows:
+            return False
+        if not p.started:
+            if not p.job.future.set_running_or_notify_cancel():
+                p.job.cancelled = True  # its client left while it was queued
+                return False
+            p.started = True
+            try:
+                for i, ids in enumerate(p.job.prompts):
+                    check_prompt(ids, self.generator.max_length, i)
+            except Exception as e:
+                p.next = p.rows
+                p.job.future.set_exception(e)
+                return False
+        return p.live < self.max_batch_size - self.reserve
+
+    def _row(self, p: _Pending) -> DecodeRow:
+        """The next row of job `p`, with its seed, stream and cancel check."""
+        i, job = p.next, p.job
+        p.next, p.live = i + 1, p.live + 1
+        self._period.add(id(job))
+        stream = None
+        if job.on_delta is not None:
+            on_delta = job.on_delta
+            stream = _TextStream(self.generator.tokenizer, job.options.stop_strings, lambda text: on_delta(i, text))
+        return DecodeRow(
+            i,
+            list(job.prompts[i]),
+            0,
+            seed=job.seeds[i],
+            options=job.options,
+            on_token=stream.add if stream is not None else None,
+            should_stop=lambda: job.cancelled,
+            owner=p,
+        )
+
+    def _retire(self, p: _Pending) -> None:
+        """Job `p` leaves the waiting list: all its rows are admitted, or its client left."""
+        if p in self._waiting:
+            self._waiting.remove(p)
+        if not p.started:
+            self.stats.dropped_jobs += 1
+            p.job.future.cancel()
+        elif p.job.cancelled and p.live == 0 and not p.job.future.done():
+            self._resolve(p)
+
+    def _step(self, batch: ContinuousBatch) -> None:
+        """One decode step of the running batch."""
+        if not len(batch):
+            return
+        s = self.stats
+        s.steps += 1
+        s.max_rows_per_step = max(s.max_rows_per_step, len(batch))
+        self._finish(batch.step())
+        s.prefilled_tokens, s.reused_tokens = batch.prefilled_tokens, batch.reused_tokens
+        if not len(batch) and not self._waiting:
+            self._end_period()
+
+    def _finish(self, rows: list[DecodeRow]) -> None:
+        """Record ended rows; resolve each job whose rows have all ended."""
+        for r in rows:
+            p = r.owner
+            p.outputs[r.index] = r.output
+            p.live, p.done = p.live - 1, p.done + 1
+            if p.live == 0 and (p.done == p.rows or p.job.cancelled) and p not in self._waiting:
+                self._resolve(p)
+
+    def _resolve(self, p: _Pending) -> None:
+        """Give job `p` its outputs (rows never decoded, of a client that left, are empty)."""
+        outputs = [o if o is not None else _empty(p.job.prompts[i]) for i, o in enumerate(p.outputs)]
+        s = self.stats
+        s.requests += 1
+        s.rows += len(outputs)
+        s.decoded_tokens += sum(o.completion_tokens for o in outputs)
+        s.cancelled_rows += len(outputs) if p.job.cancelled else 0
+        p.job.future.set_result(outputs)
+
+    def _end_period(self) -> None:
+        """The batch ran dry: count the requests it served since it was last empty."""
+        if self._period:
+            s = self.stats
+            s.generate_calls += 1
+            s.max_requests_per_call = max(s.max_requests_per_call, len(self._period))
+            s.requests_per_call[len(self._period)] += 1
+            self._period = set()
+
+    def _fail(self, batch: ContinuousBatch, error: BaseException) -> None:
+        """Every started job that has rows in the batch gets `error`."""
+        for p in {id(r.owner): r.owner for r in batch.rows + self._admitting}.values():
+            if not p.job.future.done():
+                p.job.future.set_exception(error)
+            if p in self._waiting:
+                self._waiting.remove(p)
+
+
+def _empty(prompt: list[int]) -> GenerationOutput:
+    """The output of a row whose client left before it was decoded."""
+    return GenerationOutput("", [], "length", len(prompt), 0)
+
+
+__all__ = ["Engine", "BatchEngine", "EngineStats", "Job", "GenerationOutput"]

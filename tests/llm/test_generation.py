@@ -136,14 +136,14 @@ def test_greedy_with_early_stops_equals_naive(model, tok, prompts, naive, batch_
 
     gen = Generator(model, tok)
     decode_rows: list[int] = []
-    forward = gen._forward
+    forward = gen.forward_last
 
     def spy(input_ids, *args):
         if input_ids.shape[1] == 1:
             decode_rows.append(input_ids.shape[0])
         return forward(input_ids, *args)
 
-    gen._forward = spy
+    gen.forward_last = spy
     opts = GenerateOptions(
         max_new_tokens=N_NEW, batch_size=batch_size, stop_token_ids=(stop,), prefill_tokens=prefill_tokens
     )

@@ -51,17 +51,37 @@ def _leave_while_queued(url: str) -> None:
         time.sleep(0.5)  # nothing generated yet; hang up
 
 
-def test_queued_jobs_of_clients_that_left_are_not_decoded(limited):
-    stats = limited.stats
+@pytest.fixture(scope="module")
+def serial(tiny_model_dir):
+    """A server decoding one row at a time: a second request queues behind the first."""
+    from tests.serve.conftest import _start
+
+    handle, server = _start(tiny_model_dir, max_batch_size=1)
+    yield server
+    handle.stop()
+
+
+def test_queued_jobs_of_clients_that_left_are_not_decoded(serial):
+    stats = serial.stats
     requests, dropped = stats.requests, stats.dropped_jobs
     body = {"model": "tiny", "messages": MSGS, "n": 128, "max_tokens": 900, "temperature": 0, "stream": True}
-    with httpx.stream("POST", limited.url + "/chat/completions", json=body, timeout=15) as busy:
+    with httpx.stream("POST", serial.url + "/chat/completions", json=body, timeout=15) as busy:
         lines = busy.iter_lines()  # kept: closing the iterator would close the connection
         next(line for line in lines if _has_text(line))
-        _leave_while_queued(limited.url)  # while the long stream is decoded
-    assert _small_request_seconds(limited.url) < 10  # queued after the two that left
+        _leave_while_queued(serial.url)  # while the long stream is decoded
+    assert _small_request_seconds(serial.url) < 10  # queued after the two that left
     assert stats.dropped_jobs - dropped == 2
     assert stats.requests - requests == 2  # the long one (until it left) and the small one
+
+
+def test_a_small_request_finds_room_beside_a_large_one(limited):
+    """Continuous batching keeps rows free for others: a 2-token answer does not wait for 128 x 900 tokens."""
+    body = {"model": "tiny", "messages": MSGS, "n": 128, "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", limited.url + "/chat/completions", json=body, timeout=15) as busy:
+        lines = busy.iter_lines()
+        next(line for line in lines if _has_text(line))
+        assert _small_request_seconds(limited.url) < 5
+        assert next(line for line in lines if _has_text(line))  # the large one is still being decoded
 
 
 # --------------------------------------------------------------------------------------------

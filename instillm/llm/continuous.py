@@ -1,0 +1,413 @@
+"""Continuous batching: rows join a running decode batch at any step and leave at the step they end.
+
+`ContinuousBatch` holds the rows being decoded together, each with its own `GenerateOptions`
+(token budget, greedy or sampled with its temperature/top-k/top-p, stop strings, stop tokens),
+its own sampling seed and callbacks. `add(rows)` prefills new rows and puts them in the batch;
+`step()` picks one token for every row, ends the rows that are done (returned, with their
+output) and runs one forward pass for the rest. A caller (the server's engine, a backend)
+interleaves the two as requests come and go, so a short request never waits for a long one.
+
+The KV cache is one buffer per layer, `[rows, kv_heads, slots, head_dim]`, a row's keys from
+slot 0 (left-aligned); each row writes its next key at its own length and attends to its own
+slots (a boolean mask). The buffer is rebuilt (rows dropped, rows appended, sized to what the
+rows can still need) only when rows join or leave.
+
+`PrefixCache` keeps the keys/values of recently prefilled prompts: `n` samples of one prompt,
+a repeated prompt, or prompts sharing a long prefix (a few-shot header, a judge template, a
+system prompt) compute the shared part once. Greedy rows give the tokens they give alone
+(`Generator.generate_ids`, one prompt at a time); a sampled row draws from its own generator,
+seeded as `generate_ids` seeds it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from instillm.errors import DataError
+from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator, Row, row_seed
+
+# on_token(token id or None for an end token, finish reason or None while the row runs)
+RowEvent = Callable[[int | None, str | None], None]
+
+
+@dataclass
+class DecodeRow(Row):
+    """One prompt in a continuous batch: its options, seed and callbacks, and its state.
+
+    `owner` is the caller's (the engine keeps the request there); `output` is set when the row
+    ends. `should_stop()` is asked before the prefill and at every step: True ends the row
+    (finish_reason "length", the tokens so far).
+    """
+
+    options: GenerateOptions = field(default_factory=GenerateOptions)
+    on_token: RowEvent | None = None
+    should_stop: Callable[[], bool] | None = None
+    owner: Any = None
+    steps: int = 0  # tokens picked, an end token included
+    gen: torch.Generator | None = None
+    end_ids: frozenset[int] = frozenset()
+    output: GenerationOutput | None = None
+
+
+@dataclass
+class Prefill:
+    """A prompt's keys and values per layer (`[kv_heads, tokens, head_dim]`) and its last logits."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return int(self.keys[0].shape[1])
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Prefills of recent prompts, least recently used first out, at most `max_tokens` tokens in all.
+
+    A lookup reuses the longest cached prefix of at least `min_reuse` tokens (any length for the
+    whole prompt: its logits come along).
+    """
+
+    def __init__(self, max_tokens: int = 4096, min_reuse: int = 8) -> None:
+        self.max_tokens, self.min_reuse = max_tokens, min_reuse
+        self._entries: OrderedDict[tuple[int, ...], Prefill] = OrderedDict()
+        self._tokens = 0
+
+    def lookup(self, ids: tuple[int, ...]) -> tuple[int, Prefill | None]:
+        """(tokens reusable, the entry holding them); (0, None) when nothing worth reusing is cached."""
+        best, hit = 0, None
+        for key in self._entries:
+            n = common_prefix(key, ids)
+            if n == len(ids) and len(key) != n:
+                n -= 1  # a longer prompt's keys, but not the logits at our last position
+            if n > best:
+                best, hit = n, key
+        if hit is None or (best < self.min_reuse and best < len(ids)):
+            return 0, None
+        self._entries.move_to_end(hit)
+        return best, self._entries[hit]
+
+    def put(self, ids: tuple[int, ...], prefill: Prefill) -> None:
+        """Keep `prefill` of prompt `ids`, dropping the least recently used entries over budget."""
+        if len(ids) > self.max_tokens or ids in self._entries:
+            return
+        self._entries[ids] = prefill
+        self._tokens += len(ids)
+        while self._tokens > self.max_tokens:
+            old, _ = self._entries.popitem(last=False)
+            self._tokens -= len(old)
+
+
+def check_prompt(ids: Sequence[int], max_length: int, index: int = 0) -> None:
+    """Raise DataError for a prompt the model cannot take (empty, or no room left for an answer)."""
+    if not ids:
+        raise DataError(f"prompt {index} is empty (0 tokens); a prompt needs at least one token")
+    if len(ids) >= max_length:
+        raise DataError(
+            f"prompt {index} has {len(ids)} tokens: with the answer it exceeds "
+            f"max_length={max_length} (the model's maximum positions); shorten the prompt"
+        )
+
+
+_ROW_CACHE = None
+
+
+def _row_cache_class():
+    """`_RowCache`, a `transformers.Cache` whose layers write each row's key at its own slot."""
+    global _ROW_CACHE
+    if _ROW_CACHE is not None:
+        return _ROW_CACHE
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class _RowLayer(CacheLayerMixin):
+        """Layer `i` of the owning batch's buffers; decode steps only (one new key per row)."""
+
+        is_sliding = False
+
+        def __init__(self, owner: Any, i: int) -> None:
+            super().__init__()
+            self.owner, self.i = owner, i
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            return None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            o = self.owner
+            keys, values = o.keys[self.i], o.values[self.i]
+            keys[o.rows, :, o.pos] = key_states[:, :, 0]
+            values[o.rows, :, o.pos] = value_states[:, :, 0]
+            n = o.rows.shape[0]
+            return keys[:n, :, : o.read], values[:n, :, : o.read]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.owner.read, 0
+
+        def get_seq_length(self) -> int:
+            return self.owner.read
+
+        def get_max_length(self) -> int:
+            return int(self.owner.keys[self.i].shape[2])
+
+        def reset(self) -> None:
+            return None
+
+    class _RowCache(Cache):
+        """The decode-step view of a batch: `rows` (arange of live rows), `pos` (slot of each row's new key), `read`."""
+
+        def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+            self.keys, self.values = keys, values
+            self.rows = torch.arange(keys[0].shape[0], device=keys[0].device)
+            self.pos = self.rows
+            self.read = 0
+            super().__init__(layers=[_RowLayer(self, i) for i in range(len(keys))])
+
+    _ROW_CACHE = _RowCache
+    return _RowCache
+
+
+class ContinuousBatch:
+    """The rows being decoded together by `generator`'s model (one thread uses it at a time).
+
+    Rows live in slots `[0, len(self))` of buffers sized for `rows_hint` rows (grown when more
+    join); a row that ends hands its slot to the last row (one row's keys are moved), so the
+    live rows stay contiguous and nothing else is copied.
+    """
+
+    def __init__(self, generator: Generator, prefix_cache: PrefixCache | None = None, rows_hint: int = 8) -> None:
+        self.gen = generator
+        self.prefix = prefix_cache
+        self.rows_hint = rows_hint
+        self.rows: list[DecodeRow] = []
+        self.keys: list[torch.Tensor] = []  # per layer [row slots, kv_heads, slots, head_dim]
+        self.values: list[torch.Tensor] = []
+        self.lens = torch.zeros(0, dtype=torch.long)
+        self.logits: torch.Tensor | None = None
+        self._cache: Any = None
+        self.prefilled_tokens = 0  # prompt tokens run through the model
+        self.reused_tokens = 0  # prompt tokens whose keys came from the prefix cache
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- joining ----------------------------------------------------------------------------
+    def add(self, rows: Sequence[DecodeRow]) -> list[DecodeRow]:
+        """Prefill `rows` into the batch; returns those that ended before (their `should_stop`)."""
+        ended, fresh = [], []
+        for r in rows:
+            check_prompt(r.ids, self.gen.max_length, r.index)
+            self._prepare(r)
+            if r.should_stop is not None and r.should_stop():
+                r.output = self.gen.output_of(r, r.options)
+                ended.append(r)
+            else:
+                fresh.append((r, self._prefill(tuple(r.ids) + tuple(r.tokens))))
+        if fresh:
+            self._append(fresh)
+        return ended
+
+    def _prepare(self, r: DecodeRow) -> None:
+        """The row's token budget, end tokens and sampling generator."""
+        opts = r.options
+        r.budget = min(opts.max_new_tokens, self.gen.max_length - len(r.ids))
+        r.end_ids = frozenset(self.gen.end_ids | set(opts.stop_token_ids))
+        if opts.do_sample and r.gen is None:
+            seed = row_seed(opts.seed, r.index) if r.seed is None else r.seed
+            r.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
+
+    def _prefill(self, ids: tuple[int, ...]) -> Prefill:
+        """Keys, values and last logits of `ids`, from the prefix cache as far as it has them."""
+        reuse, hit = self.prefix.lookup(ids) if self.prefix is not None else (0, None)
+        self.reused_tokens += reuse
+        if hit is not None and reuse == len(ids):
+            return hit
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache()
+        if hit is not None:
+            for i, (k, v) in enumerate(zip(hit.keys, hit.values)):
+                cache.update(k[None, :, :reuse], v[None, :, :reuse], i)
+        device = self.gen.device
+        query = torch.arange(reuse, len(ids), device=device)
+        mask = torch.arange(len(ids), device=device)[None, :] <= query[:, None]
+        ids_t = torch.tensor(ids[reuse:], dtype=torch.long, device=device)[None]
+        logits = self.gen.forward_last(ids_t, query[None], mask[None, None], cache)[0]
+        self.prefilled_tokens += len(ids) - reuse
+        layers: list[Any] = list(cache.layers)
+        out = Prefill([layer.keys[0] for layer in layers], [layer.values[0] for layer in layers], logits)
+        if self.prefix is not None:
+            self.prefix.put(ids, out)
+        return out
+
+    def _append(self, fresh: list[tuple[DecodeRow, Prefill]]) -> None:
+        """Write the `fresh` rows' keys/values into the next free slots (buffers grown as needed)."""
+        n = len(self.rows)
+        lens = self.lens.tolist() + [p.tokens for _, p in fresh]
+        rows = self.rows + [r for r, _ in fresh]
+        slots = max(k + r.budget - r.steps for k, r in zip(lens, rows))
+        self._reserve(fresh[0][1], len(rows), slots)
+        for i in range(len(self.keys)):
+            for j, (_, p) in enumerate(fresh):
+                self.keys[i][n + j, :, : p.tokens] = p.keys[i]
+                self.values[i][n + j, :, : p.tokens] = p.values[i]
+        logits = torch.stack([p.logits for _, p in fresh])
+        self.logits = logits if self.logits is None or n == 0 else torch.cat([self.logits, logits])
+        self.rows, self.lens = rows, torch.tensor(lens, dtype=torch.long, device=logits.device)
+
+    def _reserve(self, like: Prefill, rows: int, slots: int) -> None:
+        """Buffers with room for `rows` rows of `slots` slots (reallocated, at least doubled, when short)."""
+        have_rows, have_slots = (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+        if rows <= have_rows and slots <= have_slots:
+            return
+        rows = max(rows, self.rows_hint, 2 * have_rows if rows > have_rows else have_rows)
+        slots = min(max(slots, 2 * have_slots if slots > have_slots else have_slots), self.gen.max_length)
+        used, n = int(self.lens.max()) if len(self.rows) else 0, len(self.rows)
+        for i, (k, v) in enumerate(zip(like.keys, like.values)):
+            new_k = k.new_zeros((rows, k.shape[0], slots, k.shape[-1]))
+            new_v = v.new_zeros((rows, v.shape[0], slots, v.shape[-1]))
+            if n:
+                new_k[:n, :, :used], new_v[:n, :, :used] = self.keys[i][:n, :, :used], self.values[i][:n, :, :used]
+            if i < len(self.keys):
+                self.keys[i], self.values[i] = new_k, new_v
+            else:
+                self.keys.append(new_k)
+                self.values.append(new_v)
+        self._cache = None
+
+    # -- decoding ---------------------------------------------------------------------------
+    def step(self) -> list[DecodeRow]:
+        """Pick a token for every row, end the rows that are done (returned), forward the others."""
+        if not self.rows or self.logits is None:
+            return []
+        tok = self._next_tokens(self.logits)
+        done = [self._advance(r, t) for r, t in zip(self.rows, tok.tolist())]
+        finished = [r for r, d in zip(self.rows, done) if d]
+        for r in finished:
+            r.output = self.gen.output_of(r, r.options)
+        if finished:
+            tok = tok[self._drop([j for j, d in enumerate(done) if d])]
+        if self.rows:
+            self._decode(tok)
+        return finished
+
+    def _next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """Argmax for greedy rows; sampled rows drawn group by group (same temperature/top-k/top-p)."""
+        tok = logits.argmax(dim=-1)
+        groups: dict[tuple, list[int]] = {}
+        for j, r in enumerate(self.rows):
+            o = r.options
+            if o.do_sample:
+                groups.setdefault((o.temperature, o.top_k, o.top_p), []).append(j)
+        for idx in groups.values():
+            opts, gens = self.rows[idx[0]].options, [self.rows[j].gen for j in idx]
+            tok[idx] = Generator.select_tokens(logits[idx], opts, gens)
+        return tok
+
+    def _advance(self, r: DecodeRow, token: int) -> bool:
+        """Take `token` into row `r`; whether the row is done (end token, budget, stop string, stopped)."""
+        r.steps += 1
+        if token in r.end_ids:
+            r.finish_reason, r.stop_token_id = "stop", token
+            done = True
+        else:
+            r.tokens.append(token)
+            done = r.steps >= r.budget
+            if r.options.stop_strings and self._stop_string(r):
+                done = True
+        if not done and r.should_stop is not None and r.should_stop():
+            done = True
+        if r.on_token is not None:
+            r.on_token(None if r.stop_token_id is not None else token, r.finish_reason if done else None)
+        return done
+
+    def _stop_string(self, r: DecodeRow) -> bool:
+        """Whether the row's recent text holds one of its stop strings (recorded on the row)."""
+        stops = r.options.stop_strings
+        window = max(len(s.encode("utf-8")) for s in stops) + 2
+        tail = self.gen.tokenizer.decode(r.tokens[-window:], skip_special_tokens=r.options.skip_special_tokens)
+        hit = next((s for s in stops if s in tail), None)
+        if hit is not None:
+            r.finish_reason, r.stop_string = "stop", hit
+        return hit is not None
+
+    def _drop(self, ended: list[int]) -> list[int]:
+        """Rows `ended` leave; the last rows move into their slots. Returns the old index of each row now."""
+        order = list(range(len(self.rows)))
+        lens = self.lens.tolist()
+        for j in sorted(ended, reverse=True):
+            last = len(order) - 1
+            if j != last:
+                self._move(last, j, lens[last])
+                order[j], lens[j] = order[last], lens[last]
+            order.pop(), lens.pop()
+        self.rows = [self.rows[j] for j in order]
+        idx = torch.tensor(order, dtype=torch.long, device=self.lens.device)
+        self.lens = self.lens[idx]
+        self.logits = None if self.logits is None or not order else self.logits[idx]
+        return order
+
+    def _move(self, src: int, dst: int, used: int) -> None:
+        """Copy row slot `src`'s first `used` keys/values into slot `dst`."""
+        for k, v in zip(self.keys, self.values):
+            k[dst, :, :used] = k[src, :, :used]
+            v[dst, :, :used] = v[src, :, :used]
+
+    def _decode(self, tok: torch.Tensor) -> None:
+        """One forward pass: each row's new token at its own position; the next logits."""
+        if self._cache is None:
+            self._cache = _row_cache_class()(self.keys, self.values)
+        cache, lens = self._cache, self.lens
+        if cache.rows.shape[0] != lens.shape[0]:
+            cache.rows = torch.arange(lens.shape[0], device=lens.device)
+        cache.pos, cache.read = lens, int(lens.max()) + 1
+        mask = torch.arange(cache.read, device=lens.device)[None, :] <= lens[:, None]
+        self.logits = self.gen.forward_last(tok[:, None], lens[:, None], mask[:, None, None, :], cache)
+        self.lens = lens + 1
+
+
+def decode_all(
+    generator: Generator,
+    rows: Sequence[DecodeRow],
+    max_rows: int,
+    prefix_cache: PrefixCache | None = None,
+    on_done: Callable[[DecodeRow], None] | None = None,
+) -> ContinuousBatch:
+    """Decode every row, at most `max_rows` at a time: a waiting row joins as soon as one ends.
+
+    `on_done(row)` is called as each row ends (its `output` set). Returns the (empty) batch, whose
+    counters say how many prompt tokens were prefilled and reused.
+    """
+    batch = ContinuousBatch(generator, prefix_cache, rows_hint=max_rows)
+    waiting = deque(rows)
+    model = generator.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            while waiting or len(batch):
+                take = [waiting.popleft() for _ in range(min(len(waiting), max_rows - len(batch)))]
+                for r in batch.add(take) + batch.step():
+                    if on_done is not None:
+                        on_done(r)
+    finally:
+        model.train(was_training)
+    return batch
+
+
+__all__ = ["decode_all", "check_prompt", "ContinuousBatch", "DecodeRow", "Prefill", "PrefixCache", "common_prefix"]
