@@ -43,6 +43,8 @@ if str(REPO) not in sys.path:
 from instillm.llm.generation import GenerateOptions, Generator  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "generation_throughput.json"
+RESULTS_PREFIX = REPO / "benchmarks" / "results" / "generation_prefix.json"
+REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`
 
 SYSTEM = "You are a helpful assistant. Answer accurately and concisely."
 
@@ -263,8 +265,16 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="S",
         help="before each repeat wait up to S seconds for other processes to leave the CPUs idle",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--prefix",
+        action="store_true",
+        help="shared-prefix reuse: Self-Instruct's prompts, continuous batching with and without the prefix cache",
+    )
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.model is not None and str(args.model) == "real":
+        args.model = REAL_MODEL
+    args.out = args.out or (RESULTS_PREFIX if args.prefix else RESULTS)
     repeats = args.repeats or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
         tok = load_tokenizer(model_dir)
 
     gen = Generator(model, tok)
+    if args.prefix:
+        return main_prefix(args, gen, repeats)
     prompts = gen.render_prompts(conversations(args.n_prompts))
     lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
     eos = sorted(gen.end_ids)
@@ -404,6 +416,95 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# --prefix
+
+
+def self_instruct_prompts(gen: Generator, n: int, room: int) -> list[list[int]]:
+    """Token ids of the Self-Instruct pipeline's own prompts for its seed instructions: stage 2
+    (is it classification?) and stage 3 (instances), each a long fixed few-shot template + the
+    instruction; those that leave `room` tokens for the answer."""
+    from instillm.synth.self_instruct import clf_prompt, instance_prompt, load_seed_tasks
+
+    tasks = load_seed_tasks()
+    texts = [f(t.instruction) for t in tasks for f in (clf_prompt, lambda i: instance_prompt(i, False))]
+    ids = [list(x) for x in gen.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+    fitting = [x for x in ids if len(x) + room <= gen.max_length]
+    return fitting[::2][: n // 2] + fitting[1::2][: n - n // 2] if len(fitting) > n else fitting
+
+
+def run_continuous(gen: Generator, prompts: list[list[int]], opts: GenerateOptions, batch: int, reuse: bool):
+    """Continuous batching of `prompts`, with or without the prefix cache: (tokens per prompt, tokens prefilled)."""
+    from instillm.llm.continuous import DecodeRow, PrefixCache, decode_all
+
+    rows = [DecodeRow(i, p, 0, options=opts) for i, p in enumerate(prompts)]
+    done = decode_all(gen, rows, batch, PrefixCache(max_tokens=16384) if reuse else None)
+    out = [r.output for r in rows]
+    return [o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else []) for o in out], done
+
+
+def main_prefix(args: argparse.Namespace, gen: Generator, repeats: int) -> dict:
+    """Self-Instruct prompts decoded with and without shared-prefix reuse: tokens/s and identical outputs."""
+    n = args.n_prompts if args.n_prompts != 64 else 32
+    prompts = self_instruct_prompts(gen, n, args.max_new_tokens)
+    opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    lens = [len(p) for p in prompts]
+    print(f"{len(prompts)} Self-Instruct prompts, {min(lens)}-{max(lens)} tokens; {args.max_new_tokens} new tokens")
+    methods = {
+        "static": lambda: (run_instillm_ids(gen, prompts, opts), None),
+        "continuous": lambda: run_continuous(gen, prompts, opts, args.batch_size, reuse=False),
+        "continuous_prefix": lambda: run_continuous(gen, prompts, opts, args.batch_size, reuse=True),
+    }
+    load_before = os.getloadavg()
+    seconds: dict[str, list[float]] = {k: [] for k in methods}
+    outputs: dict[str, list] = {}
+    prefilled: dict[str, int] = {}
+    for r in range(repeats):
+        for name, fn in methods.items():
+            (out, batch), dt, _ = timed(fn)
+            seconds[name].append(dt)
+            outputs[name] = out
+            if batch is not None:
+                prefilled[name] = batch.prefilled_tokens
+        print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()), flush=True)
+    tokens = {k: sum(len(x) for x in v) for k, v in outputs.items()}
+    tps = {k: tokens[k] / statistics.median(seconds[k]) for k in methods}
+    result = {
+        "speedup": round(tps["continuous_prefix"] / tps["continuous"], 2),
+        "speedup_vs_static": round(tps["continuous_prefix"] / tps["static"], 2),
+        "identical_outputs": outputs["continuous_prefix"] == outputs["continuous"] == outputs["static"],
+        "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "prompt_tokens_prefilled": {**prefilled, "all": sum(lens)},
+        "seconds": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
+        "settings": {
+            "model": str(args.model) if args.model else "small preset, seed 0 (random init)",
+            "prompts": len(prompts),
+            "prompt_tokens": {"min": min(lens), "median": statistics.median(lens), "max": max(lens)},
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "repeats": repeats,
+        },
+        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "command": "python benchmarks/generation_throughput.py --prefix " + " ".join(sys.argv[2:]),
+    }
+    print(f"\n{'method':<20}{'tokens/s':>10}{'prefilled':>11}")
+    for k in methods:
+        print(f"{k:<20}{tps[k]:>10.1f}{prefilled.get(k, sum(lens)):>11d}")
+    print(f"speedup (prefix reuse): {result['speedup']}x; identical outputs: {result['identical_outputs']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return result
+
+
+def run_instillm_ids(gen: Generator, prompts: list[list[int]], opts: GenerateOptions) -> list[list[int]]:
+    """The static generator on token ids (tokens per prompt, a stop token included)."""
+    return [
+        o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else [])
+        for o in gen.generate_ids(prompts, opts)
+    ]
 
 
 if __name__ == "__main__":

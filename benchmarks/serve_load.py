@@ -21,6 +21,16 @@ benchmarks/results/serve_load.json (`--quick`: serve_load_quick.json).
 
     .venv/bin/python benchmarks/serve_load.py --hostile [--quick] [--clients 4] [--requests-per-client 40]
 
+    .venv/bin/python benchmarks/serve_load.py --mixed [--quick] [--clients 32] [--requests-per-client 3]
+
+`--mixed` compares the schedulers: the same workload (32 clients sending requests back to back,
+max_tokens drawn from 8-256, a quarter of them short (<= 32), temperatures 0/0.7/1.0, seeded) on
+a `--scheduler continuous` and a `--scheduler static` server. Reported: `throughput_ratio`
+(continuous / static requests/s), `short_p50_ratio` (the short requests' p50 latency under
+load / the same requests one at a time on the idle continuous server; targets >= 2 and <= 1.5)
+and whether greedy requests got the same text from both. Results go to
+benchmarks/results/serve_load_mixed.json (`--quick`: serve_load_mixed_quick.json).
+
 `--hostile` measures instead what one hostile client does to everybody else. One batched server
 (default limits: 4 MiB bodies, 256 rows); `--clients` threads send small greedy chat requests
 (`--max-tokens`) back to back, first alone ("quiet"), then while one hostile thread loops over:
@@ -56,6 +66,8 @@ RESULTS = REPO / "benchmarks" / "results" / "serve_load.json"
 RESULTS_QUICK = REPO / "benchmarks" / "results" / "serve_load_quick.json"
 RESULTS_HOSTILE = REPO / "benchmarks" / "results" / "serve_load_hostile.json"
 RESULTS_HOSTILE_QUICK = REPO / "benchmarks" / "results" / "serve_load_hostile_quick.json"
+RESULTS_MIXED = REPO / "benchmarks" / "results" / "serve_load_mixed.json"
+RESULTS_MIXED_QUICK = REPO / "benchmarks" / "results" / "serve_load_mixed_quick.json"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the server's default --max-request-bytes
 MAX_ROWS = 256  # and --max-rows
 MODES = {"batched": 32, "serial": 1}
@@ -98,7 +110,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, max_batch_size: int, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, max_batch_size: int, threads: int, log: Path, *extra: str
+) -> tuple[subprocess.Popen, str]:
     """`instillm serve` in a subprocess (its output to `log`); it and its base URL once it answers."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -114,6 +128,7 @@ def start_server(model: Path, max_batch_size: int, threads: int, log: Path) -> t
         "bench",
         "--max-batch-size",
         str(max_batch_size),
+        *extra,
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
@@ -404,6 +419,136 @@ def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: 
 
 
 # --------------------------------------------------------------------------------------------
+# --mixed
+
+SHORT = 32  # a request with max_tokens <= SHORT is "short"
+
+
+def mixed_request(i: int) -> dict:
+    """Request i of the mixed workload: max_tokens 8-256 (a quarter of them short), mixed temperatures."""
+    import random
+
+    rng = random.Random(i)
+    max_tokens = rng.randint(8, SHORT) if i % 4 == 0 else rng.randint(8, 256)
+    temperature = (0.0, 0.0, 0.7, 1.0)[rng.randrange(4)]
+    return {
+        "model": "bench",
+        "messages": [{"role": "user", "content": instruction(i)}],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": i,
+    }
+
+
+def send(client: httpx.Client, url: str, body: dict) -> tuple[float, str]:
+    """(latency s, text) of one chat request."""
+    t0 = time.perf_counter()
+    r = client.post(url + "/chat/completions", json=body, timeout=1200)
+    r.raise_for_status()
+    return time.perf_counter() - t0, r.json()["choices"][0]["message"]["content"]
+
+
+def mixed_load(url: str, clients: int, per_client: int) -> dict:
+    """`clients` threads each sending `per_client` mixed requests back to back: req/s and per-request results."""
+    results: dict[int, tuple[float, str]] = {}
+    barrier = threading.Barrier(clients + 1)
+
+    def client_loop(c: int) -> None:
+        with httpx.Client() as client:
+            barrier.wait()
+            for k in range(per_client):
+                i = c * per_client + k
+                results[i] = send(client, url, mixed_request(i))
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if len(results) != clients * per_client:
+        raise SystemExit(f"only {len(results)} of {clients * per_client} requests succeeded")
+    return {"seconds": wall, "requests_per_s": len(results) / wall, "results": results}
+
+
+def idle_short_latencies(url: str, indices: list[int]) -> list[float]:
+    """The short requests of the workload, one at a time on an idle server."""
+    with httpx.Client() as client:
+        return [send(client, url, mixed_request(i))[0] for i in indices]
+
+
+def run_mixed_scheduler(model: Path, scheduler: str, args: argparse.Namespace, log: Path) -> dict:
+    """The mixed workload on one server (--scheduler); for continuous also the short requests idle."""
+    proc, url = start_server(model, 32, args.threads, log, "--scheduler", scheduler)
+    try:
+        with httpx.Client() as client:  # warm-up
+            send(client, url, mixed_request(10_000))
+        loaded = mixed_load(url, args.clients, args.requests_per_client)
+        short = [i for i in loaded["results"] if mixed_request(i)["max_tokens"] <= SHORT]
+        out = {
+            "scheduler": scheduler,
+            "requests_per_s": round(loaded["requests_per_s"], 3),
+            "seconds": round(loaded["seconds"], 2),
+            "short_requests": len(short),
+            "short_p50_s": round(percentile([loaded["results"][i][0] for i in short], 0.5), 3),
+            "texts": {i: loaded["results"][i][1] for i in sorted(loaded["results"])},
+        }
+        if scheduler == "continuous":
+            out["short_idle_p50_s"] = round(percentile(idle_short_latencies(url, short), 0.5), 3)
+        print(f"  {scheduler:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
+    """Continuous vs static on the same workload: throughput ratio, short-request latency ratio."""
+    new, old = (run_mixed_scheduler(model, s, args, tmp / f"serve-{s}.log") for s in ("continuous", "static"))
+    greedy = [i for i in new["texts"] if mixed_request(i)["temperature"] == 0]
+    identical = all(new["texts"][i] == old["texts"][i] for i in greedy)
+    new_texts, old_texts = new.pop("texts"), old.pop("texts")
+    return {
+        "continuous": new,
+        "static": old,
+        "throughput_ratio": round(new["requests_per_s"] / old["requests_per_s"], 3),
+        "short_p50_ratio": round(new["short_p50_s"] / new["short_idle_p50_s"], 3),
+        "identical_greedy_outputs": identical,
+        "greedy_requests": len(greedy),
+        "sampled_requests_identical": sum(new_texts[i] == old_texts[i] for i in new_texts if i not in greedy),
+    }
+
+
+def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
+    res = run_mixed(model, args, tmp)
+    print(f"\n{'scheduler':10s} {'req/s':>8s} {'short p50 s':>12s}")
+    for name in ("continuous", "static"):
+        print(f"{name:10s} {res[name]['requests_per_s']:8.3f} {res[name]['short_p50_s']:12.3f}")
+    print(
+        f"throughput_ratio {res['throughput_ratio']} (target >= 2), short_p50_ratio {res['short_p50_ratio']} "
+        f"(loaded / idle, target <= 1.5), identical greedy outputs: {res['identical_greedy_outputs']}"
+    )
+    path = RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": "serve_load_mixed",
+        "quick": args.quick,
+        "model": str(args.model or f"preset:{args.preset}"),
+        "clients": args.clients,
+        "requests_per_client": args.requests_per_client,
+        "max_tokens_range": [8, 256],
+        "short_max_tokens": SHORT,
+        "server_threads": args.threads,
+        **res,
+        "machine": machine(load_before),
+    }
+    path.write_text(json.dumps(record, indent=1))
+    print(f"→ {path}")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
@@ -416,13 +561,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
     p.add_argument("--quick", action="store_true", help="tiny preset, fewer and shorter requests (~1-2 min)")
     p.add_argument("--hostile", action="store_true", help="small requests' latency beside a hostile client")
-    p.add_argument("--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2)")
+    p.add_argument("--mixed", action="store_true", help="continuous vs static batching on a mixed workload")
+    p.add_argument(
+        "--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2); --mixed: 32"
+    )
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "small")
     args.max_tokens = args.max_tokens or (16 if args.quick else 32)
-    per_client = (25, 40) if args.hostile else (3, 4)
+    per_client = (25, 40) if args.hostile else (2, 3) if args.mixed else (3, 4)
     args.requests_per_client = args.requests_per_client or per_client[0 if args.quick else 1]
-    args.clients = args.clients or (2 if args.quick else 4)
+    args.clients = args.clients or (32 if args.mixed else 2 if args.quick else 4)
     return args
 
 
@@ -446,6 +594,8 @@ def main() -> None:
         model = build_model(args, Path(tmp))
         if args.hostile:
             return main_hostile(args, model, Path(tmp), load_before)
+        if args.mixed:
+            return main_mixed(args, model, Path(tmp), load_before)
         rows = [r for mode in MODES for r in run_mode(model, mode, args, Path(tmp) / f"serve-{mode}.log")]
     by_mode = {m: [r for r in rows if r["mode"] == m] for m in MODES}
     identical = all(a["texts"] == b["texts"] for a, b in zip(by_mode["batched"], by_mode["serial"]))

@@ -114,6 +114,22 @@ class PrefixCache:
             self._tokens -= len(old)
 
 
+PACK_TOKENS = 512  # most prompt tokens prefilled together in one packed forward pass
+
+
+def _chunks(prompts: list[tuple[int, ...]], budget: int) -> list[list[tuple[int, ...]]]:
+    """Consecutive groups of at most `budget` tokens (a longer prompt alone)."""
+    chunks: list[list[tuple[int, ...]]] = []
+    size = budget
+    for p in prompts:
+        if size + len(p) > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(p)
+        size += len(p)
+    return chunks
+
+
 def check_prompt(ids: Sequence[int], max_length: int, index: int = 0) -> None:
     """Raise DataError for a prompt the model cannot take (empty, or no room left for an answer)."""
     if not ids:
@@ -185,15 +201,14 @@ def _row_cache_class():
 class ContinuousBatch:
     """The rows being decoded together by `generator`'s model (one thread uses it at a time).
 
-    Rows live in slots `[0, len(self))` of buffers sized for `rows_hint` rows (grown when more
-    join); a row that ends hands its slot to the last row (one row's keys are moved), so the
+    Rows live in slots `[0, len(self))` of buffers grown (at least doubled) when more rows join or
+    a row needs more slots; a row that ends hands its slot to the last row (one row's keys are moved), so the
     live rows stay contiguous and nothing else is copied.
     """
 
-    def __init__(self, generator: Generator, prefix_cache: PrefixCache | None = None, rows_hint: int = 8) -> None:
+    def __init__(self, generator: Generator, prefix_cache: PrefixCache | None = None) -> None:
         self.gen = generator
         self.prefix = prefix_cache
-        self.rows_hint = rows_hint
         self.rows: list[DecodeRow] = []
         self.keys: list[torch.Tensor] = []  # per layer [row slots, kv_heads, slots, head_dim]
         self.values: list[torch.Tensor] = []
@@ -217,9 +232,10 @@ class ContinuousBatch:
                 r.output = self.gen.output_of(r, r.options)
                 ended.append(r)
             else:
-                fresh.append((r, self._prefill(tuple(r.ids) + tuple(r.tokens))))
+                fresh.append(r)
         if fresh:
-            self._append(fresh)
+            prefills = self._prefill_all(list(dict.fromkeys(tuple(r.ids) + tuple(r.tokens) for r in fresh)))
+            self._append([(r, prefills[tuple(r.ids) + tuple(r.tokens)]) for r in fresh])
         return ended
 
     def _prepare(self, r: DecodeRow) -> None:
@@ -231,9 +247,60 @@ class ContinuousBatch:
             seed = row_seed(opts.seed, r.index) if r.seed is None else r.seed
             r.gen = torch.Generator(device=self.gen.device).manual_seed(seed)
 
-    def _prefill(self, ids: tuple[int, ...]) -> Prefill:
-        """Keys, values and last logits of `ids`, from the prefix cache as far as it has them."""
-        reuse, hit = self.prefix.lookup(ids) if self.prefix is not None else (0, None)
+    def _lookup(self, ids: tuple[int, ...]) -> tuple[int, Prefill | None]:
+        return self.prefix.lookup(ids) if self.prefix is not None else (0, None)
+
+    def _prefill_all(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], Prefill]:
+        """Prefills of distinct prompts: cached ones reused; fresh ones packed into few forward passes.
+
+        A fresh prompt sharing a long prefix with another fresh one waits for it, then reuses its keys.
+        """
+        out: dict[tuple[int, ...], Prefill] = {}
+        packed: list[tuple[int, ...]] = []
+        later: list[tuple[int, ...]] = []
+        min_reuse = self.prefix.min_reuse if self.prefix is not None else None
+        for ids in prompts:
+            reuse, hit = self._lookup(ids)
+            if hit is not None:
+                out[ids] = self._prefill(ids, reuse, hit)
+            elif min_reuse is not None and any(common_prefix(ids, p) >= min_reuse for p in packed):
+                later.append(ids)
+            else:
+                packed.append(ids)
+        for chunk in _chunks(packed, PACK_TOKENS):
+            out.update(self._prefill_packed(chunk))
+        for ids in later:
+            out[ids] = self._prefill(ids, *self._lookup(ids))
+        return out
+
+    def _prefill_packed(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], Prefill]:
+        """Prompts prefilled in one forward pass, packed in one row (each attends only to itself)."""
+        from transformers.cache_utils import DynamicCache
+
+        device = self.gen.device
+        lens = torch.tensor([len(p) for p in prompts], device=device)
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=device)[None]
+        seg = torch.repeat_interleave(torch.arange(len(prompts), device=device), lens)
+        ends = lens.cumsum(0) - 1
+        pos = torch.arange(ids.shape[1], device=device) - (ends - lens + 1)[seg]
+        ar = torch.arange(ids.shape[1], device=device)
+        mask = (seg[None, :] == seg[:, None]) & (ar[None, :] <= ar[:, None])
+        cache = DynamicCache()
+        logits = self.gen.forward_at(ids, pos[None], mask[None, None], cache, ends)
+        self.prefilled_tokens += ids.shape[1]
+        layers: list[Any] = list(cache.layers)
+        out = {}
+        for j, (p, end) in enumerate(zip(prompts, ends.tolist())):
+            a = end + 1 - len(p)
+            keys = [layer.keys[0, :, a : end + 1].clone() for layer in layers]
+            values = [layer.values[0, :, a : end + 1].clone() for layer in layers]
+            out[p] = Prefill(keys, values, logits[j])
+            if self.prefix is not None:
+                self.prefix.put(p, out[p])
+        return out
+
+    def _prefill(self, ids: tuple[int, ...], reuse: int, hit: Prefill | None) -> Prefill:
+        """Keys, values and last logits of `ids`, the first `reuse` tokens' keys taken from `hit`."""
         self.reused_tokens += reuse
         if hit is not None and reuse == len(ids):
             return hit
@@ -275,7 +342,7 @@ class ContinuousBatch:
         have_rows, have_slots = (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
         if rows <= have_rows and slots <= have_slots:
             return
-        rows = max(rows, self.rows_hint, 2 * have_rows if rows > have_rows else have_rows)
+        rows = max(rows, 2 * have_rows if rows > have_rows else have_rows)
         slots = min(max(slots, 2 * have_slots if slots > have_slots else have_slots), self.gen.max_length)
         used, n = int(self.lens.max()) if len(self.rows) else 0, len(self.rows)
         for i, (k, v) in enumerate(zip(like.keys, like.values)):
@@ -393,7 +460,7 @@ def decode_all(
     `on_done(row)` is called as each row ends (its `output` set). Returns the (empty) batch, whose
     counters say how many prompt tokens were prefilled and reused.
     """
-    batch = ContinuousBatch(generator, prefix_cache, rows_hint=max_rows)
+    batch = ContinuousBatch(generator, prefix_cache)
     waiting = deque(rows)
     model = generator.model
     was_training = model.training

@@ -525,6 +525,15 @@ class Generator:
         )
         return out.logits[:, -1, :]
 
+    def forward_at(self, input_ids, position_ids, mask, cache, positions: torch.Tensor) -> torch.Tensor:
+        """One model call over a single (packed) row; the logits at `positions` of it, `[len(positions), vocab]`."""
+        kwargs: dict[str, Any] = {"logits_to_keep": positions} if self._logits_to_keep else {}
+        kwargs[self._cache_kwarg] = cache
+        out = self.model(
+            input_ids=input_ids, attention_mask=self._mask(mask), position_ids=position_ids, use_cache=True, **kwargs
+        )
+        return out.logits[0] if self._logits_to_keep else out.logits[0, positions]
+
     def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
         """Prefill rows (sorted by length) in chunks of similar length; last-position logits."""
         device = self.device

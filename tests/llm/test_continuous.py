@@ -121,8 +121,10 @@ def test_prefix_cache_reuses_shared_prompts_with_identical_outputs(generator):
     samples = [DecodeRow(10 + i, _ids(generator, prompts[0]), 0, options=opts) for i in range(4)]
     _drain(batch, {0: rows[:1], 1: rows[1:] + samples})
     shared = common_prefix(rows[0].ids, rows[1].ids)
-    assert batch.reused_tokens >= 2 * shared + 4 * len(rows[0].ids)
-    assert batch.prefilled_tokens == sum(len(r.ids) for r in rows) - batch.reused_tokens + 4 * len(rows[0].ids)
+    assert shared > 20
+    # prompt 0 once; prompts 1 and 2 past the shared header only; the 4 samples of prompt 0 not at all
+    assert batch.prefilled_tokens == sum(len(r.ids) for r in rows) - 2 * shared
+    assert batch.reused_tokens == 2 * shared + len(rows[0].ids)
     for r in rows + samples:
         assert r.output == _alone(generator, r.ids, opts)
 
@@ -136,6 +138,22 @@ def test_prefix_cache_is_bounded_and_least_recently_used_goes_first(generator):
     assert cache.lookup((5, 6, 7, 8)) == (0, None)  # evicted: (1, 2, 3, 4) was used again after it
     assert cache.lookup((1, 2, 3, 4))[0] == 4 and cache.lookup((9, 10, 11, 12))[0] == 3
     assert cache.lookup((1, 2, 3))[0] == 2  # a longer prompt's keys, not its logits
+
+
+def test_fresh_prompts_are_prefilled_packed_together(generator):
+    prompts = [f"Prompt number {i} " + "more " * i for i in range(6)]
+    opts = GenerateOptions(max_new_tokens=6)
+    rows = [DecodeRow(i, _ids(generator, p), 0, options=opts) for i, p in enumerate(prompts)]
+    calls = []
+    forward_at = generator.forward_at
+    generator.forward_at = lambda *a, **k: calls.append(1) or forward_at(*a, **k)
+    try:
+        _drain(ContinuousBatch(generator), {0: rows})
+    finally:
+        del generator.forward_at
+    assert len(calls) == 1
+    for r in rows:
+        assert r.output == _alone(generator, r.ids, opts)
 
 
 def test_a_prompt_the_model_cannot_take_is_refused(generator):
