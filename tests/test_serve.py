@@ -469,3 +469,17 @@ def test_a_short_answer_returns_while_a_long_one_is_decoded(reference):
     assert not long.done()
     assert len(long.result(120)[0].token_ids) == 400
     engine.stop()
+
+
+@pytest.mark.parametrize("engine_class", [Engine, BatchEngine])
+def test_a_job_left_queued_at_stop_fails_instead_of_hanging(reference, engine_class):
+    ids = reference.tokenizer("a b", add_special_tokens=False)["input_ids"]
+    engine = engine_class(reference, batch_wait_ms=0)
+    engine.start()
+    engine.stop()
+    engine._thread = threading.Thread(target=lambda: None)  # "running", but its worker has gone
+    engine._thread.start()
+    late = engine.submit(Job([ids], [0], GenerateOptions(max_new_tokens=2)))
+    engine.stop(timeout=1)
+    with pytest.raises(RuntimeError, match="stopped"):
+        late.result(5)

@@ -127,11 +127,24 @@ class _Worker:
             self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the jobs already queued, then end the worker thread."""
+        """Finish the jobs already queued, then end the worker thread; jobs sent after that fail."""
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Jobs the worker never took (queued after stop): each request hears that the engine stopped."""
+        left = list(getattr(self, "_held", []))
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for job in left:
+            if job is not _STOP and not job.future.done():
+                job.future.set_exception(RuntimeError("the engine stopped before this request was decoded"))
 
     def submit(self, job: Job) -> Future:
         """Queue `job`; its future resolves to one GenerationOutput per row."""
