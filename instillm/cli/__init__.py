@@ -1,9 +1,9 @@
 """The `instillm` command: parses arguments, calls the library, prints. No logic lives here.
 
 One module per command group: `data` (instillm data ...), `eval` (instillm eval ...), `model`
-(instillm model ...), and `train` for the top-level train, run, serve and export. `_common` holds
-what they share: consoles, error handling, the progress bar, `--device` and the teacher/judge
-backend option group.
+(instillm model ...), `train` for the top-level train, run, serve and export, and `ui` for the
+browser UI. `_common` holds what they share: consoles, error handling, the progress bar, `--device`
+and the teacher/judge backend option group.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from instillm.cli import data as _data
 from instillm.cli import eval as _eval
 from instillm.cli import model as _model
 from instillm.cli import train as _train
+from instillm.cli import ui as _ui
 from instillm.cli._common import console, out, progress_bar
 from instillm.cli.train import serve_cmd
 
@@ -24,6 +25,7 @@ app.add_typer(_data.app, name="data")
 app.add_typer(_model.app, name="model")
 app.add_typer(_eval.app, name="eval")
 _train.register(app)
+app.command("ui")(_ui.ui_cmd)
 
 
 @app.callback()
