@@ -327,8 +327,7 @@ class ContinuousBatch:
         n = len(self.rows)
         lens = self.lens.tolist() + [p.tokens for _, p in fresh]
         rows = self.rows + [r for r, _ in fresh]
-        slots = max(k + r.budget - r.steps for k, r in zip(lens, rows))
-        self._reserve(fresh[0][1], len(rows), slots)
+        self._reserve(len(rows), max(lens) + 1, fresh[0][1])
         for i in range(len(self.keys)):
             for j, (_, p) in enumerate(fresh):
                 self.keys[i][n + j, :, : p.tokens] = p.keys[i]
@@ -337,15 +336,22 @@ class ContinuousBatch:
         self.logits = logits if self.logits is None or n == 0 else torch.cat([self.logits, logits])
         self.rows, self.lens = rows, torch.tensor(lens, dtype=torch.long, device=logits.device)
 
-    def _reserve(self, like: Prefill, rows: int, slots: int) -> None:
-        """Buffers with room for `rows` rows of `slots` slots (reallocated, at least doubled, when short)."""
+    def _reserve(self, rows: int, slots: int, like: Prefill | None = None) -> None:
+        """Buffers with room for `rows` rows of `slots` slots (reallocated, at least doubled, when short).
+
+        Slots grow with what the rows have written, not with their budgets: a request asking for
+        the whole context costs memory only as it gets there.
+        """
         have_rows, have_slots = (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
         if rows <= have_rows and slots <= have_slots:
             return
         rows = max(rows, 2 * have_rows if rows > have_rows else have_rows)
         slots = min(max(slots, 2 * have_slots if slots > have_slots else have_slots), self.gen.max_length)
         used, n = int(self.lens.max()) if len(self.rows) else 0, len(self.rows)
-        for i, (k, v) in enumerate(zip(like.keys, like.values)):
+        shapes = (
+            zip(like.keys, like.values) if like is not None else ((k[0], v[0]) for k, v in zip(self.keys, self.values))
+        )
+        for i, (k, v) in enumerate(list(shapes)):
             new_k = k.new_zeros((rows, k.shape[0], slots, k.shape[-1]))
             new_v = v.new_zeros((rows, v.shape[0], slots, v.shape[-1]))
             if n:
@@ -437,6 +443,7 @@ class ContinuousBatch:
 
     def _decode(self, tok: torch.Tensor) -> None:
         """One forward pass: each row's new token at its own position; the next logits."""
+        self._reserve(len(self.rows), int(self.lens.max()) + 1)
         if self._cache is None:
             self._cache = _row_cache_class()(self.keys, self.values)
         cache, lens = self._cache, self.lens

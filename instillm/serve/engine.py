@@ -299,10 +299,12 @@ class Engine(_Worker):
 
     A queued job's rows join the running batch at the next decode step (prefilled first, shared
     prompts once through the prefix cache), as long as it holds fewer than `max_batch_size` rows;
-    jobs take free rows in turn, and one job holds at most `max_batch_size - reserve` rows, so a
-    small request always finds room beside a large one. A row leaves at the step it ends, and a
-    job's future resolves as soon as its last row has. `batch_wait_ms` is waited only when the
-    worker was idle (so a burst of requests is prefilled together).
+    jobs take free rows in turn, and one job holds at most `max_batch_size - reserve` rows alone
+    and half of them beside other jobs, so a small request always finds room beside a large one
+    and a large one does not slow the small ones' steps down by more than half a batch. A row
+    leaves at the step it ends, and a job's future resolves as soon as its last row has.
+    `batch_wait_ms` is waited only when the worker was idle (a burst of requests is prefilled
+    together).
     """
 
     def __init__(
@@ -318,6 +320,7 @@ class Engine(_Worker):
         self._waiting: deque[_Pending] = deque()
         self._admitting: list[DecodeRow] = []  # rows being prefilled (to fail them if that fails)
         self._period: set[int] = set()  # ids of the jobs served since the batch was last empty
+        self._jobs = 0  # jobs with rows running or waiting, as of the last admission
 
     # -- worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -361,6 +364,7 @@ class Engine(_Worker):
         """Prefill waiting rows into free rows of the batch, one per job in turn; rows that ended at once."""
         rows: list[DecodeRow] = []
         free = self.max_batch_size - len(batch)
+        self._jobs = len({id(r.owner) for r in batch.rows} | {id(p) for p in self._waiting})
         while free > 0 and self._waiting:
             took = False
             for p in list(self._waiting):
@@ -392,7 +396,13 @@ class Engine(_Worker):
                 p.next = p.rows
                 p.job.future.set_exception(e)
                 return False
-        return p.live < self.max_batch_size - self.reserve
+        return p.live < self._share()
+
+    def _share(self) -> int:
+        """Most rows one job may hold: all but `reserve` alone, half the batch beside other jobs."""
+        if self._jobs > 1:
+            return max(1, self.max_batch_size // 2)
+        return max(1, self.max_batch_size - self.reserve)
 
     def _row(self, p: _Pending) -> DecodeRow:
         """The next row of job `p`, with its seed, stream and cancel check."""
