@@ -382,8 +382,18 @@ def print_hostile(res: dict) -> None:
     print(f"hostile client: {res['hostile_client']}")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform says."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+        return line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def machine(load_before: tuple) -> dict:
     return {
+        "cpu": cpu_name(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
