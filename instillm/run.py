@@ -4,15 +4,19 @@ Each stage writes into `output_dir/<stage>/` and records a hash of everything it
 (its own settings and the hashes of the stages before it) in `output_dir/stages.json`. A re-run
 skips every stage whose hash is unchanged and whose outputs exist, so editing only the eval
 settings re-runs only the evaluations and the report. Training itself also resumes from its
-newest checkpoint when it was interrupted. Optional evaluation suites (`suites:` ifeval, zeroshot,
-mt_bench, judge; see instillm.evaluate.suites) run beside the held-out evaluations, each as its
-own stages `<suite>_before` and `<suite>_after`.
+newest checkpoint when it was interrupted; when its key changed (settings, data or model), `train/`
+is removed and training starts over. stages.json, config.yaml and results.json are written
+atomically; an unreadable stages.json is logged and every stage runs again. Optional evaluation
+suites (`suites:` ifeval, zeroshot, mt_bench, judge; see instillm.evaluate.suites) run beside the
+held-out evaluations, each as its own stages `<suite>_before` and `<suite>_after`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +26,7 @@ from typing import Any
 import yaml
 
 from instillm.config import Config, check_min
+from instillm.data.io import temp_beside
 from instillm.data.skills import SuiteConfig
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.suites import SuitesSettings
@@ -29,6 +34,8 @@ from instillm.train.config import TrainConfig, TrainSettings
 
 STAGES = ("data", "model", "eval_before", "train", "eval_after", "report")
 HEADLINE = "exact_match"  # the number results.json reports per split under before/after
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,22 +138,62 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temp file beside it, renamed over it."""
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Stages:
-    """stages.json: the hash each finished stage was computed with, and its seconds."""
+    """stages.json: the hash each finished stage was computed with, and its seconds.
+
+    A stage that is running holds only the key it started with (`start`): not done until `finish`."""
 
     def __init__(self, out: Path) -> None:
         self.path = out / "stages.json"
-        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.state: dict[str, dict[str, Any]] = _read_stages(self.path)
 
     def done(self, stage: str, key: str) -> bool:
         return self.state.get(stage, {}).get("hash") == key
 
+    def last_key(self, stage: str) -> str | None:
+        """The key the stage's outputs were last computed (or started) with; None when unknown."""
+        entry = self.state.get(stage, {})
+        return entry.get("hash") or entry.get("started")
+
+    def start(self, stage: str, key: str) -> None:
+        """Record that `stage` runs with `key` (a crash before `finish` leaves it to run again)."""
+        self.state[stage] = {"started": key}
+        self._save()
+
     def finish(self, stage: str, key: str, seconds: float) -> None:
         self.state[stage] = {"hash": key, "seconds": round(seconds, 2)}
-        self.path.write_text(json.dumps(self.state, indent=2))
+        self._save()
 
     def seconds(self) -> dict[str, float]:
-        return {k: v["seconds"] for k, v in self.state.items()}
+        return {k: v["seconds"] for k, v in self.state.items() if "seconds" in v}
+
+    def _save(self) -> None:
+        write_atomic(self.path, json.dumps(self.state, indent=2))
+
+
+def _read_stages(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of stages.json; an unreadable one is logged and counts as no stage finished."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        state = e
+    if not isinstance(state, dict):
+        logger.warning("%s is unreadable (%s); every stage runs again", path, type(state).__name__)
+        return {}
+    return {k: v for k, v in state.items() if isinstance(v, dict)}
 
 
 @dataclass
@@ -163,14 +210,27 @@ class RunContext:
     device: str = "auto"  # where evaluations run ("auto": CUDA when available); not part of stage keys
 
 
-def _stage(ctx: RunContext, name: str, key: str, outputs: Sequence[Path], fn: Callable[[], None]) -> None:
-    """Run `fn` unless stage `name` already finished with the same key and its outputs exist."""
+def _stage(
+    ctx: RunContext,
+    name: str,
+    key: str,
+    outputs: Sequence[Path],
+    fn: Callable[[], None],
+    on_change: Callable[[], None] | None = None,
+) -> None:
+    """Run `fn` unless stage `name` already finished with the same key and its outputs exist.
+
+    `on_change` runs first when the stage last ran (or started) with another key: it clears what
+    that run left; the new key is recorded only after it, so an interrupted clearing is redone."""
     ctx.keys[name] = key
     if ctx.stages.done(name, key) and all(p.exists() for p in outputs):
         ctx.skipped.append(name)
         ctx.say(f"[dim]{name}: up to date, skipped[/]")
         return
     ctx.say(f"[bold]{name}[/] …")
+    if on_change is not None and ctx.stages.last_key(name) not in (None, key):
+        on_change()
+    ctx.stages.start(name, key)
     t = time.perf_counter()
     fn()
     ctx.stages.finish(name, key, time.perf_counter() - t)
@@ -267,7 +327,7 @@ def stage_eval(
         with ctx.progress(f"{stage}: generating", total) as advance:
             res = evaluate_model(lm.model, lm.tokenizer, splits, lm.renderer, e.max_new_tokens, e.batch_size, advance)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({k: v.to_dict() for k, v in res.items()}, indent=1))
+        write_atomic(out, json.dumps({k: v.to_dict() for k, v in res.items()}, indent=1))
 
     _stage(ctx, stage, _hash(asdict(e), template, upstream), [out], run)
     return json.loads(out.read_text())
@@ -322,11 +382,31 @@ def stage_train(ctx: RunContext, model_path: str, train_files: Sequence[Path]) -
             "trained_tokens": r.trained_tokens,
             "tokens_per_s": round(r.tokens_per_s, 1),
         }
-        summary_path.write_text(json.dumps(summary, indent=1))
+        write_atomic(summary_path, json.dumps(summary, indent=1))
 
     key = _hash(tcfg.to_dict(), ctx.keys["data"], ctx.keys["model"])
-    _stage(ctx, "train", key, [summary_path, out / "final"], run)
+    # settings, data or model changed: the old run's checkpoints must not be resumed, so train/ goes
+    _stage(ctx, "train", key, [summary_path, out / "final"], run, on_change=lambda: _remove_stage_dir(ctx, out))
     return out / "final", json.loads(summary_path.read_text())
+
+
+def _remove_stage_dir(ctx: RunContext, path: Path) -> None:
+    """Delete stage dir `path`, which must lie directly in the run's output dir; ConfigError while a
+    training run holds it."""
+    import shutil
+
+    from instillm.train.checkpoint import OutputLock
+
+    if path.is_symlink() or path.resolve().parent != ctx.out.resolve():
+        raise ConfigError(f"output_dir: {path} is not a directory of this run's {ctx.out}; remove it yourself")
+    if not path.is_dir():
+        return
+    ctx.say(f"[dim]{path.name}: its settings changed, starting over (removed {path})[/]")
+    lock = OutputLock(path).acquire()  # names the pid of a training run still writing there
+    try:
+        shutil.rmtree(path)
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +481,7 @@ def run(
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     ctx = RunContext(config, out, Stages(out), say, progress or _no_progress, device=device)
     train_files, eval_paths = stage_data(ctx)
     # the suite's splits may be empty (no held-out families); a user's eval file may not
@@ -420,7 +500,7 @@ def run(
     )
     results["suites"] = {name: {"before": suites_before.get(name), "after": res} for name, res in suites_after.items()}
     results["data_card"] = training_data_card(train_files)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
     write_report(results, out, metrics_path=out / "train" / "metrics.jsonl")
     return results
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from instillm.errors import InstillmError
+from instillm.errors import ConfigError, InstillmError
 
 console = Console(stderr=True)  # progress, notes and errors
 out = Console()  # results
@@ -123,7 +123,7 @@ class BackendOptions:
     kind: str
     base_url: str | None
     model: str | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never printed with the options
     cache: Path | None
     concurrency: int
     prefix: str = ""
@@ -150,9 +150,9 @@ class BackendOptions:
 
         p = self.prefix
         if not self.model:
-            raise InstillmError(f"give the {self.role} with --{p}model NAME (and --{p}base-url URL for an endpoint)")
+            raise ConfigError(f"give the {self.role} with --{p}model NAME (and --{p}base-url URL for an endpoint)")
         if self.kind == "openai" and not self.base_url:
-            raise InstillmError(f"--{p}backend openai needs --{p}base-url URL (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError(f"--{p}backend openai needs --{p}base-url URL (e.g. http://127.0.0.1:8000/v1)")
         cache = self.cache if self.cache is not None else default_cache
         return BackendConfig(
             kind=self.kind,

@@ -422,14 +422,16 @@ def data_score(
 ) -> None:
     """Score rows by IFD (local model) and/or an LLM rating; scores go to meta, selected-out rows to rejects.
 
-    IFD runs --ifd-model on --device; --rate asks the judge backend (its options below).
+    IFD runs --ifd-model on --device; --rate asks the judge backend (its options below), whose response
+    cache defaults to OUT.run/cache.sqlite (a rerun after a kill re-sends nothing already rated).
     """
     from instillm.curate.score import IFDConfig, RatingConfig, ScoreConfig, score_file
+    from instillm.synth.pipeline import work_dir_for
 
     judge = BackendOptions(backend, base_url, model, api_key, cache, concurrency, role="judge", device=device)
     with cli_errors():
         ifd = IFDConfig(ifd_model, template, max_length, "truncate-prompt", batch_size, device) if ifd_model else None
-        rating = RatingConfig(judge.config()) if rate else None
+        rating = RatingConfig(judge.config(default_cache=work_dir_for(output) / "cache.sqlite")) if rate else None
         config = ScoreConfig(
             ifd=ifd, rating=rating, max_ifd=max_ifd, min_rating=min_rating, top_fraction=top_fraction, top_k=top_k
         )

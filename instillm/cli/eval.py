@@ -16,6 +16,9 @@ spelled as subcommands. So a MODEL path equal to a subcommand name must be writt
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -111,6 +114,40 @@ def _load_lm(model: str | None, template: str, device: str):
     return local.model, local.tokenizer, local.renderer
 
 
+def _prepare_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Before any work: refuse an -o/--output that would replace an input, and create its folder."""
+    from instillm.data.importer import refuse_overwrite
+
+    refuse_overwrite(inputs, {f"-o/--output {output}": output})
+    if output.is_dir():
+        raise InstillmError(f"-o/--output {output} is a directory; give a file path, e.g. {output / 'results.json'}")
+    with _writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _writing(output: Path) -> Iterator[None]:
+    """Turn an OSError while writing `output` into a one-line error naming -o/--output."""
+    try:
+        yield
+    except OSError as e:
+        raise InstillmError(f"cannot write {output} ({e.strerror or e}); pass another -o/--output") from e
+
+
+def _write_json(output: Path, obj: Any) -> None:
+    """`obj` as JSON in `output`, atomically (a temp file renamed into place), its folder created."""
+    from instillm.data.io import temp_beside
+
+    with _writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_beside(output)
+        try:
+            tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------ heldout
 
 
@@ -134,13 +171,13 @@ def eval_heldout(
     with cli_errors():
         if not data:
             raise InstillmError("eval heldout needs --data FILE (canonical JSONL with reference answers)")
+        _prepare_output(output, data)
         splits = load_eval_splits({p.stem: p for p in data}, limit, empty_ok=False)
         lm, tok, renderer = _load_lm(model, template, device)
         with progress_bar("generating", sum(map(len, splits.values()))) as advance:
             res = evaluate_model(lm, tok, splits, renderer, max_new_tokens, batch_size, advance)
-    output.write_text(
-        json.dumps({"model": model, "suite": "heldout", "splits": {k: v.to_dict() for k, v in res.items()}}, indent=1)
-    )
+        splits_out = {k: v.to_dict() for k, v in res.items()}
+        _write_json(output, {"model": model, "suite": "heldout", "splits": splits_out})
     table = Table(title=f"{model} on held-out data")
     for col in ("split", "n", "exact_match", "rouge_l", "correct"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -269,12 +306,12 @@ def eval_zeroshot(
             limit=limit, length_normalize=length_normalize, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
         n_files = len(select_templates(source, heldout_clusters))
+        _prepare_output(output, data)
         lm, tok, renderer = _load_lm(model, template, device)
         with progress_bar("zero-shot templates", n_files) as advance:
             res = evaluate_zeroshot(lm, tok, renderer, source, heldout_clusters, config, advance)
-    results = {"model": model, "suite": "zeroshot", **res.to_dict()}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
+        results = {"model": model, "suite": "zeroshot", **res.to_dict()}
+        _write_json(output, results)
     _print_zeroshot(results)
     out.print(f"results → {output}")
 
@@ -411,6 +448,7 @@ def eval_judge(
     with cli_errors():
         if outputs is None or reference is None:
             raise InstillmError("eval judge needs --outputs MODEL_OUTPUTS.json and --reference REFERENCE_OUTPUTS.json")
+        _prepare_output(output, [outputs, reference, *([annotations] if annotations else [])])
         config = JudgeConfig(style=judge_style, **({"max_tokens": judge_max_tokens} if judge_max_tokens else {}))
         reference_rows = load_annotations(annotations) if annotations else None
         backend = judge.open()
@@ -419,8 +457,9 @@ def eval_judge(
                 rows = judge_output_files(outputs, reference, backend, config, limit, advance)
         finally:
             backend.close()
-        write_annotations(rows, output)
-    summary = summarize(rows, reference_rows)
+        with _writing(output):
+            write_annotations(rows, output)
+        summary = summarize(rows, reference_rows)
     if as_json:
         print(json.dumps(summary.to_dict()))
         return

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from instillm.curate.common import CurationSummary, curate_file
+from instillm.data.importer import refuse_output_over_inputs
 from instillm.data.io import read_rows
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError, RowError
@@ -127,6 +128,7 @@ def decontaminate_file(
     """Copy canonical JSONL `inp` to `out` without rows that overlap an eval set (reason `contaminated`)."""
     if not eval_paths:
         raise ConfigError("decontaminate needs at least one eval set")
+    refuse_output_over_inputs([inp, *eval_paths], out)
     index = EvalIndex(n, min_tokens)
     for p in eval_paths:
         index.add_file(p)

@@ -80,11 +80,16 @@ TEMPLATE_CHOICES = ("auto", "tokenizer", *BUILTIN_TEMPLATES)
 END_OF_TURN_STRINGS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 
 
+def tokenizer_template_name(source: str) -> str:
+    """The built-in name of a tokenizer's saved template (training saved it), else "tokenizer"."""
+    return next((name for name, text in BUILTIN_TEMPLATES.items() if text == source), "tokenizer")
+
+
 def resolve_template(name: str, tokenizer_template: str | None) -> tuple[str, str]:
     """Return (name, jinja source) for a template setting: auto | tokenizer | builtin | file."""
     if name == "auto":
         if tokenizer_template:
-            return "tokenizer", tokenizer_template
+            return tokenizer_template_name(tokenizer_template), tokenizer_template
         return "chatml", CHATML
     if name == "tokenizer":
         if not tokenizer_template:
@@ -92,7 +97,7 @@ def resolve_template(name: str, tokenizer_template: str | None) -> tuple[str, st
                 "template: the tokenizer has no chat template; set template to one of "
                 f"{sorted(BUILTIN_TEMPLATES)} or a .jinja file"
             )
-        return "tokenizer", tokenizer_template
+        return tokenizer_template_name(tokenizer_template), tokenizer_template
     if name in BUILTIN_TEMPLATES:
         return name, BUILTIN_TEMPLATES[name]
     path = Path(name)

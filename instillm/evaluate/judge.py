@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import ast
 import json
+import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from instillm.config import Config, check_choice, check_min, check_min_int
+from instillm.data.io import temp_beside
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.winrate import WinRate, length_controlled, win_rate
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams
@@ -157,6 +160,9 @@ _VERDICT_KEYS = ("model_identifier", "best_model", "best", "winner", "preferred"
 # A sentence that ends by naming the identifier: "The model whose output is better is m." (small
 # judges answer in a sentence rather than with the bare identifier).
 _IS_IDENTIFIER = re.compile(r"\b(?i:is|be|model|answer)\s*:?\s*[`'\"*]*(m|M)[`'\"*]*\s*[.!]?\s*$", re.MULTILINE)
+# A standalone identifier (not the "m" of "I'm"), and the sentence boundaries of a reply.
+_MENTION = re.compile(r"(?<!\w)(?<!\w['’])[mM](?!\w)")
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n")
 
 
 def _identifier(text: str) -> set[float]:
@@ -168,6 +174,26 @@ def _identifier(text: str) -> set[float]:
 def _sentence_identifier(text: str) -> set[float]:
     """A line ending in "is m" / "is M" (or "answer: M", "model M"): the identifier named in a sentence."""
     return {_POSITION[x] for x in _IS_IDENTIFIER.findall(text)}
+
+
+def _unclear_sentence(text: str) -> bool:
+    """A sentence verdict in a reply with a sentence that names an identifier other than as its answer.
+
+    "Model m is better than model M." or "m is better. The worse one is M." end in an identifier
+    that is not the verdict; only replies whose every (non-question) sentence naming an identifier
+    names exactly one, as its last word ("is m.", "No wait, it is M."), or is that identifier alone, are read.
+    """
+    if not _IS_IDENTIFIER.search(text):
+        return False
+    return not all(_names_one_identifier(s.strip()) for s in _SENTENCES.split(text))
+
+
+def _names_one_identifier(sentence: str) -> bool:
+    """No identifier, a question, a bare identifier, or exactly one identifier that ends the sentence."""
+    n = len(_MENTION.findall(sentence))
+    if n == 0 or sentence.endswith("?") or sentence.strip(_CLEAN) in ("m", "M"):
+        return True
+    return n == 1 and _IS_IDENTIFIER.search(sentence) is not None
 
 
 def _output_ab(text: str) -> set[float]:
@@ -235,12 +261,15 @@ def parse_verdict(text: str | None) -> Verdict:
     """The position a judge text prefers, read in every supported format; formats that disagree fail.
 
     Formats: the identifier `m` / `M` (the whole reply or its last line, or ending a line's
-    sentence: "The model whose output is better is m."), "Output (a)" /
+    sentence: "The model whose output is better is m."; a reply with a sentence naming an identifier
+    otherwise, as in "m is better than M", is a failure), "Output (a)" /
     "Output (b)", "[[A]]" / "[[B]]" / "[[C]]" (C: tie), a ranking list of `model_1` / `model_2`
     (or m / M) as JSON or a Python literal, and a JSON object such as {"model_identifier": "m"}.
     """
     if text is None or not text.strip():
         return Verdict(None, "empty judge output")
+    if _unclear_sentence(text):
+        return Verdict(None, "unclear: a sentence names an identifier that is not its verdict (e.g. 'm beats M')")
     found = set().union(*(fmt(text) for fmt in _FORMATS))
     if not found:
         return Verdict(None, "no verdict found")
@@ -404,10 +433,15 @@ def judge_output_files(
 
 
 def write_annotations(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write annotation rows as an AlpacaEval annotations JSON list."""
+    """Write annotation rows as an AlpacaEval annotations JSON list (atomically: a failed write leaves no half file)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp = temp_beside(out)
+    try:
+        tmp.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -485,17 +519,29 @@ def failure_modes(rows: Sequence[Mapping[str, Any]]) -> FailureModes:
 
 
 def decision(preference: Any) -> float | None:
-    """FIRST (output_1 preferred), SECOND (output_2) or TIE from a 1..2 preference; None if there is none.
+    """FIRST (output_1 preferred), SECOND (output_2) or TIE from a 1..2 preference; None if there is none
+    (missing, or not a number: "NA", NaN), which `agreement` counts as a missing decision.
 
     Continuous preferences (a weighted judge's probabilities) are thresholded: > 1.5 is output_2,
     < 1.5 output_1, exactly 1.5 a tie; 0 is a tie too (AlpacaEval's mark for identical outputs).
     """
-    if preference is None or preference == "":
+    p = _number(preference)
+    if p is None:
         return None
-    p = float(preference)
     if p == 0 or p == TIE:
         return TIE
     return SECOND if p > TIE else FIRST
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite float; None for a missing, non-numeric ("NA") or non-finite one."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        return None
+    return p if math.isfinite(p) else None
 
 
 def _same(a: Any, b: Any) -> bool:

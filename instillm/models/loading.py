@@ -6,12 +6,13 @@ masks need character offsets), and a pad token always set.
 
 `load_local(path, template, device)` is the one way every command that runs a local model (eval,
 run, serve, the local teacher backend, IFD scoring, the lm-eval adapter) gets it: model (a LoRA
-adapter folder is applied to its base), tokenizer and the renderer of the saved chat template, on
-the device `resolve_device` picks ("auto": CUDA when available).
+adapter folder is applied to its base, found by `adapter_base`), tokenizer and the renderer of the
+saved chat template, on the device `resolve_device` picks ("auto": CUDA when available).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # A Hugging Face hub id "org/name" (letters, digits, - _ .); anything else is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+ADAPTER_CONFIG = "adapter_config.json"
+RUN_FILE = "run.json"  # a training run's manifest (instillm.train.loop), beside the run's final/ adapter
 
 
 def _resolve(path_or_id: str | Path) -> str:
@@ -168,13 +171,67 @@ def load_local(
 
 def _load_any(path: str | Path, dtype: torch.dtype | None, device: str) -> Any:
     """A full model, or a LoRA adapter applied to its base (peft), in eval mode on `device`."""
-    if not (Path(path) / "adapter_config.json").is_file():
+    adapter = Path(path)
+    if not (adapter / ADAPTER_CONFIG).is_file():
         return load_model(path, dtype=dtype, device=device)
-    from peft import AutoPeftModelForCausalLM
+    from peft import PeftModel
 
+    base = load_model(adapter_base(adapter), dtype=dtype, device=device)
     try:
-        kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs)
+        model = PeftModel.from_pretrained(base, str(adapter))
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the LoRA adapter in {path} with its base model: {e}") from e
+        raise ModelError(f"cannot load the LoRA adapter in {adapter}: {e}") from e
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# the base model of a LoRA adapter
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model of the LoRA adapter in `adapter_dir`: a local directory or a hub id.
+
+    Named by the run's run.json (config.model), else by adapter_config.json; an absolute path is
+    taken first, a relative one is looked up against the run dir, then the current directory."""
+    adapter = Path(adapter_dir)
+    run_dir, names = _base_names(adapter)
+    for candidate in _base_paths(names, run_dir):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    hub = [n for n in names if _HUB_ID.match(n) and not Path(n).expanduser().is_absolute()]
+    if hub:
+        return hub[0]
+    raise ModelError(
+        f"the base model of the LoRA adapter in {adapter} ({', '.join(names) or 'not recorded'}) is not found; "
+        f"set base_model_name_or_path in {adapter / ADAPTER_CONFIG} to its directory"
+    )
+
+
+def _base_names(adapter: Path) -> tuple[Path, list[str]]:
+    """(the run dir, the base model names recorded for `adapter`: run.json's first, then peft's)."""
+    adapter = adapter.resolve()
+    run_dir = adapter.parent if adapter.name == "final" else adapter  # a run's adapter is its final/
+    names = [
+        _json_at(run_dir / RUN_FILE, "config", "model"),
+        _json_at(adapter / ADAPTER_CONFIG, "base_model_name_or_path"),
+    ]
+    return run_dir, list(dict.fromkeys(n for n in names if n))
+
+
+def _base_paths(names: list[str], run_dir: Path) -> list[Path]:
+    """Where the named base may be: absolute paths first, then relative ones under `run_dir`, then the cwd."""
+    paths = [Path(n).expanduser() for n in names]
+    absolute = [p for p in paths if p.is_absolute()]
+    relative = [p for p in paths if not p.is_absolute()]
+    return absolute + [run_dir / p for p in relative] + [Path.cwd() / p for p in relative]
+
+
+def _json_at(path: Path, *keys: str) -> str | None:
+    """The string at `keys` in JSON file `path`, or None when the file or the value is missing."""
+    try:
+        value: Any = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None

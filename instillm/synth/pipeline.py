@@ -22,7 +22,9 @@ with nothing to restore but the committed records.
 The journal lives in a work directory beside the output (`OUT.jsonl` → `OUT.run/`) and carries a
 fingerprint of the settings (config, inputs, model): resuming with different settings is a
 ConfigError naming the directory and the settings that differ. The final files (`OUT.jsonl`,
-`OUT.rejects.jsonl`, `OUT.stats.json`) are written from the journal at the end, each atomically.
+`OUT.rejects.jsonl`, `OUT.stats.json`) are written from the journal at the end, each atomically
+(with the umask's permissions); an example UTF-8 cannot hold (a lone surrogate from the teacher)
+goes to the rejects as `invalid_unicode`, so OUT.jsonl always reads back.
 
 One writer per run dir: a `Journal` holds an exclusive `flock` on the directory itself (no lock
 file) until `close()` or the end of the process (the OS drops it when the process dies, SIGKILL
@@ -44,7 +46,6 @@ import json
 import os
 import random
 import signal
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,7 @@ from typing import Any, TypeVar
 
 from instillm.config import Config, apply_overrides, build, read_yaml_mapping
 from instillm.data.importer import rejects_path_for
+from instillm.data.io import temp_beside
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError
 
@@ -255,10 +257,11 @@ def _maybe_kill(n_records: int, point: str) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync'd, renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` via a temp file in the same directory (with the umask's permissions),
+    fsync'd, renamed into place."""
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -273,18 +276,37 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_outputs(
-    output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]], stats: Mapping[str, Any]
+    output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]], stats: dict[str, Any]
 ) -> tuple[Path, Path, Path]:
-    """Write OUT.jsonl, OUT.rejects.jsonl and OUT.stats.json, each atomically; their paths."""
+    """Write OUT.jsonl, OUT.rejects.jsonl and OUT.stats.json, each atomically; their paths.
+
+    An example UTF-8 cannot hold (a lone surrogate from the teacher) becomes a reject
+    `invalid_unicode` (stage "output"), as the importer makes it; `stats` is updated in place:
+    `stats["output"]` = {examples, kept, rejected by reason}, kept + rejected == examples, and
+    `stats["examples"]` = kept (the rows of OUT.jsonl)."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     rej, st = rejects_path_for(out), stats_path_for(out)
-    _atomic_write(out, b"".join((ex.to_json() + "\n").encode("utf-8", "surrogatepass") for ex in examples))
-    _atomic_write(
-        rej, b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass") for r in rejects)
-    )
+    lines, invalid = _example_lines(examples)
+    stats["output"] = {"examples": len(lines) + len(invalid), "kept": len(lines), "rejected": count_by(invalid)}
+    stats["examples"] = len(lines)
+    _atomic_write(out, b"".join(lines))
+    _atomic_write(rej, b"".join(_record_line(r) for r in [*rejects, *invalid]))
     _atomic_write(st, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode())
     return out, rej, st
+
+
+def _example_lines(examples: Iterable[Example]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """UTF-8 JSONL lines of the examples, and the reject rows of those with a lone surrogate."""
+    lines: list[bytes] = []
+    invalid: list[dict[str, Any]] = []
+    for ex in examples:
+        try:
+            lines.append((ex.to_json() + "\n").encode("utf-8"))
+        except UnicodeEncodeError as e:
+            detail = f"example {ex.id!r}: text holds a lone surrogate at position {e.start}"
+            invalid.append({"stage": "output", "reason": "invalid_unicode", "detail": detail, "raw": ex.to_dict()})
+    return lines, invalid
 
 
 def batches(items: Sequence[T], size: int, start: int = 0) -> Iterable[tuple[int, Sequence[T]]]:

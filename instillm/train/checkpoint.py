@@ -6,7 +6,8 @@ Layout of `output_dir/checkpoints/step-N/` (N = optimizer steps done):
   the LoRA adapter only for LoRA; frozen base weights come from the model path),
 - `optimizer.pt`, `scheduler.pt` — their `state_dict()`s,
 - `rng-rank{R}.pt` — python, numpy and torch (CPU and CUDA) RNG states of process R,
-- `state.json` — step, epoch, step within the epoch, trained tokens, last loss, plan,
+- `state.json` — step, epoch, step within the epoch, trained tokens, last loss, plan, data hash,
+  and the settings a resume must keep (`loop.resume_settings`) with their sha256,
 - `manifest.json` — written last: the size and sha256 of every other file.
 
 The data position is the step: the batch order of an epoch is a pure function of seed and

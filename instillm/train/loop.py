@@ -14,7 +14,8 @@ Output layout (`output_dir/`):
   trained_tokens, tokens_per_s, epoch), and per evaluation (step, eval_loss)
 - `tb/` — the same scalars for TensorBoard
 - `checkpoints/step-N/` — see `instillm.train.checkpoint`; `resume: auto` continues from the newest
-  complete one (verified against its manifest; newer incomplete ones are moved aside, logged)
+  complete one (verified against its manifest; newer incomplete ones are moved aside, logged), and
+  only with the settings it was written with (all but `RESUMABLE`: logging, eval, save, speed options)
 - `final/` — the model (full fine-tuning) or the LoRA adapter, with the tokenizer whose chat
   template is the one used in training; `export()` merges an adapter into a full model.
 - `.instillm.lock` — held (flock, with the pid) by the run writing the dir: a second run on the
@@ -48,7 +49,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -695,6 +696,76 @@ def data_fingerprint(data: TrainData) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+# Settings a run may change when it resumes: where and how often it logs, evaluates and saves, and
+# how the same arithmetic runs (speed and memory options). Every other setting decides the weights.
+RESUMABLE = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "logging_interval",
+        "eval_interval",
+        "save_interval",
+        "save_total_limit",
+        "compile",
+        "gradient_checkpointing",
+        "attn_implementation",
+        "packed_attention",
+        "cpu_bf16_matmul",
+    }
+)
+
+
+def resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings (JSON values) a checkpoint of `config` can only be resumed with: all but `RESUMABLE`.
+
+    A local model is its absolute path; datasets are their weights and tasks (data_sha256 compares
+    their contents, so moving the files is fine)."""
+    values = json.loads(json.dumps(config.to_dict()))
+    values["model"] = _model_ref(config.model)
+    values["datasets"] = [{"weight": d["weight"], "task": d["task"]} for d in values["datasets"]]
+    return {k: v for k, v in values.items() if k not in RESUMABLE}
+
+
+def _model_ref(model: str) -> str:
+    """A local model directory as its absolute path, a hub id as is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def settings_sha256(settings: dict[str, Any]) -> str:
+    """SHA-256 of `resume_settings` (stored in each checkpoint's state)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(saved: dict[str, Any], ours: dict[str, Any], prefix: str = "") -> list[str]:
+    """`name: old → new` for each setting that differs (nested settings by dotted name)."""
+    found = []
+    for key in sorted(set(saved) | set(ours)):
+        old, new = saved.get(key), ours.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}: {json.dumps(old)} → {json.dumps(new)}")
+    return found
+
+
+def check_resume_settings(config: TrainConfig, checkpoint: Path) -> None:
+    """ConfigError naming every setting that differs from those `checkpoint` was written with."""
+    state = json.loads((checkpoint / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+    saved, ours = state.get("config"), resume_settings(config)
+    if not isinstance(saved, dict) or state.get("config_sha256") == settings_sha256(ours):
+        return  # the same settings, or a checkpoint of an older instillm (only plan and data are compared)
+    changed = _differences(saved, ours)
+    if changed:
+        raise ConfigError(
+            f"resume: checkpoint {checkpoint} was written with other settings ({'; '.join(changed)}); "
+            "set them back to continue that run, or start over in a new output_dir (or delete "
+            f"{Path(config.output_dir) / ckpt.CHECKPOINTS})"
+        )
+
+
 def restore(run: Run, path: Path) -> None:
     """Load checkpoint `path` into `run` after checking it belongs to the same plan and data."""
     state = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
@@ -741,6 +812,8 @@ def _build(config: TrainConfig, accelerator: Any, lock: ckpt.OutputLock) -> Run:
     from instillm.models.loading import load_tokenizer
 
     resume_from = find_resume(config, accelerator)
+    if resume_from is not None:
+        check_resume_settings(config, resume_from)  # before any compute
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config, tokenizer)
     n_rows = count_rows([len(r) for r in data.train], config.max_length, config.packing)
@@ -799,6 +872,8 @@ def save_step(run: Run, step: int) -> None:
         "loss": run.last_loss,
         "plan": plan.to_dict(),
         "data_sha256": data_fingerprint(run.data),
+        "config": resume_settings(cfg),
+        "config_sha256": settings_sha256(resume_settings(cfg)),
     }
     ckpt.save_checkpoint(cfg.output_dir, step, run.model, run.optimizer, run.scheduler, state, run.accelerator)
     if run.is_main:
@@ -866,11 +941,18 @@ def save_final(run: Run) -> Path:
         model.config.use_cache = True
         if lm.config._attn_implementation == attention.SEGMENTS:
             lm.set_attn_implementation("sdpa")  # what it runs outside packed rows anyway
+        _pin_base_model(model, run.config.model)
         model.save_pretrained(final)
         save_template(run.tokenizer, run.data.renderer)
         run.tokenizer.save_pretrained(final)
     run.accelerator.wait_for_everyone()
     return final
+
+
+def _pin_base_model(model: Any, base: str) -> None:
+    """Record a LoRA adapter's local base model by its absolute path (a relative one breaks in another cwd)."""
+    for peft_config in getattr(model, "peft_config", {}).values():
+        peft_config.base_model_name_or_path = _model_ref(base)
 
 
 def train(config: TrainConfig, progress: bool = True, device: str = "auto", overwrite: bool = False) -> TrainResult:
@@ -908,10 +990,12 @@ def train(config: TrainConfig, progress: bool = True, device: str = "auto", over
 
 
 def export(run_dir: str | Path, out_dir: str | Path, merge: bool = True) -> Path:
-    """A standalone model from a run: LoRA merged into the base (merge) or the adapter copied as is."""
+    """A standalone model from a run: LoRA merged into the base (merge) or the adapter copied as is.
+
+    Written into a temp dir beside `out_dir`, then renamed into place (replacing an earlier export)."""
     import shutil
 
-    from instillm.models.loading import load_model, load_tokenizer
+    from instillm.models.loading import adapter_base, load_model, load_tokenizer
 
     run_dir, out = Path(run_dir), Path(out_dir)
     src = run_dir / FINAL if (run_dir / FINAL).is_dir() else run_dir
@@ -920,29 +1004,74 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = True) -> Path
         raise ModelError(
             f"{run_dir} holds no trained model (expected {FINAL}/ with config.json or adapter_config.json)"
         )
+    base = adapter_base(src) if is_adapter and merge else None
+    check_export_dir(out, [run_dir, src, *([Path(base)] if base and Path(base).is_dir() else [])])
     if is_adapter and not merge:
-        shutil.copytree(src, out, dirs_exist_ok=True)
+        with staged_dir(out) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
         return out
     tokenizer = load_tokenizer(src)
-    if is_adapter:
+    if base is not None:
         from peft import PeftModel
 
-        base = load_model(_base_model(run_dir, src), dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, src).merge_and_unload()
+        model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), src).merge_and_unload()
     else:
         model = load_model(src)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with staged_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
-def _base_model(run_dir: Path, adapter_dir: Path) -> str:
-    """The base model of an adapter: the run's config.model, else what peft recorded."""
-    manifest = run_dir / RUN_FILE
-    if manifest.is_file():
-        return json.loads(manifest.read_text(encoding="utf-8"))["config"]["model"]
-    return json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+def check_export_dir(out: Path, sources: Sequence[Path]) -> None:
+    """ConfigError when export dir `out` overlaps a dir it reads, or holds files other than an earlier export."""
+    target = out.resolve()
+    for src in sources:
+        source = src.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise ConfigError(
+                f"-o/--output: {out} overlaps {src}, which the export reads; export to a directory outside it"
+            )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o/--output: {out} is a file; give a directory to export into")
+    if out.is_dir() and any(out.iterdir()) and not _holds_model(out):
+        raise ConfigError(f"-o/--output: {out} is not empty and holds no exported model; give a new or empty directory")
+
+
+def _holds_model(path: Path) -> bool:
+    """Whether `path` holds a saved model or LoRA adapter (an earlier export, replaced as a whole)."""
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A fresh hidden dir beside `out` to write into, renamed to `out` when the block succeeds (else removed)."""
+    import secrets
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()  # the user's umask applies (mkdtemp's would be 0700)
+    try:
+        yield tmp
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an existing `out` is renamed aside first and then deleted."""
+    import shutil
+
+    old = out.with_name(f"{new.name}.old") if out.exists() else None
+    if old is not None:
+        out.rename(old)
+    new.rename(out)
+    if old is not None and old.is_symlink():
+        old.unlink()  # a link to an earlier export: the link goes, what it pointed to stays
+    elif old is not None:
+        shutil.rmtree(old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from instillm.models.gguf import export_gguf
+from instillm.models.gguf import check_out_file, export_gguf
 from instillm.train.loop import FINAL, export
 
 
@@ -17,6 +17,8 @@ def export_run_gguf(source: str | Path, out_file: str | Path, outtype: str = "f3
     final = src / FINAL if (src / FINAL).is_dir() else src
     if (final / "config.json").is_file() and not (final / "adapter_config.json").is_file():
         return export_gguf(final, out_file, outtype)
+    for read in (final, src):  # the real sources: the merged copy below is a temp dir
+        check_out_file(read, Path(out_file))
     with tempfile.TemporaryDirectory(prefix="instillm-merge-") as tmp:
         merged = export(src, Path(tmp) / "merged", merge=True)
         return export_gguf(merged, out_file, outtype)

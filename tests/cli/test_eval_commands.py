@@ -239,3 +239,15 @@ def test_backend_errors_name_the_flags_of_their_group(tmp_path: Path):
 def test_commands_that_load_a_model_take_device(path: tuple):
     device = [p for p in click_command(*path).params if "--device" in p.opts]
     assert len(device) == 1 and device[0].default == "auto"
+
+
+def test_backend_options_hide_the_api_key_and_raise_config_errors():
+    from instillm.cli._common import BackendOptions
+    from instillm.errors import ConfigError
+
+    options = BackendOptions("openai", "http://127.0.0.1:9/v1", "m", "sk-secret", None, 8)
+    assert "sk-secret" not in repr(options) and options.config().api_key == "sk-secret"
+    with pytest.raises(ConfigError, match="--judge-model NAME"):
+        BackendOptions.judge("openai", None, None, None, None, 8).config()
+    with pytest.raises(ConfigError, match="--base-url URL"):
+        BackendOptions("openai", None, "m", None, None, 8).config()

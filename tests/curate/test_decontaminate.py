@@ -109,3 +109,31 @@ def test_errors(tmp_path):
         decontaminate_file(inp, tmp_path / "o.jsonl", [empty])
     with pytest.raises(DataError):
         decontaminate_file(inp, tmp_path / "o.jsonl", [tmp_path / "missing.jsonl"])
+
+
+def test_output_or_rejects_over_an_eval_set_is_refused_before_anything_is_written(tmp_path, eval_sets):
+    inp = write_examples([_conv("Tell me a story.", "Once upon a time.")], tmp_path / "train.jsonl")
+    before = {p: p.read_bytes() for p in eval_sets}
+    with pytest.raises(DataError, match=r"output .*set_a\.jsonl would overwrite input .*set_a\.jsonl"):
+        decontaminate_file(inp, eval_sets[0], eval_sets)
+    rejects_over_eval = tmp_path / "out.rejects.jsonl"
+    rejects_over_eval.write_bytes(before[eval_sets[0]])
+    with pytest.raises(DataError, match="rejects file .* would overwrite input"):
+        decontaminate_file(inp, tmp_path / "out.jsonl", [rejects_over_eval, eval_sets[1]])
+    assert {p: p.read_bytes() for p in eval_sets} == before
+    assert rejects_over_eval.read_bytes() == before[eval_sets[0]]
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_cli_refuses_an_output_over_an_eval_set(tmp_path, eval_sets):
+    from typer.testing import CliRunner
+
+    from instillm.cli import app
+
+    inp = write_examples([_conv("Tell me a story.", "Once upon a time.")], tmp_path / "train.jsonl")
+    before = eval_sets[0].read_bytes()
+    res = CliRunner().invoke(
+        app, ["data", "decontaminate", str(inp), "--eval", str(eval_sets[0]), "-o", str(eval_sets[0])]
+    )
+    assert res.exit_code == 1 and "would overwrite input" in " ".join(res.output.split())
+    assert eval_sets[0].read_bytes() == before

@@ -403,3 +403,21 @@ def test_cli_data_score(tmp_path: Path, tiny_model_dir: Path):
     assert len(list(read_examples(out))) == 2
     bad = CliRunner().invoke(app, ["data", "score", str(inp), "-o", str(out), "--min-rating", "4.5"])
     assert bad.exit_code == 1 and "min_rating" in bad.output
+
+
+def test_cli_rate_caches_ratings_beside_the_output_by_default(tmp_path: Path, tiny_server):
+    from typer.testing import CliRunner
+
+    from instillm.cli import app
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_examples([_ex(f"Give me fact number {i} about the sea.", f"Fact {i}.") for i in range(3)], inp)
+    args = ["data", "score", str(inp), "-o", str(out), "--rate", "--base-url", tiny_server.base_url]
+    args += ["--model", tiny_server.model]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out.run" / "cache.sqlite").is_file()  # like self-instruct / evolve: OUT.run/cache.sqlite
+    before = tiny_server.app.state.stats.requests
+    again = CliRunner().invoke(app, args)  # a rerun (e.g. after a kill) is answered from the cache
+    assert again.exit_code == 0, again.output
+    assert tiny_server.app.state.stats.requests == before

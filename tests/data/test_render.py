@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from instillm.data.render import IGNORE_INDEX, RenderConfig, Renderer, save_template
 from instillm.data.schema import Example, Message
-from instillm.data.templates import CHATML
+from instillm.data.templates import BUILTIN_TEMPLATES, CHATML
 from instillm.errors import ConfigError, DataError, RenderError, TemplateError
 
 END = {"chatml": "<|im_end|>", "alpaca": "</s>", "plain": "</s>"}
@@ -240,3 +240,33 @@ def test_token_straddling_a_span_boundary_is_split_like_inference(tmp_path):
     assert trained_runs(tok, r.input_ids, r.labels) == ["\n\nanswer<|im_end|>"]
     prompt_ids = tok(renderer.example_prompt_text(ex), add_special_tokens=False)["input_ids"]
     assert r.input_ids[: len(prompt_ids)] == prompt_ids
+
+
+WITH_INPUT = Example(
+    messages=(Message("user", "Sum these\n\n1 2"), Message("assistant", "3")),
+    meta={"instruction": "Sum these", "input": "1 2"},
+)
+MULTI_TURN = conv("Hi", "Hello there!", "How are you?", "Fine.", system="Be brief.")
+
+
+@pytest.mark.parametrize("template", sorted(BUILTIN_TEMPLATES))
+def test_auto_after_training_renders_the_training_prompt(tiny_tokenizer, tmp_path, template):
+    """Training saves a built-in template into the tokenizer; `auto` at inference must render what training did."""
+    from instillm.models.loading import inference_renderer, load_tokenizer
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    training = Renderer(tok, RenderConfig(template=template))
+    save_template(tok, training)
+    tok.save_pretrained(tmp_path)
+    inference = inference_renderer(load_tokenizer(tmp_path), "auto")
+    for ex in (WITH_INPUT, MULTI_TURN):
+        assert inference.example_prompt_text(ex) == training.example_prompt_text(ex)
+        assert inference.render_text(ex) == training.render_text(ex)
+    assert inference.template_name == template
+    if template == "alpaca":
+        assert "### Input:\n1 2\n\n### Response:\n" in inference.example_prompt_text(WITH_INPUT)
+
+
+def test_a_tokenizer_template_that_is_no_builtin_keeps_its_name(tiny_tokenizer):
+    tok = _with_template(tiny_tokenizer, CHATML.replace("<|im_start|>", "<|im_start|> "))
+    assert Renderer(tok, RenderConfig(template="auto")).template_name == "tokenizer"

@@ -368,3 +368,32 @@ def test_sentences_without_one_identifier_are_not_verdicts(text):
     from instillm.evaluate.judge import parse_verdict
 
     assert parse_verdict(text).preference is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Model m is better than model M.",  # ends in M, but M is the loser
+        "m is better. The worse one is M.",  # the last sentence names the loser
+        "M is better, so the worse answer is m.",
+    ],
+)
+def test_a_sentence_naming_an_identifier_that_is_not_its_verdict_is_a_parse_failure(text):
+    v = parse_verdict(text)
+    assert v.preference is None and "unclear" in v.error
+    row = annotation_row("q", "ref", "mine", "ref", "mine", "judge", (text, "M"))
+    assert row["preference"] is None and row["order_preferences"] == [None, 1.0]
+    assert summarize([row]).failure_modes.n_failed_orders == 1
+
+
+@pytest.mark.parametrize(
+    "text,position",
+    [
+        ("I'm sure the model whose output is better is M.", 2.0),  # the m of "I'm" names nothing
+        ("Which is better, m or M? The better one is m.", 1.0),  # a question names no verdict
+        ("The better one is M.\nM", 2.0),
+    ],
+)
+def test_sentences_with_one_identifier_beside_other_text_are_still_verdicts(text, position):
+    v = parse_verdict(text)
+    assert v.error is None and v.preference == position

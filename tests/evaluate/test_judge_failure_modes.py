@@ -87,6 +87,10 @@ def test_failure_modes_expose_a_position_biased_judge(rule, flip, first):
         (0, 1.5),
         (None, None),
         ("", None),
+        ("NA", None),  # not a number: no decision, not a ValueError
+        ("2.0", 2.0),
+        (float("nan"), None),
+        ([2.0], None),
     ],
 )
 def test_decision_thresholds_preferences(preference, expected):
@@ -95,6 +99,13 @@ def test_decision_thresholds_preferences(preference, expected):
 
 def _ann(instruction: str, o1: str, o2: str, preference) -> dict:
     return {"instruction": instruction, "output_1": o1, "output_2": o2, "preference": preference}
+
+
+def test_agreement_counts_a_non_numeric_reference_preference_as_missing():
+    ours = [_ann("a", "A1", "A2", 2.0), _ann("b", "B1", "B2", 1.0)]
+    reference = [_ann("a", "A1", "A2", "NA"), _ann("b", "B2", "B1", "n/a")]  # the second one swapped
+    a = agreement(ours, reference)
+    assert (a["n_matched"], a["n_missing"], a["n_decided"], a["agreement"]) == (2, 2, 0, None)
 
 
 def test_agreement_with_a_crafted_reference():

@@ -4,6 +4,7 @@ and a run against a real teacher endpoint (`instillm serve` over a tiny random m
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -346,3 +347,34 @@ def test_end_to_end_against_tiny_server(tiny_server, tmp_path):
     rejects = [json.loads(line) for line in res.rejects.read_text().splitlines()]
     assert len(rejects) == sum(sum(r["eliminated"].values()) for r in s["rounds"])
     assert all(r["reason"] for r in rejects)
+
+
+class SurrogateTeacher(ScriptedTeacher):
+    """Answers questions marked SURROGATE with a lone surrogate, which JSON allows but UTF-8 cannot hold."""
+
+    @staticmethod
+    def answer(content: str) -> str:
+        if "SURROGATE" in content and not content.startswith(("I want you act", "Here are two")):
+            return "A detailed answer \ud800 with a lone surrogate."
+        return ScriptedTeacher.answer(content)
+
+
+def test_a_teacher_reply_with_a_lone_surrogate_is_rejected_and_outputs_stay_utf8(tmp_path):
+    from instillm.data.importer import read_examples
+
+    data = _write(tmp_path / "in.jsonl", [_ex(0, "Name a fruit."), _ex(1, "SURROGATE fruit.")])
+    old_umask = os.umask(0o022)
+    try:
+        res = run_evol(SurrogateTeacher(), data, tmp_path / "evol.jsonl", EvolConfig(rounds=1, request_batch_size=2))
+    finally:
+        os.umask(old_umask)
+    kept = list(read_examples(res.output))  # before: undecodable_bytes
+    assert [ex.meta["root_id"] for ex in kept] == ["ex0"]
+    rejects = [json.loads(line) for line in res.rejects.read_bytes().decode("utf-8").splitlines()]
+    assert [(r["stage"], r["reason"]) for r in rejects] == [("output", "invalid_unicode")]
+    assert "\ud800" in rejects[0]["raw"]["messages"][1]["content"]
+    assert res.stats["output"] == {"examples": 2, "kept": 1, "rejected": {"invalid_unicode": 1}}
+    assert res.stats["examples"] == len(kept) == 1
+    assert json.loads(res.stats_path.read_text()) == res.stats
+    for path in (res.output, res.rejects, res.stats_path, tmp_path / "evol.run" / "state.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path  # the umask's, not mkstemp's 0600

@@ -118,7 +118,7 @@ def test_changed_settings_refuse_to_resume(full_run, tiny_model_dir, task_files)
     cfg = base_config(
         tiny_model_dir, task_files, full_run.output_dir, max_steps=30, batch_size=4, eval_split=0.1, warmup_steps=3
     )
-    with pytest.raises(ConfigError, match="different plan"):
+    with pytest.raises(ConfigError, match=r"other settings \(.*batch_size: 8 → 4"):
         train(config_from_dict(cfg), progress=False)
 
 
