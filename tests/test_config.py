@@ -27,6 +27,8 @@ from instillm.run import DataSettings, EvalSettings, ModelSettings, RunConfig
 from instillm.synth.evol import EvolConfig
 from instillm.synth.self_instruct import SelfInstructConfig
 from instillm.train.config import DatasetSpec, LoraSettings, MixingSettings, TrainConfig, TrainSettings
+from instillm.ui.app import UIOptions
+from instillm.ui.chat_tab import ChatSettings
 
 PACKAGE = Path(instillm.__file__).resolve().parent
 HERE = str(Path(__file__))  # an existing file, for settings that name one
@@ -40,6 +42,8 @@ NOT_CONFIGS = {
 
 # (class, keyword arguments with one bad value, the field path of the problem)
 BAD = [
+    (UIOptions, {"max_length": 1}, "max_length"),
+    (ChatSettings, {"top_p": 0}, "top_p"),
     (DatasetSpec, {"path": "d.jsonl", "weight": 0}, "weight"),
     (LoraSettings, {"r": 0}, "r"),
     (MixingSettings, {"temperature": 0}, "temperature"),

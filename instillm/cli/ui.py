@@ -42,6 +42,6 @@ def ui_cmd(
         sys.stdout.flush()
 
     with cli_errors():
-        where = {"workdir": workdir} if workdir is not None else {}
-        opts = UIOptions(paths or [], model, template, max_length, device, **where)
+        where = {"workdir": str(workdir)} if workdir is not None else {}
+        opts = UIOptions(tuple(paths or ()), tuple(model), template, max_length, device, **where)
         launch(opts, host, port, parse_auth(auth), announce=announce, warn=lambda m: console.print(escape(m)))

@@ -11,10 +11,12 @@ import functools
 import ipaddress
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from instillm.config import Config, check_min_int
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
@@ -29,16 +31,22 @@ TEMPLATES = ["auto", "tokenizer", "chatml", "alpaca", "plain"]
 REFRESH_S = 2.0  # how often the Runs tab re-reads metrics.jsonl while "live" is on
 
 
-@dataclass
-class UIOptions:
+@dataclass(frozen=True)
+class UIOptions(Config):
     """What `instillm ui` was started with: the files and folders to offer, the default model and settings."""
 
-    paths: Sequence[str] = ()
-    models: Sequence[str] = ()  # the first: the data tab's tokenizer and the left chat model; the second: right
+    paths: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # the first: the data tab's tokenizer and the left chat model; the second: right
     template: str = "auto"
     max_length: int = 2048
     device: str = "auto"
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="instillm-ui-")))
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="instillm-ui-"))
+
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_min_int(problems, "max_length", v["max_length"], 2)
+        return problems
 
     @property
     def runs(self) -> list[str]:
@@ -90,7 +98,7 @@ def tokenizer_for(model: str) -> Any:
 
 
 def open_session(
-    path: str, model: str, template: str, max_length: float, truncation: str, workdir: Path
+    path: str, model: str, template: str, max_length: float, truncation: str, workdir: str | Path
 ) -> data_tab.DataSession:
     """Open `path` with the tokenizer of `model` and the given render settings."""
     if not (path or "").strip():

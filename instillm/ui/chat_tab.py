@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from instillm.config import Config, check_min, check_min_int, check_range
 from instillm.errors import ConfigError, InstillmError
 
 KINDS = ("local", "endpoint")
@@ -22,7 +23,7 @@ Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
-class ChatSettings:
+class ChatSettings(Config):
     """Generation settings shared by both sides; temperature 0 is greedy (repeatable comparisons)."""
 
     max_new_tokens: int = 128
@@ -30,6 +31,14 @@ class ChatSettings:
     top_p: float = 1.0
     seed: int = 0
     template: str = "auto"
+
+    @staticmethod
+    def check(v: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        check_min_int(problems, "max_new_tokens", v["max_new_tokens"])
+        check_min(problems, "temperature", v["temperature"], 0)
+        check_range(problems, "top_p", v["top_p"], 0, 1, "(]")
+        return problems
 
     def describe(self) -> str:
         """The settings in one line, as the tab shows them."""
