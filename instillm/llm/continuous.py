@@ -443,13 +443,14 @@ class ContinuousBatch:
 
     def _decode(self, tok: torch.Tensor) -> None:
         """One forward pass: each row's new token at its own position; the next logits."""
-        self._reserve(len(self.rows), int(self.lens.max()) + 1)
+        lens, read = self.lens, int(self.lens.max()) + 1
+        self._reserve(len(self.rows), read)
         if self._cache is None:
             self._cache = _row_cache_class()(self.keys, self.values)
-        cache, lens = self._cache, self.lens
+        cache = self._cache
         if cache.rows.shape[0] != lens.shape[0]:
             cache.rows = torch.arange(lens.shape[0], device=lens.device)
-        cache.pos, cache.read = lens, int(lens.max()) + 1
+        cache.pos, cache.read = lens, read
         mask = torch.arange(cache.read, device=lens.device)[None, :] <= lens[:, None]
         self.logits = self.gen.forward_last(tok[:, None], lens[:, None], mask[:, None, None, :], cache)
         self.lens = lens + 1

@@ -16,7 +16,6 @@ which schedules and batches itself; it needs `vllm` importable (a CUDA GPU).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,14 +46,6 @@ def model_fingerprint(model: str) -> str:
         return model
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
     return f"{model}@{hashlib.sha256(repr(files).encode()).hexdigest()[:16]}"
-
-
-def group_by_params(requests: Sequence[LLMRequest]) -> dict[SamplingParams, list[int]]:
-    """Indices of the requests sharing sampling settings (ignoring `n`), in first-seen order."""
-    groups: dict[SamplingParams, list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(dataclasses.replace(r.params, n=1), []).append(i)
-    return groups
 
 
 class TransformersBackend:
@@ -226,4 +217,4 @@ class VLLMBackend:
         self.llm = None
 
 
-__all__ = ["TransformersBackend", "VLLMBackend", "sample_seed", "group_by_params", "model_fingerprint"]
+__all__ = ["TransformersBackend", "VLLMBackend", "sample_seed", "model_fingerprint"]

@@ -136,7 +136,7 @@ class _Worker:
 
     def _fail_leftovers(self) -> None:
         """Jobs the worker never took (queued after stop): each request hears that the engine stopped."""
-        left = list(getattr(self, "_held", []))
+        left = self._untaken()
         while True:
             try:
                 left.append(self._queue.get_nowait())
@@ -145,6 +145,10 @@ class _Worker:
         for job in left:
             if job is not _STOP and not job.future.done():
                 job.future.set_exception(RuntimeError("the engine stopped before this request was decoded"))
+
+    def _untaken(self) -> list:
+        """Jobs taken from the queue but not yet decoded (none, unless a subclass holds some back)."""
+        return []
 
     def submit(self, job: Job) -> Future:
         """Queue `job`; its future resolves to one GenerationOutput per row."""
@@ -163,6 +167,9 @@ class BatchEngine(_Worker):
     def __init__(self, generator: Generator, max_batch_size: int = 32, batch_wait_ms: float = 5.0) -> None:
         super().__init__(generator, max_batch_size, batch_wait_ms)
         self._held: deque[Job] = deque()  # taken from the queue but not fitting the last batch
+
+    def _untaken(self) -> list:
+        return list(self._held)
 
     # -- worker -------------------------------------------------------------------------
     def _run(self) -> None:
