@@ -46,6 +46,9 @@ class UIOptions(Config):
     def check(v: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
         check_min_int(problems, "max_length", v["max_length"], 2)
+        missing = [p for p in v["paths"] if not Path(p).exists()]
+        if missing:
+            problems.append(f"paths: no such file or folder: {', '.join(missing)}")
         return problems
 
     @property

@@ -130,3 +130,14 @@ def test_the_chat_tab_through_the_api(client, ui_server):
     a, b, prompt_a, prompt_b = job.result(timeout=120)
     assert a and a == b and prompt_a == prompt_b and "Reverse the word abc" in prompt_a  # same model, greedy
     assert len(job.outputs()) > 2  # streamed, not one answer at the end
+
+
+def test_a_missing_path_is_one_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from instillm.cli import app as cli
+
+    missing = str(tmp_path / "nope.jsonl")
+    result = CliRunner().invoke(cli, ["ui", missing, "--port", "1"])
+    assert result.exit_code != 0 and "no such file or folder" in result.output and "nope.jsonl" in result.output
+    assert "Traceback" not in result.output
