@@ -41,20 +41,23 @@ def test_a_started_stage_is_not_done_until_it_finishes(tmp_path):
 
 
 def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    import os
+
     target = tmp_path / "results.json"
     target.write_text('{"old": 1}')
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(target, '{"new": "\ud800"}')  # fails while the temp file is being written
 
-    def torn(self: Path, text: str, **kwargs: object) -> None:
-        with open(self, "w") as f:
-            f.write(text[:3])
+    def full(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", torn)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, '{"new": 2}')
+        write_atomic(target, '{"new": 2}', fsync=True)
     monkeypatch.undo()
     assert target.read_text() == '{"old": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert write_atomic(tmp_path / "new" / "x.json", "{}").read_text() == "{}"
 
 
 # ---------------------------------------------------------------- the train stage

@@ -71,7 +71,8 @@ Device = Annotated[
 # ------------------------------------------------------------------- teacher / judge backend group
 # One definition of the LLM backend options (flag, help), used by `data self-instruct`, `data evolve`
 # and `data score --rate` unprefixed, and by `eval judge` and `eval mt-bench` as --judge-*.
-# Every command gives them the same defaults: BACKEND_KIND, None, ..., BACKEND_CONCURRENCY, and
+# Every command gives them the same defaults: BACKEND_KIND, None, ..., BACKEND_CONCURRENCY,
+# BACKEND_TIMEOUT, and
 # collects them into a BackendOptions, whose `config()` is the BackendConfig.
 
 BACKEND_KIND = "openai"
@@ -83,7 +84,9 @@ _BACKEND_HELP = {
     "api-key": "API key of the endpoint.",
     "cache": "On-disk response cache: a re-run re-sends nothing.",
     "concurrency": "Requests in flight at once (openai).",
+    "timeout": "Seconds one request may take before it is retried (openai); raise it for a slow local server.",
 }
+BACKEND_TIMEOUT = 60.0
 
 
 def _backend_option(name: str, prefix: str, panel: str) -> typer.models.OptionInfo:
@@ -102,18 +105,21 @@ TeacherModel = Annotated[str | None, _backend_option("model", *_T)]
 TeacherApiKey = Annotated[str | None, _backend_option("api-key", *_T)]
 TeacherCache = Annotated[Path | None, _backend_option("cache", *_T)]
 TeacherConcurrency = Annotated[int, _backend_option("concurrency", *_T)]
+TeacherTimeout = Annotated[float, _backend_option("timeout", *_T)]
 RaterKind = Annotated[str, _backend_option("backend", *_R)]
 RaterBaseUrl = Annotated[str | None, _backend_option("base-url", *_R)]
 RaterModel = Annotated[str | None, _backend_option("model", *_R)]
 RaterApiKey = Annotated[str | None, _backend_option("api-key", *_R)]
 RaterCache = Annotated[Path | None, _backend_option("cache", *_R)]
 RaterConcurrency = Annotated[int, _backend_option("concurrency", *_R)]
+RaterTimeout = Annotated[float, _backend_option("timeout", *_R)]
 JudgeKind = Annotated[str, _backend_option("backend", *_J)]
 JudgeBaseUrl = Annotated[str | None, _backend_option("base-url", *_J)]
 JudgeModel = Annotated[str | None, _backend_option("model", *_J)]
 JudgeApiKey = Annotated[str | None, _backend_option("api-key", *_J)]
 JudgeCache = Annotated[Path | None, _backend_option("cache", *_J)]
 JudgeConcurrency = Annotated[int, _backend_option("concurrency", *_J)]
+JudgeTimeout = Annotated[float, _backend_option("timeout", *_J)]
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class BackendOptions:
     prefix: str = ""
     role: str = "teacher"
     device: str = "auto"  # where a local (transformers) backend runs its model
+    timeout: float = BACKEND_TIMEOUT  # seconds per HTTP request (openai)
 
     @classmethod
     def judge(
@@ -140,9 +147,12 @@ class BackendOptions:
         cache: Path | None,
         concurrency: int,
         device: str = "auto",
+        timeout: float = BACKEND_TIMEOUT,
     ) -> BackendOptions:
         """The `--judge-*` group of `eval judge` / `eval mt-bench`."""
-        return cls(kind, base_url, model, api_key, cache, concurrency, prefix="judge-", role="judge", device=device)
+        return cls(
+            kind, base_url, model, api_key, cache, concurrency, "judge-", "judge", device=device, timeout=timeout
+        )
 
     def config(self, default_cache: Path | None = None):
         """The `BackendConfig`; a missing model or endpoint is an error naming this group's flags."""
@@ -162,6 +172,7 @@ class BackendOptions:
             cache=str(cache) if cache else None,
             concurrency=self.concurrency,
             device=self.device if self.kind != "openai" else "auto",
+            timeout=self.timeout,
         )
 
     def open(self, default_cache: Path | None = None):

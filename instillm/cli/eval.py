@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 from instillm.cli._common import (
     BACKEND_CONCURRENCY,
     BACKEND_KIND,
+    BACKEND_TIMEOUT,
     BackendOptions,
     Device,
     JudgeApiKey,
@@ -37,6 +38,7 @@ from instillm.cli._common import (
     JudgeConcurrency,
     JudgeKind,
     JudgeModel,
+    JudgeTimeout,
     cli_errors,
     fail,
     metric_table,
@@ -338,7 +340,13 @@ def _print_zeroshot(results: dict) -> None:
 
 @app.command("mt-bench")
 def eval_mt_bench(
-    model: str = typer.Argument(..., help="Model directory or hub id that answers."),
+    model: str | None = typer.Argument(None, help="Model directory or hub id that answers (or give --answers)."),
+    answers: Path | None = typer.Option(
+        None,
+        "--answers",
+        help="Grade these FastChat answer rows (JSONL, e.g. another tool's answers or "
+        "reference_answer_gpt4.jsonl) instead of answering with MODEL.",
+    ),
     data: Path | None = typer.Option(
         None,
         "--data",
@@ -359,15 +367,16 @@ def eval_mt_bench(
     judge_api_key: JudgeApiKey = None,
     judge_cache: JudgeCache = None,
     judge_concurrency: JudgeConcurrency = BACKEND_CONCURRENCY,
+    judge_timeout: JudgeTimeout = BACKEND_TIMEOUT,
 ) -> None:
-    """MT-Bench: two-turn answers from MODEL, each turn graded 1-10 by an LLM judge.
+    """MT-Bench: two-turn answers from MODEL (or --answers), each turn graded 1-10 by an LLM judge.
 
     The judge gets the published prompts and reference answers; the outputs are FastChat's files.
     """
-    from instillm.evaluate.mt_bench import GradeConfig, load_mt_bench, local_responder, run_mt_bench
+    from instillm.evaluate.mt_bench import GradeConfig, load_mt_bench
 
     judge = BackendOptions.judge(
-        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device=device
+        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device, judge_timeout
     )
     with cli_errors():
         if data is None:
@@ -375,18 +384,39 @@ def eval_mt_bench(
                 "eval mt-bench needs --data DIR: FastChat's mt_bench folder (question.jsonl, "
                 "reference_answer_gpt4.jsonl, judge_prompts.jsonl)"
             )
+        if (model is None) == (answers is None):
+            raise InstillmError("eval mt-bench needs a MODEL that answers or --answers FILE to grade (one of them)")
         bench = load_mt_bench(data)
-        lm, tok, renderer = _load_lm(model, template, device)
-        respond = local_responder(lm, tok, renderer, max_new_tokens, batch_size)
         config = GradeConfig(**({"max_tokens": judge_max_tokens} if judge_max_tokens else {}))
+        grade = _mt_bench_grader(bench, model, answers, output, template, max_new_tokens, batch_size, device)
         backend = judge.open()
         try:
             with progress_bar("MT-Bench: answering, then judging") as advance:
-                s = run_mt_bench(bench, respond, Path(model).name, backend, output, config, limit, progress=advance)
+                s = grade(backend, output, config, limit, advance)
         finally:
             backend.close()
     _print_mt_bench(s)
     out.print(f"answers.jsonl, judgments.jsonl (FastChat format), mt_bench_summary.json → {output}")
+
+
+def _mt_bench_grader(bench, model, answers, output, template, max_new_tokens, batch_size, device):
+    """`grade(judge, out, config, limit, progress)`: grade the --answers file, or answer with MODEL first."""
+    from instillm.evaluate.mt_bench import grade_mt_bench, load_answers, local_responder, run_mt_bench
+
+    if answers is not None:
+        from instillm.data.importer import refuse_overwrite
+
+        names = ("judgments.jsonl", "mt_bench_summary.json")
+        refuse_overwrite([answers], {f"-o/--output {output / n}": output / n for n in names})
+        rows = load_answers(answers)
+        return lambda judge, out_dir, config, limit, progress: grade_mt_bench(
+            bench, rows, judge, out_dir, config, limit, progress
+        )
+    lm, tok, renderer = _load_lm(model, template, device)
+    respond = local_responder(lm, tok, renderer, max_new_tokens, batch_size)
+    return lambda judge, out_dir, config, limit, progress: run_mt_bench(
+        bench, respond, Path(model).name, judge, out_dir, config, limit, progress=progress
+    )
 
 
 def _print_mt_bench(s: dict) -> None:
@@ -431,6 +461,7 @@ def eval_judge(
     judge_api_key: JudgeApiKey = None,
     judge_cache: JudgeCache = None,
     judge_concurrency: JudgeConcurrency = BACKEND_CONCURRENCY,
+    judge_timeout: JudgeTimeout = BACKEND_TIMEOUT,
     device: Device = "auto",
 ) -> None:
     """AlpacaEval-style pairwise judging of two outputs files, both orders per pair; writes annotations.
@@ -443,7 +474,7 @@ def eval_judge(
     from instillm.evaluate.winrate import load_annotations
 
     judge = BackendOptions.judge(
-        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device=device
+        judge_backend, judge_base_url, judge_model, judge_api_key, judge_cache, judge_concurrency, device, judge_timeout
     )
     with cli_errors():
         if outputs is None or reference is None:

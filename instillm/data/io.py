@@ -63,6 +63,23 @@ def temp_beside(target: Path) -> Path:
     return Path(tmp)
 
 
+def write_atomic(path: Path, data: str | bytes, fsync: bool = False) -> Path:
+    """Write `data` (text is UTF-8) to `path` whole or not at all: a temp file beside it (parents
+    created), optionally fsync'd, renamed over it. Returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it and back)."""
     mask = os.umask(0o022)

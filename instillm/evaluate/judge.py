@@ -33,7 +33,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from instillm.config import Config, check_choice, check_min, check_min_int
-from instillm.data.io import temp_beside
+from instillm.data.io import write_atomic
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.winrate import WinRate, length_controlled, win_rate
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams
@@ -434,15 +433,7 @@ def judge_output_files(
 
 def write_annotations(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write annotation rows as an AlpacaEval annotations JSON list (atomically: a failed write leaves no half file)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(out)
-    try:
-        tmp.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_atomic(Path(path), json.dumps(list(rows), indent=1, ensure_ascii=False))
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from instillm.config import Config, check_min, check_min_int
+from instillm.data.io import write_atomic
 from instillm.errors import ConfigError, DataError
 from instillm.llm.backend import Backend, LLMRequest, Progress, SamplingParams, reply_text
 
@@ -418,12 +419,49 @@ def summarize(judgments: Sequence[dict[str, Any]], questions: Sequence[Question]
     }
 
 
+def load_answers(path: str | Path) -> list[dict[str, Any]]:
+    """FastChat answer rows {question_id, model_id, choices[0].turns} of a JSONL file, e.g. another
+    tool's answers or `reference_answer_gpt4.jsonl` (graded as if a model had written them)."""
+    rows = []
+    for n, r in _jsonl(Path(path)):
+        choices = r.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise DataError(f"{path}:{n}: needs choices[0].turns")
+        _strings(choices[0].get("turns"), f"{path}:{n}: choices[0].turns")
+        if not isinstance(r.get("question_id"), int):
+            raise DataError(f"{path}:{n}: needs an integer question_id")
+        rows.append({**r, "model_id": str(r.get("model_id") or Path(path).stem)})
+    return rows
+
+
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSON lines."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return out
+    """Write rows as JSON lines, whole or not at all."""
+    return write_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _questions(bench: MTBench, limit: int | None) -> list[Question]:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit: must be >= 1, got {limit}")
+    return list(bench.questions[:limit])
+
+
+def grade_mt_bench(
+    bench: MTBench,
+    answers: Sequence[dict[str, Any]],
+    judge: Backend,
+    out_dir: str | Path,
+    config: GradeConfig | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Grade given answers and summarize; writes judgments.jsonl and mt_bench_summary.json."""
+    questions = _questions(bench, limit)
+    out = Path(out_dir)
+    judgments = grade_answers(bench, answers, judge, config, questions, progress)
+    write_jsonl(judgments, out / "judgments.jsonl")
+    summary = summarize(judgments, questions)
+    write_atomic(out / "mt_bench_summary.json", json.dumps(summary, indent=1))
+    return summary
 
 
 def run_mt_bench(
@@ -438,14 +476,6 @@ def run_mt_bench(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Answer, grade and summarize; writes answers.jsonl, judgments.jsonl and mt_bench_summary.json."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit: must be >= 1, got {limit}")
-    questions = list(bench.questions[:limit])
-    out = Path(out_dir)
-    answers = generate_answers(questions, respond, model_id, greedy, progress)
-    write_jsonl(answers, out / "answers.jsonl")
-    judgments = grade_answers(bench, answers, judge, config, questions, progress)
-    write_jsonl(judgments, out / "judgments.jsonl")
-    summary = summarize(judgments, questions)
-    (out / "mt_bench_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    answers = generate_answers(_questions(bench, limit), respond, model_id, greedy, progress)
+    write_jsonl(answers, Path(out_dir) / "answers.jsonl")
+    return grade_mt_bench(bench, answers, judge, out_dir, config, limit, progress)

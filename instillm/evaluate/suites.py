@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from instillm.config import Config, check_choice, check_min
+from instillm.data.io import write_atomic
 from instillm.errors import ConfigError, DataError
 from instillm.llm.backend import BackendConfig, reply_text
 
@@ -222,8 +223,7 @@ def chat_replies(lm: LocalLM, prompts: Sequence[str], max_new_tokens: int, batch
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def instruction_groups(per_instruction: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
@@ -243,10 +243,9 @@ def run_ifeval(s: IFEvalSuite, lm: LocalLM, out: Path, advance: Advance) -> dict
     replies = chat_replies(lm, [r["prompt"] for r in rows], s.max_new_tokens, s.batch_size)
     advance(len(rows))
     responses = dict(zip((r["prompt"] for r in rows), replies))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "responses.jsonl").write_text(
+    write_atomic(
+        out / "responses.jsonl",
         "".join(json.dumps({"prompt": r["prompt"], "response": t}) + "\n" for r, t in zip(rows, replies)),
-        encoding="utf-8",
     )
     strict = ifeval.evaluate_responses(rows, responses, "strict")
     loose = ifeval.evaluate_responses(rows, responses, "loose")

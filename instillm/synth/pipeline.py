@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 from instillm.config import Config, apply_overrides, build, read_yaml_mapping
 from instillm.data.importer import rejects_path_for
-from instillm.data.io import temp_beside
+from instillm.data.io import write_atomic
 from instillm.data.schema import Example
 from instillm.errors import ConfigError, DataError
 
@@ -177,7 +177,7 @@ class Journal:
             "committed_bytes": committed,
             "state": self.state,
         }
-        _atomic_write(self.dir / STATE, json.dumps(body, indent=1).encode())
+        write_atomic(self.dir / STATE, json.dumps(body, indent=1), fsync=True)
         self._committed = committed
 
     def of_stage(self, stage: str) -> list[dict[str, Any]]:
@@ -256,25 +256,6 @@ def _maybe_kill(n_records: int, point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory (with the umask's permissions),
-    fsync'd, renamed into place."""
-    tmp = temp_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_outputs(
     output: str | Path, examples: Iterable[Example], rejects: Iterable[Mapping[str, Any]], stats: dict[str, Any]
 ) -> tuple[Path, Path, Path]:
@@ -290,9 +271,9 @@ def write_outputs(
     lines, invalid = _example_lines(examples)
     stats["output"] = {"examples": len(lines) + len(invalid), "kept": len(lines), "rejected": count_by(invalid)}
     stats["examples"] = len(lines)
-    _atomic_write(out, b"".join(lines))
-    _atomic_write(rej, b"".join(_record_line(r) for r in [*rejects, *invalid]))
-    _atomic_write(st, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode())
+    write_atomic(out, b"".join(lines), fsync=True)
+    write_atomic(rej, b"".join(_record_line(r) for r in [*rejects, *invalid]), fsync=True)
+    write_atomic(st, json.dumps(stats, indent=2, ensure_ascii=False) + "\n", fsync=True)
     return out, rej, st
 
 

@@ -28,12 +28,13 @@ JUDGE_BACKEND = {
     "--judge-api-key",
     "--judge-cache",
     "--judge-concurrency",
+    "--judge-timeout",
 }
 OWN_OPTIONS = {
     "heldout": GENERATION | {"--data"},
     "ifeval": GENERATION | {"--responses", "--inputs"},
     "zeroshot": GENERATION | {"--data", "--heldout-clusters", "--length-normalize"},
-    "mt-bench": GENERATION | {"--data", "--judge-max-tokens"} | JUDGE_BACKEND,
+    "mt-bench": GENERATION | {"--data", "--answers", "--judge-max-tokens"} | JUDGE_BACKEND,
     "judge": {
         "--outputs",
         "--reference",
@@ -191,7 +192,7 @@ def _panel_text(text: str, title: str) -> str:
 
 def test_the_backend_option_group_is_one_definition_prefixed_for_the_judge():
     teacher = _group(click_command("data", "self-instruct"), "Teacher backend", "")
-    assert set(teacher) == {"--backend", "--base-url", "--model", "--api-key", "--cache", "--concurrency"}
+    assert set(teacher) == {"--backend", "--base-url", "--model", "--api-key", "--cache", "--concurrency", "--timeout"}
     assert _group(click_command("data", "evolve"), "Teacher backend", "") == teacher
     assert _group(click_command("data", "score"), "Judge backend (--rate)", "") == teacher
     assert _group(click_command("eval", "judge"), "Judge backend", "judge-") == teacher
@@ -251,3 +252,28 @@ def test_backend_options_hide_the_api_key_and_raise_config_errors():
         BackendOptions.judge("openai", None, None, None, None, 8).config()
     with pytest.raises(ConfigError, match="--base-url URL"):
         BackendOptions("openai", None, "m", None, None, 8).config()
+
+
+@pytest.mark.parametrize(
+    ("path", "flag"),
+    [
+        (("data", "self-instruct"), "--timeout"),
+        (("data", "evolve"), "--timeout"),
+        (("data", "score"), "--timeout"),
+        (("eval", "judge"), "--judge-timeout"),
+        (("eval", "mt-bench"), "--judge-timeout"),
+    ],
+)
+def test_backend_commands_take_a_request_timeout(path: tuple, flag: str):
+    timeout = [p for p in click_command(*path).params if flag in p.opts]
+    assert len(timeout) == 1 and timeout[0].default == 60.0
+
+
+def test_backend_timeout_reaches_the_backend_config():
+    from instillm.cli._common import BackendOptions
+    from instillm.errors import ConfigError
+
+    assert BackendOptions("openai", "http://127.0.0.1:9/v1", "m", None, None, 8, timeout=600).config().timeout == 600
+    assert BackendOptions.judge("openai", "http://127.0.0.1:9/v1", "m", None, None, 8, timeout=5).config().timeout == 5
+    with pytest.raises(ConfigError, match="timeout"):
+        BackendOptions("openai", "http://127.0.0.1:9/v1", "m", None, None, 8, timeout=0).config()

@@ -332,3 +332,42 @@ def test_cli_eval_mt_bench(shared_data, tiny_model_dir, tiny_server, tmp_path):
         ],
     )
     assert no_data.exit_code == 1 and "--data DIR" in no_data.output
+
+
+def test_cli_grades_given_answers_without_a_model(shared_data, tiny_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from instillm.cli import app
+
+    refs = (shared_data / "mt_bench" / "reference_answer_gpt4.jsonl").read_text().splitlines()[:2]
+    rows = [{**json.loads(r), "question_id": qid} for r, qid in zip(refs, (81, 82))]  # the first two questions
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "graded"
+    judge = ["--judge-base-url", tiny_server.base_url, "--judge-model", tiny_server.model, "--judge-max-tokens", "8"]
+    common = ["eval", "mt-bench", "--data", str(shared_data / "mt_bench"), *judge]
+    res = CliRunner().invoke(app, [*common, "--answers", str(answers), "--limit", "3", "-o", str(out)])
+    assert res.exit_code == 1 and "no answer for MT-Bench question(s) [83]" in res.output
+    res = CliRunner().invoke(app, [*common, "--answers", str(answers), "--limit", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    judgments = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert {j["model"] for j in judgments} == {"gpt-4"} and len(judgments) == 4
+    assert rows[0]["choices"][0]["turns"][0] in judgments[0]["user_prompt"]
+    assert not (out / "answers.jsonl").exists()  # graded, not answered
+    both = CliRunner().invoke(app, [*common, "some-model", "--answers", str(answers), "-o", str(out)])
+    neither = CliRunner().invoke(app, [*common, "-o", str(out)])
+    assert both.exit_code == neither.exit_code == 1
+    assert "needs a MODEL that answers or --answers FILE" in both.output and both.output == neither.output
+    over = CliRunner().invoke(app, [*common, "--answers", str(out / "judgments.jsonl"), "-o", str(out)])
+    assert over.exit_code == 1 and "would overwrite input" in over.output
+
+
+def test_load_answers_names_the_bad_line(tmp_path):
+    from instillm.evaluate.mt_bench import load_answers
+
+    bad = tmp_path / "a.jsonl"
+    bad.write_text('{"question_id": 81, "choices": [{"turns": ["x"]}]}\n{"question_id": 82, "choices": []}\n')
+    with pytest.raises(DataError, match=r"a.jsonl:2: needs choices\[0\].turns"):
+        load_answers(bad)
+    bad.write_text('{"question_id": 81, "choices": [{"turns": ["x"]}]}\n')
+    assert load_answers(bad)[0]["model_id"] == "a"  # no model_id: the file's name

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from instillm.data.io import write_atomic
 from instillm.evaluate.ifeval.registry import check
 
 Mode = Literal["strict", "loose"]
@@ -134,15 +135,11 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ifeval_strict.jsonl, ifeval_loose.jsonl and ifeval_summary.json into `out_dir`."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"strict": out / "ifeval_strict.jsonl", "loose": out / "ifeval_loose.jsonl"}
     for mode, results in (("strict", strict), ("loose", loose)):
-        with open(paths[mode], "w", encoding="utf-8") as f:
-            for r in results:
-                resp = responses.get(r.prompt) if responses else None
-                f.write(json.dumps(_result_row(r, resp), ensure_ascii=False) + "\n")
-    paths["summary"] = out / "ifeval_summary.json"
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        rows = (_result_row(r, responses.get(r.prompt) if responses else None) for r in results)
+        write_atomic(paths[mode], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    paths["summary"] = write_atomic(out / "ifeval_summary.json", json.dumps(summary, indent=2) + "\n")
     return paths
 
 
