@@ -4,7 +4,8 @@ Input is a run's `results.json` dict (keys `before`/`after`: split → exact mat
 `details`: stage → split → per-task/per-category scores with sample predictions; optionally
 `suites`: suite (ifeval, zeroshot, mt_bench, judge) → {before, after} → that suite's results,
 see `instillm.evaluate.suites`; optionally `data_card`: the training data's card, see
-`instillm.data.card`) plus the training `metrics.jsonl`. Output: `report.md`, `report.html` and
+`instillm.data.card`, with near-duplicate clusters and overlap with the run's eval splits as
+`instillm.curate.card` computes them) plus the training `metrics.jsonl`. Output: `report.md`, `report.html` and
 PNG plots beside them (one per suite: `suite_<name>.png`). A cell without a number (a split
 without rows, a stage not run, a metric not computed) reads "—". report.html also holds the data
 card's plots (inline) and links each failing task to its failing rows.
@@ -221,12 +222,29 @@ def card_markdown(card: dict[str, Any] | None) -> list[str]:
     return [
         "## Training data card {#data-card}",
         "",
-        f"{card['n_examples']} training row(s): {counts}. In report.html, with plots: the card's composition, "
-        "lengths, languages and leading verbs (instillm data card adds near-duplicate clusters and eval overlap).",
+        f"{card['n_examples']} training row(s): {counts}{card_checks_summary(card)}. In report.html, with plots: "
+        f"{card_sections_named(card)}.",
         "",
         CARD_MARKER,
         "",
     ]
+
+
+def card_checks_summary(card: dict[str, Any]) -> str:
+    """The near-duplicate and eval-overlap counts, each as "; ...", for the sections the card holds."""
+    nd, ov = card.get("near_duplicates"), card.get("eval_overlap")
+    parts = [f"{nd['n_clusters']} near-duplicate cluster(s) of {nd['n_rows']} row(s)"] if nd else []
+    parts += [f"{ov['n_rows']} row(s) overlap the run's eval splits"] if ov else []
+    return "".join(f"; {p}" for p in parts)
+
+
+def card_sections_named(card: dict[str, Any]) -> str:
+    """The sections report.html shows, in words."""
+    names = ["composition", "lengths", "languages", "leading verbs"]
+    names += ["near-duplicate clusters"] if card.get("near_duplicates") else []
+    if card.get("eval_overlap"):
+        names.append("overlap with the run's eval splits (template text that many training rows share is no overlap)")
+    return "the card's " + ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def failing_tasks_markdown(fails: list[tuple[str, str, dict[str, Any]]], anchors: dict) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import yaml
 
 from instillm.config import Config, check_min
-from instillm.data.io import temp_beside
+from instillm.data.io import write_atomic
 from instillm.data.skills import SuiteConfig
 from instillm.errors import ConfigError, DataError
 from instillm.evaluate.suites import SuitesSettings
@@ -136,17 +135,6 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), output_dir:
 
 def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: a temp file beside it, renamed over it."""
-    tmp = temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Stages:
@@ -461,11 +449,14 @@ def _data_stats(train_files: Sequence[Path], splits: Mapping[str, list]) -> dict
     }
 
 
-def training_data_card(train_files: Sequence[Path]) -> dict[str, Any]:
-    """The data card of the training files (composition, lengths, languages, leading verbs) for the report."""
-    from instillm.data.card import data_card, read_card_examples
+def training_data_card(train_files: Sequence[Path], splits: Mapping[str, list] | None = None) -> dict[str, Any]:
+    """The data card of the training files for the report: composition, lengths, languages, leading verbs,
+    near-duplicate clusters and overlap with the eval splits the run evaluates on (template text left out),
+    as `instillm data card` computes them (`instillm.curate.card`)."""
+    from instillm.curate.card import card_with_checks
+    from instillm.data.card import read_card_examples
 
-    return data_card([ex for f in train_files for ex in read_card_examples(f)])
+    return card_with_checks([ex for f in train_files for ex in read_card_examples(f)], eval_sets=splits)
 
 
 def run(
@@ -499,7 +490,7 @@ def run(
         ctx, before, after, train_summary, baselines(train_files, splits), _data_stats(train_files, splits)
     )
     results["suites"] = {name: {"before": suites_before.get(name), "after": res} for name, res in suites_after.items()}
-    results["data_card"] = training_data_card(train_files)
+    results["data_card"] = training_data_card(train_files, splits)
     write_atomic(out / "results.json", json.dumps(results, indent=1))
     write_report(results, out, metrics_path=out / "train" / "metrics.jsonl")
     return results

@@ -137,7 +137,26 @@ def test_report_embeds_the_training_data_card(tmp_path):
     card = page[page.index('<h2 id="data-card">') : page.index('<h2 id="failing-tasks">')]
     assert card.count('<img src="data:image/png;base64,') >= 3  # composition, lengths, languages (+ verbs)
     assert "<h3>Composition</h3>" in card and "<td>sort</td>" in card and "instillm:data-card" not in page
-    assert "Near-duplicate clusters" not in card  # not computed in a run: left out rather than "not computed"
+    assert "Near-duplicate clusters" not in card  # a card without it (an older run's): left out, not "not computed"
+    assert "and leading verbs." in md
+
+
+def test_report_card_shows_near_duplicates_and_overlap_with_the_eval_splits(tmp_path):
+    from instillm.curate.card import card_with_checks
+    from instillm.data.schema import from_prompt_completion
+
+    twice = "Sort the numbers 9 3 1 for me, from the smallest to the largest"
+    prompts = [twice, twice + "!", "Sort the numbers 2 3 1", "Sort the numbers 5 4"]
+    rows = [from_prompt_completion(p, "1 3", id=f"r{i}", task="sort") for i, p in enumerate(prompts)]
+    held = {"heldout_instances": [from_prompt_completion("Sort the numbers 2 3 1", "1 2 3", id="h0")]}
+    res = {**results(), "data_card": card_with_checks(rows, eval_sets=held)}
+    paths = write_report(res, tmp_path)
+    md, page = paths["report.md"].read_text(), paths["report.html"].read_text()
+    assert "; 1 near-duplicate cluster(s) of 2 row(s); 1 row(s) overlap the run's eval splits." in md
+    assert "near-duplicate clusters and overlap with the run's eval splits (template text" in md
+    card = page[page.index('<h2 id="data-card">') : page.index('<h2 id="failing-tasks">')]
+    assert "<h3>Near-duplicate clusters</h3>" in card and "<h3>Overlap with eval sets</h3>" in card
+    assert "same prompt: sort the numbers 2 3 1" in card and "heldout_instances" in card
 
 
 def test_each_failing_task_links_to_its_failing_rows(tmp_path):

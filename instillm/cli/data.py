@@ -13,6 +13,7 @@ from rich.table import Table
 from instillm.cli._common import (
     BACKEND_CONCURRENCY,
     BACKEND_KIND,
+    BACKEND_TIMEOUT,
     BackendOptions,
     Device,
     RaterApiKey,
@@ -21,12 +22,14 @@ from instillm.cli._common import (
     RaterConcurrency,
     RaterKind,
     RaterModel,
+    RaterTimeout,
     TeacherApiKey,
     TeacherBaseUrl,
     TeacherCache,
     TeacherConcurrency,
     TeacherKind,
     TeacherModel,
+    TeacherTimeout,
     cli_errors,
     console,
     fail,
@@ -194,13 +197,19 @@ def data_card(
     data: Path = typer.Argument(..., help="Canonical JSONL (from `instillm data import`)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="HTML card to write (self-contained, PNG plots)."),
     eval_sets: list[Path] = typer.Option([], "--eval", help="Eval files to measure overlap with (repeatable)."),
-    n: int = typer.Option(13, "--n", help="Eval overlap: n-gram length in words, as `data decontaminate`."),
+    n: int = typer.Option(
+        13, "--n", help="Eval overlap: n-gram length in words, as `data decontaminate` (template text left out)."
+    ),
     minhash: float = typer.Option(0.8, "--minhash", help="Near-duplicate clusters: MinHash-LSH Jaccard threshold."),
     on: str = typer.Option("conversation", "--on", help="conversation | instruction (text compared for near dups)."),
     as_json: bool = typer.Option(False, "--json", help="Print the card as one JSON object."),
 ) -> None:
-    """Data card: composition, lengths, languages, leading verbs and objects, near-duplicate clusters, eval overlap."""
-    from instillm.data.card import data_card as build_card
+    """Data card: composition, lengths, languages, leading verbs and objects, near-duplicate clusters, eval overlap.
+
+    Eval overlap is `data decontaminate`'s n-gram match without template text: a 5-word window in more than
+    max(5, 1%) of the rows is boilerplate, not evidence; a row whose prompt is an eval prompt always counts
+    (the same card as `instillm run`'s report and the UI's)."""
+    from instillm.curate.card import card_with_checks
     from instillm.data.card import read_card_examples, write_card_html
     from instillm.data.importer import refuse_overwrite
 
@@ -209,11 +218,10 @@ def data_card(
     with cli_errors():
         if output is not None:
             refuse_overwrite([data, *eval_sets], {f"output {output}": output})
-        near_dup, overlap = _card_checks(eval_sets, n, minhash, on)
         examples = read_card_examples(data)
         if not examples:
             raise InstillmError(f"no examples for a data card: {data} holds no rows")
-        card = build_card(examples, near_dup=near_dup, eval_overlap=overlap)
+        card = card_with_checks(examples, eval_sets, n=n, minhash=minhash, on=on)
         if output is not None:
             write_card_html(card, output, title=f"Data card: {data.name}")
     if as_json:
@@ -224,26 +232,6 @@ def data_card(
         out.print(
             f"wrote {output}: {card['n_examples']} rows; {nd['n_clusters']} near-duplicate cluster(s){overlap_note}"
         )
-
-
-def _card_checks(eval_sets: list[Path], n: int, minhash: float, on: str):
-    """The card's near-duplicate matcher (curate's MinHash-LSH) and eval overlap matcher (curate's n-gram index)."""
-    from instillm.curate.common import conversation_parts, user_text
-    from instillm.curate.decontaminate import EvalIndex
-    from instillm.curate.dedup import MinHashDedup
-    from instillm.errors import ConfigError
-
-    if on not in ("conversation", "instruction"):
-        raise ConfigError(f"--on must be 'conversation' or 'instruction', got {on!r}")
-    mh = MinHashDedup(minhash)
-    text = (lambda ex: "\n".join(conversation_parts(ex))) if on == "conversation" else user_text
-    overlap = None
-    if eval_sets:
-        index = EvalIndex(n)
-        for path in eval_sets:
-            index.add_file(path)
-        overlap = index.find_example
-    return (lambda ex, i: mh.offer(text(ex), i)), overlap
 
 
 # ------------------------------------------------------------------------------ built-in data
@@ -411,6 +399,7 @@ def data_score(
     api_key: RaterApiKey = None,
     cache: RaterCache = None,
     concurrency: RaterConcurrency = BACKEND_CONCURRENCY,
+    timeout: RaterTimeout = BACKEND_TIMEOUT,
     max_ifd: float | None = typer.Option(1.0, "--max-ifd", help="Reject rows with IFD above this (the paper: 1)."),
     min_rating: float | None = typer.Option(
         None, "--min-rating", help="Reject rows rated below this (AlpaGasus: 4.5)."
@@ -428,7 +417,9 @@ def data_score(
     from instillm.curate.score import IFDConfig, RatingConfig, ScoreConfig, score_file
     from instillm.synth.pipeline import work_dir_for
 
-    judge = BackendOptions(backend, base_url, model, api_key, cache, concurrency, role="judge", device=device)
+    judge = BackendOptions(
+        backend, base_url, model, api_key, cache, concurrency, role="judge", device=device, timeout=timeout
+    )
     with cli_errors():
         ifd = IFDConfig(ifd_model, template, max_length, "truncate-prompt", batch_size, device) if ifd_model else None
         rating = RatingConfig(judge.config(default_cache=work_dir_for(output) / "cache.sqlite")) if rate else None
@@ -488,6 +479,7 @@ def data_self_instruct(
     api_key: TeacherApiKey = None,
     cache: TeacherCache = None,
     concurrency: TeacherConcurrency = BACKEND_CONCURRENCY,
+    timeout: TeacherTimeout = BACKEND_TIMEOUT,
 ) -> None:
     """Self-Instruct: bootstrap instructions from seed tasks, classify them, generate instances (resumable).
 
@@ -497,7 +489,7 @@ def data_self_instruct(
     from instillm.synth.pipeline import load_config
     from instillm.synth.self_instruct import SelfInstructConfig, load_seed_tasks, run_self_instruct
 
-    teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device)
+    teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device, timeout=timeout)
     with cli_errors():
         extra = [f"num_instructions={num}"] if num is not None else []
         cfg = load_config(SelfInstructConfig, config, [*overrides, *extra], "self-instruct")
@@ -538,6 +530,7 @@ def data_evolve(
     api_key: TeacherApiKey = None,
     cache: TeacherCache = None,
     concurrency: TeacherConcurrency = BACKEND_CONCURRENCY,
+    timeout: TeacherTimeout = BACKEND_TIMEOUT,
 ) -> None:
     """Evol-Instruct: evolve instructions in depth and breadth, answer them, eliminate failures (resumable).
 
@@ -547,7 +540,7 @@ def data_evolve(
     from instillm.synth.evol import EvolConfig, read_lineages, run_evol
     from instillm.synth.pipeline import load_config
 
-    teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device)
+    teacher = BackendOptions(backend, base_url, model, api_key, cache, concurrency, device=device, timeout=timeout)
     with cli_errors():
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = load_config(EvolConfig, config, [*overrides, *extra], "evol")

@@ -33,8 +33,13 @@ at most `language_sample` rows spread evenly over the data; "unknown" when it ca
 
 Near-duplicate clusters and eval overlap use the curation machinery (`instillm.curate`: MinHash-LSH
 from `curate.dedup`, n-gram overlap from `curate.decontaminate`), which imports this package; so
-`data_card` takes them as callables (`near_dup`, `eval_overlap`) rather than importing it back,
-and `instillm data card` wires them. Without them those sections are None.
+`data_card` takes them as callables (`near_dup`, `eval_overlap`) rather than importing it back, and
+`instillm.curate.card.card_with_checks` wires them, the same for `instillm data card`, `instillm run`'s
+report and the UI's Card sub-tab. Its eval overlap leaves out template text that many training rows
+share (boilerplate, see `curate.decontaminate`), so templated data is not reported as leaking into
+eval sets rendered by the same templates; its section also names the eval sets checked (`eval_sets`)
+and the `rule`. Without the callables those sections are None (near duplicates "not computed",
+eval overlap "no eval set given").
 """
 
 from __future__ import annotations
@@ -513,11 +518,15 @@ def _overlap_html(card: dict[str, Any]) -> str:
         return '<p class="note">no eval set given.</p>'
     per_set = _table(["eval set", "overlapping rows"], list(ov["by_set"].items()))
     rows = [[r["id"], r["row"], r["eval_set"], r["match"]] for r in ov["rows"][:HTML_ROWS]]
-    return (
-        f'<p class="note">{ov["n_rows"]} row(s) overlap.</p>'
-        + per_set
-        + _table(["id", "row", "eval set", "match"], rows)
-    )
+    return _overlap_note(ov) + per_set + _table(["id", "row", "eval set", "match"], rows)
+
+
+def _overlap_note(ov: dict[str, Any]) -> str:
+    """How many rows overlap, against which eval sets (when named) and by which rule (when given)."""
+    sets = ", ".join(f"{name} ({k} text(s) for n-grams)" for name, k in ov.get("eval_sets") or [])
+    against = f" Eval sets checked: {sets}." if sets else ""
+    rule = f'<p class="note">{_e(ov["rule"])}</p>' if ov.get("rule") else ""
+    return f'<p class="note">{ov["n_rows"]} row(s) overlap.{_e(against)}</p>{rule}'
 
 
 SECTIONS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (

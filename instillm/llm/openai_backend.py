@@ -17,6 +17,15 @@ What is retried, and how:
   e.g. an endpoint that ignores `n`), then `LLMResponseError`.
 - Any other 4xx (bad request, auth, unknown model): `LLMRequestError(status)` at once.
 
+Streaming (`stream(request)`, one sample: n = 1): the same call with `stream=True`, yielding the
+answer's text deltas as the endpoint sends them (stop strings and max_tokens are sent as for
+`generate`, so the endpoint applies them the same way; the text streamed equals the text it would
+answer whole). Until the first text arrives (or the stream ends empty) the policy above holds:
+the same retries, waits, timeout and errors (an error event in the stream counts as a 5xx; a
+stream without any choice is an unusable answer). Once text has been yielded nothing can be
+retried: a later failure (a timeout between chunks, a dropped connection, an error event) raises
+`LLMUnavailableError` naming the cause. Closing the iterator closes the connection.
+
 At most `config.concurrency` requests are in flight (a thread pool). `generate` returns every
 response in input order or raises; `on_response(index, response)` is called in the caller's
 thread as each request is answered, so a caller (the response cache) keeps what was answered
@@ -29,12 +38,14 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any, cast
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import openai
 
+from instillm.errors import ConfigError
 from instillm.llm.backend import (
     BackendConfig,
     LLMRequest,
@@ -50,6 +61,7 @@ from instillm.llm.backend import (
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
+T = TypeVar("T")
 SHAPE_RETRIES = 1  # extra attempts for a 200 without usable choices
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is treated as this
 RETRY_STATUSES = (408, 429)  # plus every 5xx
@@ -118,12 +130,48 @@ class OpenAIBackend:
 
     def answer(self, request: LLMRequest) -> LLMResponse:
         """One request with the retry policy of the module docstring."""
+        return self._retrying(lambda: self._attempt(request))
+
+    def stream(self, request: LLMRequest) -> Iterator[str]:
+        """The answer's text deltas as the endpoint streams them (one sample; see the module docstring)."""
+        if request.params.n != 1:
+            raise ConfigError(f"{self.name}: a streamed request asks for one sample, got n={request.params.n}")
+        first, rest, close = self._retrying(lambda: self._open_stream(request))
+        try:
+            if first:
+                yield first
+            yield from self._rest_of_stream(rest)
+        finally:
+            close()
+
+    def _open_stream(self, request: LLMRequest) -> tuple[str, Iterator[str], Callable[[], None]]:
+        """One streamed call read up to its first text: (that text, "" if it ended empty; the rest; close)."""
+        with self._classified():
+            chunks = self._call(request, stream=True)
+            deltas = _deltas(chunks, request.kind)
+            try:
+                first = next(deltas, "")
+            except BaseException:
+                chunks.close()
+                raise
+        return first, deltas, chunks.close
+
+    def _rest_of_stream(self, deltas: Iterator[str]) -> Iterator[str]:
+        """The deltas after the first; a failure now is LLMUnavailableError (text is out: no retry)."""
+        try:
+            yield from deltas
+        except (_Transient, openai.APIError, ValueError, TypeError, AttributeError) as e:
+            cause = str(e) if isinstance(e, _Transient) else _failure(e, self.config.timeout)
+            raise LLMUnavailableError(f"{self.name}: the stream broke after its first text: {cause}") from None
+
+    def _retrying(self, attempt_once: Callable[[], T]) -> T:
+        """`attempt_once()` under the retry policy of the module docstring."""
         attempts = self.config.max_retries + 1
         shape_failures = 0
         cause = ""
         for attempt in range(attempts):
             try:
-                return self._attempt(request)
+                return attempt_once()
             except _BadShape as e:
                 shape_failures += 1
                 if shape_failures > SHAPE_RETRIES or attempt + 1 == attempts:
@@ -146,23 +194,25 @@ class OpenAIBackend:
 
     def _attempt(self, request: LLMRequest) -> LLMResponse:
         """One HTTP call; failures become _Transient, _BadShape or LLMRequestError."""
-        try:
+        with self._classified():
             body = self._call(request)
-        except openai.APITimeoutError:
-            raise _Transient(f"timed out after {self.config.timeout} s") from None
-        except openai.APIConnectionError as e:
-            raise _Transient(f"connection error: {e.__cause__ or e}") from None
+        return LLMResponse(samples=self._samples(request, body), model=self.model)
+
+    @contextmanager
+    def _classified(self) -> Iterator[None]:
+        """The openai client's failures as _Transient (retried) or LLMRequestError (not), as the docstring says."""
+        try:
+            yield
         except openai.APIStatusError as e:
             status = e.status_code
             if status in RETRY_STATUSES or status >= 500:
                 raise _Transient(f"HTTP {status}: {_status_message(e)}", _retry_after(e.response.headers)) from None
             raise LLMRequestError(f"{self.name}: HTTP {status}: {_status_message(e)}", status=status) from None
-        except (ValueError, TypeError, AttributeError) as e:  # json.JSONDecodeError, pydantic errors
-            raise _Transient(f"malformed response body: {type(e).__name__}: {e}") from None
-        return LLMResponse(samples=self._samples(request, body), model=self.model)
+        except (openai.APIError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError, pydantic errors
+            raise _Transient(_failure(e, self.config.timeout)) from None
 
-    def _call(self, request: LLMRequest) -> Any:
-        """The openai client call for a chat or a completion request."""
+    def _call(self, request: LLMRequest, stream: bool = False) -> Any:
+        """The openai client call for a chat or a completion request (`stream`: an SSE stream of chunks)."""
         p = request.params
         kwargs: dict[str, Any] = {
             "model": self.model,
@@ -175,6 +225,8 @@ class OpenAIBackend:
             kwargs["stop"] = list(p.stop)
         if p.seed is not None:
             kwargs["seed"] = p.seed
+        if stream:
+            kwargs["stream"] = True
         if request.kind == "chat":
             # LLMRequest checked every message's role and content: they are valid message params.
             messages = cast("list[ChatCompletionMessageParam]", request.chat_messages())
@@ -211,6 +263,39 @@ class OpenAIBackend:
     def close(self) -> None:
         """Close the client's HTTP connections."""
         self.client.close()
+
+
+def _failure(error: BaseException, timeout: float) -> str:
+    """A failure of the client in words: a timeout, a connection error, an error event or a malformed body."""
+    if isinstance(error, openai.APITimeoutError):
+        return f"timed out after {timeout} s"
+    if isinstance(error, openai.APIConnectionError):
+        return f"connection error: {error.__cause__ or error}"
+    if isinstance(error, openai.APIError):
+        return f"error from the endpoint: {error.message}"
+    return f"malformed response body: {type(error).__name__}: {error}"
+
+
+def _deltas(chunks: Iterator[Any], kind: str) -> Iterator[str]:
+    """The non-empty text deltas of a stream's chunks; _BadShape when it ends without a choice."""
+    seen = False
+    for chunk in chunks:
+        choices = getattr(chunk, "choices", None)
+        if not isinstance(choices, list):
+            raise _Transient(f"malformed stream chunk: not a completion chunk ({str(chunk)[:80]!r})")
+        for choice in choices:
+            seen = True
+            text = _delta_text(choice, kind)
+            if text:
+                yield text
+    if not seen:
+        raise _BadShape("the stream ended without a choice")
+
+
+def _delta_text(choice: Any, kind: str) -> str | None:
+    """A stream chunk's text: delta.content (chat) or text (completion); None when missing."""
+    text = getattr(getattr(choice, "delta", None), "content", None) if kind == "chat" else getattr(choice, "text", None)
+    return text if isinstance(text, str) else None
 
 
 def _choice_text(choice: Any, kind: str) -> str | None:

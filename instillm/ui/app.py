@@ -260,6 +260,11 @@ class DataTab:
         self.save_status = gr.Markdown(elem_id="review-status")
 
     def _card(self) -> None:
+        gr.Markdown(
+            "Eval overlap is measured against the held-out splits of the run opened in the Runs tab and the eval "
+            "files named here; text that many training rows share (a template) is not counted."
+        )
+        self.card_evals = gr.Textbox(label="eval files (optional; one a line or comma-separated)", elem_id="card-evals")
         self.card_btn = gr.Button("Build the data card")
         self.card = gr.HTML(elem_id="data-card-view")
 
@@ -289,7 +294,11 @@ class DataTab:
         self.show_btn.click(show_row, row, [self.view, self.response], api_name="row")
         self._wire_audit()
         self._wire_review()
-        self.card_btn.click(friendly(self.card_page), self.session, self.card, api_name="card")
+
+    def wire_card(self, run_path: Any) -> None:
+        """The card button: eval overlap against the run `run_path` holds (the Runs tab's) and the files named."""
+        inputs = [self.session, run_path, self.card_evals]
+        self.card_btn.click(friendly(self.card_page), inputs, self.card, api_name="card")
 
     def _table_inputs(self) -> list[Any]:
         return [self.session, self.decisions, *self._filters(), self.review_filter, self.page, self.page_size]
@@ -409,11 +418,12 @@ class DataTab:
         return f"wrote `{saved.output}` ({counts}); dropped rows in `{saved.dropped_path}`"
 
     @staticmethod
-    def card_page(session: Any) -> str:
-        """The data card of the opened file."""
+    def card_page(session: Any, run_path: str | None, eval_files: str) -> str:
+        """The data card of the opened file, eval overlap against the open run's eval splits and the files named."""
         if session is None:
             raise ConfigError("open a data file first")
-        return data_tab.card_page(session)
+        sets = runs_tab.eval_sets(runs_tab.find_run(run_path)) if run_path else {}
+        return data_tab.card_page(session, data_tab.eval_file_list(eval_files), sets)
 
 
 # ------------------------------------------------------------------------------ runs tab
@@ -634,9 +644,10 @@ def build_app(opts: UIOptions) -> gr.Blocks:
         gr.Markdown("## instillm — data, runs and chat")
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
-                DataTab(opts)
+                data = DataTab(opts)
             with gr.Tab("Runs", id="runs"):
-                RunsTab(opts)
+                runs = RunsTab(opts)
+            data.wire_card(runs.path)
             with gr.Tab("Chat", id="chat"):
                 ChatTab(opts)
     return demo

@@ -3,8 +3,9 @@ same prompt side by side, streamed, with visible generation settings, greedy by 
 
 A local model is loaded with `load_local` (a LoRA adapter on its base) and renders the prompt with its
 saved chat template (the one it trained with) unless a template is forced; its tokens stream as they
-are decoded. An endpoint is called through the `instillm.llm` openai backend and applies its own saved
-template; its answer arrives whole (the backend does not stream).
+are decoded. An endpoint is called through the `instillm.llm` openai backend (`OpenAIBackend.stream`: the
+same retries and timeout until its first text) and applies its own saved template; its answer streams as the
+endpoint sends it.
 """
 
 from __future__ import annotations
@@ -166,17 +167,26 @@ def _decoded(tokens: queue.Queue, tokenizer: Any) -> Iterator[str]:
 def stream_endpoint(
     target: Target, messages: Messages, settings: ChatSettings, timeout: float = 120.0
 ) -> Iterator[str]:
-    """The endpoint's answer (one piece: the backend returns whole answers)."""
-    from instillm.llm import BackendConfig, chat, make_backend
+    """The endpoint's answer so far, after every piece of text it streams."""
+    from instillm.llm import BackendConfig, chat
+    from instillm.llm.openai_backend import OpenAIBackend
 
     config = BackendConfig(
         kind="openai", model=target.model, base_url=target.base_url, api_key=target.api_key or None, timeout=timeout
     )
-    backend = make_backend(config)
+    backend = OpenAIBackend(config)
     try:
-        yield backend.generate([chat(messages, **settings.sampling_params())])[0].text
+        yield from _accumulated(backend.stream(chat(messages, **settings.sampling_params())))
     finally:
         backend.close()
+
+
+def _accumulated(deltas: Iterator[str]) -> Iterator[str]:
+    """The text so far after each delta."""
+    text = ""
+    for delta in deltas:
+        text += delta
+        yield text
 
 
 # ------------------------------------------------------------------------------ both sides

@@ -1,5 +1,6 @@
 """The Data tab's logic: open a dataset, page and filter its rows, render a row as training renders it,
-the mask audit, rejects by reason, a keep/drop/edit review saved with the decisions in `meta`, the card.
+the mask audit, rejects by reason, a keep/drop/edit review saved with the decisions in `meta`, the card
+(with near-duplicate clusters and eval overlap, as `instillm data card` and `instillm run`'s report build it).
 
 A file that is not canonical JSONL is run through the importer (`instillm data import`) into the UI's
 work folder first; its rejects are then browsable. Rows are rendered with the training `Renderer`
@@ -14,7 +15,7 @@ import html
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -481,9 +482,24 @@ def review_counts(decisions: Decisions, n_rows: int) -> str:
 # ------------------------------------------------------------------------------ data card
 
 
-def card_page(session: DataSession) -> str:
-    """The data card (`instillm data card`, without the near-duplicate and eval-overlap sections) as an iframe."""
-    from instillm.data.card import card_html, data_card, read_card_examples
+def card_page(
+    session: DataSession, eval_files: Sequence[str] = (), eval_sets: Mapping[str, Sequence[Example]] | None = None
+) -> str:
+    """The data card as `instillm data card` builds it, as an iframe: near-duplicate clusters, and eval overlap
+    (template text left out) against `eval_sets` (a run's eval splits) and `eval_files` (any importable format);
+    without either, the overlap section says no eval set was given."""
+    from instillm.curate.card import card_with_checks
+    from instillm.data.card import card_html, read_card_examples
 
-    page = card_html(data_card(read_card_examples(session.canonical)), title=f"Data card: {session.path.name}")
+    card = card_with_checks(read_card_examples(session.canonical), eval_files, eval_sets)
+    page = card_html(card, title=f"Data card: {session.path.name}")
     return f'<iframe srcdoc="{html.escape(page)}" style="width:100%;height:900px;border:0"></iframe>'
+
+
+def eval_file_list(text: str) -> list[str]:
+    """The eval files typed in a text box (one a line, or separated by commas); DataError for one not found."""
+    paths = [p.strip() for line in (text or "").splitlines() for p in line.split(",") if p.strip()]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise DataError(f"eval file(s) not found: {', '.join(missing)}")
+    return paths

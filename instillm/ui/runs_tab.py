@@ -3,7 +3,8 @@ it trains), before/after tables per split, category, task and suite, and the fai
 
 A run folder is an `instillm run` output_dir (config.yaml, results.json, train/metrics.jsonl,
 train/run.json) or an `instillm train` output_dir (run.json, metrics.jsonl). Failures come from the
-`samples` results.json keeps per split and task (up to 5 per task, failures first).
+`samples` results.json keeps per split and task (up to 5 per task, failures first). The eval splits of
+an `instillm run` folder (`eval_sets`) are what the data card measures eval overlap against.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from instillm.data.importer import refuse_overwrite, write_examples
+from instillm.data.importer import read_examples, refuse_overwrite, write_examples
 from instillm.data.schema import Example, from_prompt_completion
+from instillm.data.skills import EVAL_SPLITS
 from instillm.errors import DataError
 from instillm.report import load_metrics, suite_headline
 
@@ -99,6 +101,44 @@ def plan_text(files: RunFiles) -> str:
     keys = ("plan", "template", "n_train_examples", "n_eval_examples", "render", "resumed_from", "started_at")
     shown = {k: run[k] for k in keys if k in run}
     return yaml.safe_dump(shown, sort_keys=False) if shown else "# no run.json yet (training has not started)"
+
+
+# ------------------------------------------------------------------------------ eval splits (for the data card)
+
+
+def eval_sets(files: RunFiles) -> dict[str, list[Example]]:
+    """The eval splits an `instillm run` evaluates on, as `instillm run` reads them: its config's `data.eval`
+    files (each named by its stem) or the skills suite's held-out splits in <run>/data, each cut to the
+    config's `eval.max_examples_per_split`; {} for an `instillm train` folder (no config.yaml)."""
+    config = _config(files)
+    paths = eval_paths(files, config)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"the run's eval file(s) not found: {', '.join(missing)} (config.yaml's paths are relative to "
+            "where the run was started)"
+        )
+    limit = (config.get("eval") or {}).get("max_examples_per_split")
+    return {name: list(read_examples(p))[: limit or None] for name, p in paths.items()}
+
+
+def _config(files: RunFiles) -> dict[str, Any]:
+    """config.yaml of an `instillm run` as a mapping; {} without one."""
+    if files.config is None:
+        return {}
+    config = yaml.safe_load(files.config.read_text())
+    return config if isinstance(config, dict) else {}
+
+
+def eval_paths(files: RunFiles, config: dict[str, Any]) -> dict[str, Path]:
+    """Split name -> eval file of an `instillm run` (its `data.eval` files, else the suite's held-out splits)."""
+    if not config:
+        return {}
+    data = config.get("data")
+    if isinstance(data, dict):
+        return {Path(p).stem: Path(p) for p in data.get("eval") or []}
+    held = {s: files.root / "data" / f"{s}.jsonl" for s in EVAL_SPLITS}
+    return {s: p for s, p in held.items() if p.is_file()}
 
 
 # ------------------------------------------------------------------------------ curves

@@ -119,6 +119,7 @@ def test_card_finds_the_planted_near_duplicates_and_eval_overlap(planted, tmp_pa
     assert card["n_examples"] == len(PLANTED)
     assert [c["ids"] for c in card["near_duplicates"]["clusters"]] == [["near-1", "near-2"]]
     assert [(r["id"], r["eval_set"]) for r in card["eval_overlap"]["rows"]] == [("leak", "evalset.jsonl")]
+    assert "leaving out template text" in card["eval_overlap"]["rule"]  # the card's rule, as in run and the UI
     html = out.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 4 and "near-1 (row 7), near-2 (row 8)" in html
 

@@ -109,7 +109,16 @@ def test_the_data_tab_through_the_api(client, ui_server, tmp_path):
     status = client.predict(str(tmp_path / "curated.jsonl"), True, api_name="/save_review")
     rows = [json.loads(x) for x in (tmp_path / "curated.jsonl").read_text().splitlines()]
     assert "wrote" in status and len(rows) == 14 and rows[1]["meta"]["review"]["decision"] == "edit"
-    assert "Data card" in client.predict(api_name="/card")
+    card = client.predict("", api_name="/card")
+    assert "Data card" in card and "no eval set given" in card  # no run opened in this session yet
+
+
+def test_the_card_through_the_api_checks_the_open_runs_eval_splits(ui_server):
+    client = Client(ui_server.url, verbose=False)  # a session of its own
+    client.predict(str(ui_server.data), str(ui_server.model), "auto", 64, "drop", api_name="/open_data")
+    client.predict(str(ui_server.run), api_name="/open_run")
+    card = client.predict("", api_name="/card")
+    assert "Eval sets checked: heldout_instances (" in card and "0 row(s) overlap." in card
 
 
 def test_the_runs_tab_through_the_api(client, ui_server, tmp_path):
@@ -130,6 +139,15 @@ def test_the_chat_tab_through_the_api(client, ui_server):
     a, b, prompt_a, prompt_b = job.result(timeout=120)
     assert a and a == b and prompt_a == prompt_b and "Reverse the word abc" in prompt_a  # same model, greedy
     assert len(job.outputs()) > 2  # streamed, not one answer at the end
+
+
+def test_the_chat_tab_streams_an_endpoint_through_the_api(client, ui_server, tiny_server):
+    local = ["local", str(ui_server.model), "", ""]
+    endpoint = ["endpoint", tiny_server.model, tiny_server.base_url, ""]
+    job = client.submit(*local, *endpoint, "", "Reverse the word abc", 12, 0.0, 1.0, 0, "auto", api_name="/chat")
+    a, b, _, shown_b = job.result(timeout=120)
+    assert a and a.strip() == b.strip() and "own saved template" in shown_b  # same model, greedy
+    assert len({out[1] for out in job.outputs()} - {""}) > 1  # B's answer grew in pieces, not whole at the end
 
 
 def test_a_missing_path_is_one_clear_error(tmp_path):

@@ -60,13 +60,29 @@ def test_a_local_model_streams_the_greedy_answer_it_gives_in_one_call(pool, tiny
     assert shown == lm.renderer.prompt_text(PROMPT) and shown.endswith("<|im_start|>assistant\n")
 
 
-def test_an_endpoint_answers_through_the_llm_backend(pool, tiny_server, tiny_model_dir):
+def test_an_endpoint_streams_through_the_llm_backend(pool, tiny_server, tiny_model_dir):
+    from instillm.llm import BackendConfig, chat, make_backend
+
     target = Target("endpoint", tiny_server.model, tiny_server.base_url)
     settings = ChatSettings(max_new_tokens=12)
-    [text] = list(chat_tab.answer_stream(target, pool, PROMPT, settings))
+    texts = list(chat_tab.answer_stream(target, pool, PROMPT, settings))
+    assert len(texts) > 1 and all(b.startswith(a) and b != a for a, b in zip(texts, texts[1:]))  # pieces, growing
+    backend = make_backend(BackendConfig(kind="openai", model=tiny_server.model, base_url=tiny_server.base_url))
+    assert texts[-1] == backend.generate([chat(PROMPT, **settings.sampling_params())])[0].text  # the whole answer
+    backend.close()
     local = list(chat_tab.answer_stream(Target("local", str(tiny_model_dir)), pool, PROMPT, settings))[-1]
-    assert text.strip() == local.strip()  # same model, same saved template, greedy
+    assert texts[-1].strip() == local.strip()  # same model, same saved template, greedy
     assert "own saved template" in chat_tab.preview(target, pool, PROMPT, settings)
+
+
+def test_side_by_side_the_endpoint_side_moves_more_than_once(pool, tiny_server, tiny_model_dir):
+    settings = ChatSettings(max_new_tokens=12)
+    targets = [Target("local", str(tiny_model_dir)), Target("endpoint", tiny_server.model, tiny_server.base_url)]
+    streams = [lambda t=t: chat_tab.answer_stream(t, pool, PROMPT, settings) for t in targets]
+    updates = list(chat_tab.side_by_side(streams))
+    endpoint_side = [u[1] for u in updates]
+    assert len(set(endpoint_side) - {""}) > 1  # partial answers, not one at the end
+    assert updates[-1][0].strip() == updates[-1][1].strip()
 
 
 def slow(texts: list[str], gate: threading.Event | None = None) -> Iterator[str]:

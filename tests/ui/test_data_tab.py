@@ -159,5 +159,28 @@ def test_review_options_and_refusals(session, tmp_path):
 
 
 def test_the_data_card_is_shown_inline(session):
-    page = data_tab.card_page(session)
-    assert page.startswith("<iframe srcdoc=") and "Data card: data.jsonl" in html.unescape(page)
+    page = html.unescape(data_tab.card_page(session))
+    assert page.startswith("<iframe srcdoc=") and "Data card: data.jsonl" in page
+    assert "Near-duplicate clusters" in page and "not computed" not in page and "no eval set given" in page
+
+
+def test_the_card_measures_overlap_with_a_runs_splits_and_named_eval_files(session, tiny_run, tmp_path):
+    from instillm.ui import runs_tab
+
+    evals = tmp_path / "evals.jsonl"
+    evals.write_text(json.dumps({"instruction": "reverse the word ABC"}) + "\n", encoding="utf-8")
+    sets = runs_tab.eval_sets(runs_tab.find_run(tiny_run))
+    page = html.unescape(data_tab.card_page(session, data_tab.eval_file_list(f" {evals} ,\n"), sets))
+    assert "Eval sets checked: heldout_instances (" in page and "evals.jsonl (0 text(s) for n-grams)" in page
+    assert "2 row(s) overlap." in page  # reverse-0 and its planted duplicate: the same prompt
+    assert "same prompt: reverse the word abc" in page and "dup-of-reverse-0" in page
+
+
+def test_eval_files_typed_in_the_card_tab(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.json"
+    a.write_text("{}\n")
+    b.write_text("[]")
+    assert data_tab.eval_file_list(f"{a}\n\n {b} ") == [str(a), str(b)] == data_tab.eval_file_list(f"{a},{b}")
+    assert data_tab.eval_file_list("  ") == []
+    with pytest.raises(DataError, match="nope.jsonl"):
+        data_tab.eval_file_list(f"{a}, {tmp_path / 'nope.jsonl'}")

@@ -117,6 +117,31 @@ def test_the_tiny_run_fills_every_table(tiny_run: Path):
     assert found and all(f["correct"] < 1 for f in found)  # four steps teach the tiny model nothing
 
 
+def test_a_runs_eval_splits_for_the_data_card(tiny_run: Path, tmp_path):
+    sets = runs_tab.eval_sets(runs_tab.find_run(tiny_run))
+    assert list(sets) == ["heldout_instances", "heldout_phrasings", "heldout_families"]
+    assert [len(v) for v in sets.values()] == [4, 4, 2]  # 2 per family: even_odd and sign, first_n held out
+    assert runs_tab.eval_sets(runs_tab.find_run(tiny_run / "train")) == {}  # `instillm train`: no eval splits
+    card = runs_tab.load_results(runs_tab.find_run(tiny_run))["data_card"]  # `instillm run` measured the same
+    assert [name for name, _ in card["eval_overlap"]["eval_sets"]] == list(sets)
+    assert card["eval_overlap"]["n_rows"] == 0 and card["near_duplicates"] is not None
+
+
+def test_a_user_data_runs_eval_files_cut_as_the_run_cuts_them(tiny_run: Path, tmp_path):
+    held = tiny_run / "data" / "heldout_instances.jsonl"
+    config = {
+        "name": "mine",
+        "data": {"train": ["t.jsonl"], "eval": [str(held)]},
+        "eval": {"max_examples_per_split": 3},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    sets = runs_tab.eval_sets(runs_tab.find_run(tmp_path))
+    assert list(sets) == ["heldout_instances"] and len(sets["heldout_instances"]) == 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "data": {"eval": ["gone.jsonl"]}}))
+    with pytest.raises(DataError, match="gone.jsonl"):
+        runs_tab.eval_sets(runs_tab.find_run(tmp_path))
+
+
 def test_failures_worst_tasks_first_filtered_and_explained():
     found = runs_tab.failures(RESULTS)
     assert [f["id"] for f in found] == ["h1", "h2", "m1"]  # hard (0.0), then mid (0.5); easy has none
