@@ -170,6 +170,12 @@ def serve_cmd(
     prefix_cache_tokens: int = typer.Option(
         4096, "--prefix-cache-tokens", help="Prompt tokens whose keys/values are kept for reuse (0: off)."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for the model (default: torch's, one per core). On a CPU shared with other jobs, "
+        "fewer threads than cores avoid torch's threads waiting on each other (measured: a stall, see README).",
+    ),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
 
@@ -205,4 +211,5 @@ def serve_cmd(
             warn=warn,
             scheduler=scheduler,
             prefix_cache_tokens=prefix_cache_tokens,
+            threads=threads,
         )

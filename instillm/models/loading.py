@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from instillm.errors import ModelError
+from instillm.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,15 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads for torch's operators (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
 
 
 def resolve_device(device: str | None = "auto") -> str:

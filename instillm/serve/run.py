@@ -59,15 +59,21 @@ def serve(
     announce: Callable[[str], None] | None = None,
     allow_remote_without_key: bool = False,
     warn: Callable[[str], None] | None = None,
+    threads: int | None = None,
     **app_options: Any,
 ) -> None:
-    """Serve `model` with uvicorn until interrupted; `app_options` go to `create_app`.
+    """Serve `model` with uvicorn until interrupted; `app_options` go to `create_app`; `threads`: torch's
+    CPU threads (`set_threads`), set before the model loads.
 
     A non-loopback `host` without `api_key` is refused (ConfigError, before anything is loaded)
     unless `allow_remote_without_key`; then `warn(message)` (default: logging) says so.
     `announce(base_url)` is called once the model is loaded, just before the server starts.
     """
     warning = check_bind(host, api_key, allow_remote_without_key)
+    if threads is not None:
+        from instillm.models.loading import set_threads
+
+        set_threads(threads)
     if warning is not None:
         (warn or logger.warning)(warning)
     import uvicorn

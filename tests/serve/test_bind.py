@@ -69,3 +69,25 @@ def test_limits_reach_the_server(monkeypatch, served):
     res = CliRunner().invoke(app, ["serve", MISSING, "--max-request-bytes", "1000", "--max-rows", "7"])
     assert res.exit_code == 0, res.output
     assert served[0]["max_request_bytes"] == 1000 and served[0]["max_rows"] == 7
+
+
+def test_threads_are_set_before_the_model_loads_and_checked(served):
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    try:
+        res = CliRunner().invoke(app, ["serve", MISSING, "--threads", "1"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1 and served[0]["model"] == MISSING
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # the engine's decode thread
+        worker.start()
+        worker.join()
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
+    bad = CliRunner().invoke(app, ["serve", MISSING, "--threads", "0"])
+    assert bad.exit_code == 1 and "threads: must be an integer >= 1" in bad.output
+    assert len(served) == 1  # refused before loading anything
