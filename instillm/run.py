@@ -299,6 +299,16 @@ def load_eval_splits(paths: Mapping[str, Path], limit: int | None, empty_ok: boo
     return splits
 
 
+def template_identity(model_path: str | Path, template: str) -> list[str]:
+    """What a template setting renders to for this model (its resolved name and text), for stage keys: an
+    evaluation is redone when what "auto" resolves to changes, not only when the setting's word does."""
+    from instillm.data.render import Renderer
+    from instillm.models.loading import inference_renderer, load_tokenizer
+
+    renderer: Renderer = inference_renderer(load_tokenizer(model_path), template)
+    return [template, renderer.template_name, renderer.template]
+
+
 def stage_eval(
     ctx: RunContext, stage: str, model_path: str | Path, splits: Mapping[str, list], template: str, upstream: str
 ) -> dict[str, Any]:
@@ -317,7 +327,7 @@ def stage_eval(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, json.dumps({k: v.to_dict() for k, v in res.items()}, indent=1))
 
-    _stage(ctx, stage, _hash(asdict(e), template, upstream), [out], run)
+    _stage(ctx, stage, _hash(asdict(e), template_identity(model_path, template), upstream), [out], run)
     return json.loads(out.read_text())
 
 
@@ -345,7 +355,9 @@ def stage_suites(
             with ctx.progress(f"{stage}: evaluating", None) as advance:
                 run_suite(name, settings, lm(), out, advance)
 
-        key = _hash(name, _redact(asdict(settings)), fingerprint(settings), template, upstream)
+        key = _hash(
+            name, _redact(asdict(settings)), fingerprint(settings), template_identity(model_path, template), upstream
+        )
         _stage(ctx, stage, key, [out / "results.json"], go)
         results[name] = json.loads((out / "results.json").read_text())
     return results

@@ -174,3 +174,26 @@ def test_real_student_config_loads():
     cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "real_student.yaml")
     assert cfg.model.path == ".cache/smollm2-135m-instruct" and cfg.train.lora is not None
     assert set(cfg.skills.heldout_families) <= set(cfg.skills.families)
+
+
+def test_a_changed_resolved_template_reruns_the_evaluations_after(tmp_path: Path):
+    """The after-evaluations use template "auto": what it resolves to (the saved template) is in their keys."""
+    base = {
+        **MINI,
+        "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
+        "train": {**MINI["train"], "max_steps": 2},
+    }
+    cfg = run_config_from_dict({**base, "output_dir": str(tmp_path / "o")})
+    run(cfg, say=lambda m: None)
+    final = tmp_path / "o" / "train" / "final"
+    saved = final / "chat_template.jinja"
+    if saved.is_file():
+        saved.write_text(saved.read_text() + "{# edited #}")
+    else:
+        tc = json.loads((final / "tokenizer_config.json").read_text())
+        tc["chat_template"] += "{# edited #}"
+        (final / "tokenizer_config.json").write_text(json.dumps(tc))
+    messages: list[str] = []
+    run(cfg, say=messages.append)
+    skipped = {m.removeprefix("[dim]").split(":")[0] for m in messages if "skipped" in m}
+    assert skipped == {"data", "model", "eval_before", "train"}
