@@ -82,17 +82,21 @@ def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor
 
 
 def pad_collate(items: Sequence[Rendered], pad_id: int) -> MicroBatch:
-    """Right-padded batch: pads get attention_mask 0 and label IGNORE_INDEX."""
+    """Right-padded batch: pads get attention_mask 0 and label IGNORE_INDEX.
+
+    Built from padded Python lists with one `torch.tensor` call per field (one small tensor per
+    row and field cost ~1 ms per batch of 16, a few % of a step of the quickstart's tiny model)."""
     width = max(len(r) for r in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, r in enumerate(items):
-        n = len(r)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
+    ids = torch.tensor([_padded(r.input_ids, width, pad_id) for r in items], dtype=torch.long)
+    labels = torch.tensor([_padded(r.labels, width, IGNORE_INDEX) for r in items], dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in items])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return MicroBatch(ids, labels, attention_mask=mask)
+
+
+def _padded(values: Sequence[int], width: int, fill: int) -> list[int]:
+    """`values` followed by `fill` up to `width` items."""
+    return [*values, *[fill] * (width - len(values))]
 
 
 def pack_collate(rows: Sequence[Sequence[Rendered]], pad_id: int) -> MicroBatch:

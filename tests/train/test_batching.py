@@ -28,6 +28,7 @@ def test_pad_collate_pads_right_and_masks_labels():
     assert mb.input_ids.tolist() == [[5, 6, 7], [8, 9, 0]]
     assert mb.labels.tolist() == [[-100, 6, 7], [-100, 9, -100]]
     assert mb.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert {t.dtype for t in (mb.input_ids, mb.labels, mb.attention_mask)} == {torch.long}
     assert mb.n_trained == 3 and mb.n_tokens == 5
     assert set(mb.model_inputs()) == {"input_ids", "labels", "attention_mask"}
 

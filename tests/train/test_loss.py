@@ -107,3 +107,19 @@ def test_split_finds_decoder_and_head_through_peft(tiny_model):
     peft_model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     decoder2, head2 = split_causal_lm(TokenLoss(peft_model))
     assert decoder2 is decoder and head2 is head
+
+
+def test_eager_attention_gives_sdpas_loss_and_gradients_on_padded_batches(tiny_model_dir, rendered):
+    """Eager (math) attention, an `attn_implementation` choice, gives sdpa's loss and gradients (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    mb = pad_collate(rendered[:8], pad_id=0)
+    assert int(mb.attention_mask.min()) == 0  # rows of different lengths: padding is masked
+    results = {}
+    for impl in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl)
+        loss_sum, n = token_loss_sum(model, **mb.model_inputs())
+        (loss_sum / n).backward()
+        results[impl] = (float(loss_sum.detach() / n), _grads(model))
+    assert abs(results["eager"][0] - results["sdpa"][0]) < 1e-5
+    _assert_same(results["eager"][1], results["sdpa"][1], atol=1e-5)
