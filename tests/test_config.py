@@ -13,6 +13,7 @@ import yaml
 
 import instillm
 from instillm.config import Config, build, check_choice, check_min, check_range
+from instillm.curate.decontaminate import Boilerplate
 from instillm.curate.score import IFDConfig, RatingConfig, ScoreConfig
 from instillm.data.render import RenderConfig
 from instillm.data.skills import SuiteConfig
@@ -43,6 +44,7 @@ NOT_CONFIGS = {
 # (class, keyword arguments with one bad value, the field path of the problem)
 BAD = [
     (UIOptions, {"max_length": 1}, "max_length"),
+    (Boilerplate, {"share": 2.0}, "boilerplate.share"),
     (ChatSettings, {"top_p": 0}, "top_p"),
     (DatasetSpec, {"path": "d.jsonl", "weight": 0}, "weight"),
     (LoraSettings, {"r": 0}, "r"),
