@@ -348,16 +348,16 @@ def stage_suites(
         return loaded[0]
 
     results = {}
-    for name, settings in ctx.config.suites.configured().items():
+    suites = ctx.config.suites.configured()
+    rendering = template_identity(model_path, template) if suites else None  # one tokenizer load, not one a suite
+    for name, settings in suites.items():
         stage, out = f"{name}_{when}", ctx.out / f"{name}_{when}"
 
         def go(name: str = name, settings: Any = settings, stage: str = stage, out: Path = out) -> None:
             with ctx.progress(f"{stage}: evaluating", None) as advance:
                 run_suite(name, settings, lm(), out, advance)
 
-        key = _hash(
-            name, _redact(asdict(settings)), fingerprint(settings), template_identity(model_path, template), upstream
-        )
+        key = _hash(name, _redact(asdict(settings)), fingerprint(settings), rendering, upstream)
         _stage(ctx, stage, key, [out / "results.json"], go)
         results[name] = json.loads((out / "results.json").read_text())
     return results

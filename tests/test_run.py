@@ -34,6 +34,13 @@ MINI = {
     "eval": {"max_new_tokens": 24, "batch_size": 32},
 }
 
+# The same run cut to two training steps on a few examples: for tests of which stages rerun.
+TWO_STEPS = {
+    **MINI,
+    "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
+    "train": {**MINI["train"], "max_steps": 2},
+}
+
 
 def write_cfg(tmp_path: Path, **over) -> Path:
     path = tmp_path / "run.yaml"
@@ -61,11 +68,7 @@ def test_mini_run_learns_and_reports(tmp_path: Path):
 
 
 def test_changing_eval_settings_reruns_only_evaluations(tmp_path: Path):
-    base = {
-        **MINI,
-        "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
-        "train": {**MINI["train"], "max_steps": 2},
-    }
+    base = TWO_STEPS
     cfg = run_config_from_dict({**base, "output_dir": str(tmp_path / "o")})
     run(cfg, say=lambda m: None)
     messages: list[str] = []
@@ -178,11 +181,7 @@ def test_real_student_config_loads():
 
 def test_a_changed_resolved_template_reruns_the_evaluations_after(tmp_path: Path):
     """The after-evaluations use template "auto": what it resolves to (the saved template) is in their keys."""
-    base = {
-        **MINI,
-        "skills": {**MINI["skills"], "n_train_per_family": 20, "n_eval_per_family": 2},
-        "train": {**MINI["train"], "max_steps": 2},
-    }
+    base = TWO_STEPS
     cfg = run_config_from_dict({**base, "output_dir": str(tmp_path / "o")})
     run(cfg, say=lambda m: None)
     final = tmp_path / "o" / "train" / "final"
