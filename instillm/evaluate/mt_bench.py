@@ -431,6 +431,8 @@ def load_answers(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(r.get("question_id"), int):
             raise DataError(f"{path}:{n}: needs an integer question_id")
         rows.append({**r, "model_id": str(r.get("model_id") or Path(path).stem)})
+    if not rows:
+        raise DataError(f"{path}: holds no answer rows")
     return rows
 
 

@@ -371,3 +371,6 @@ def test_load_answers_names_the_bad_line(tmp_path):
         load_answers(bad)
     bad.write_text('{"question_id": 81, "choices": [{"turns": ["x"]}]}\n')
     assert load_answers(bad)[0]["model_id"] == "a"  # no model_id: the file's name
+    bad.write_text("")
+    with pytest.raises(DataError, match="holds no answer rows"):
+        load_answers(bad)
