@@ -225,7 +225,11 @@ def packed_attention(config: TrainConfig, backend: str | None) -> str:
 
 
 def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
-    """peft LoRA adapters on `lora.target_modules`; only adapter weights stay trainable."""
+    """peft LoRA adapters on `lora.target_modules`; only adapter weights stay trainable.
+
+    The adapters' random init (peft's Kaiming-uniform A; B is zero) draws from a generator seeded with
+    `seed` alone, whatever loading the model drew before: the same seed gives the same adapters.
+    """
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
@@ -236,7 +240,9 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
         r=lora.r, lora_alpha=alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
     try:
-        return get_peft_model(model, peft_config)
+        with torch.random.fork_rng():  # the adapters' init is a function of the seed alone
+            torch.manual_seed(config.seed)
+            return get_peft_model(model, peft_config)
     except ValueError as e:
         raise ConfigError(f"lora.target_modules: {list(lora.target_modules)} do not fit this model: {e}") from e
 

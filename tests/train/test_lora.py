@@ -81,3 +81,23 @@ def test_gguf_export_of_a_lora_run_merges_the_adapter(lora_run):
         trained = run.model(input_ids=ids).logits
         back = AutoModelForCausalLM.from_pretrained(tmp / "reimported").eval()(input_ids=ids).logits
     torch.testing.assert_close(back, trained, atol=1e-5, rtol=0)
+
+
+def test_adapter_init_depends_on_the_seed_alone(tiny_model_dir, tmp_path):
+    """The same seed gives the same adapters whatever the generator drew before, another seed others,
+    and adding them leaves the global generator where it was."""
+    from instillm.models.loading import load_model
+    from instillm.train.loop import add_lora
+
+    def adapters(seed: int, draws: int) -> dict[str, torch.Tensor]:
+        torch.randn(draws)  # what loading or anything else drew from the global generator before
+        cfg = config_from_dict(base_config(tiny_model_dir, tmp_path / "d.jsonl", tmp_path / "o", seed=seed, lora=True))
+        model = load_model(tiny_model_dir, dtype=torch.float32)
+        state = torch.get_rng_state()
+        model = add_lora(model, cfg)
+        assert torch.equal(torch.get_rng_state(), state)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first, again, other = adapters(0, 1), adapters(0, 1000), adapters(1, 1)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
