@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run, ~1 min (2 sequences per step)
     .venv/bin/python benchmarks/train_throughput.py --threads 1  # the numbers of record (~12-15 min on 2 busy cores)
         [--threads auto|1|2] [--warmup 2] [--steps 16] [--slow-steps 2] [--no-levers] [--no-compile] [--fp32]
+    .venv/bin/python benchmarks/train_throughput.py --model real [--lora] [--quick]
+        # SmolLM2-135M-Instruct (`make real-model`), full fine-tuning or LoRA (r 16, every linear layer
+        # but the head) on both sides, in the precision fastest here for both (`dtype`: fp32 without
+        # bf16 matmul units); 1 warm-up + 4 measured steps per run, no lever runs (~35 min here);
+        # --quick: 4 sequences per step, 1 + 2 steps, no compiled runs (< 5 min)
 
 What is compared
   model   the `small` preset (Llama, 27.8M parameters, tied embeddings), built once in a temporary
@@ -92,6 +97,8 @@ LR = 5e-4
 SEED = 0
 TRL_MODES = ("unpacked", "grouped", "packed", "padding_free")
 TRL_COMPILED_MODES = ("grouped", "packed", "padding_free")  # with TrainingArguments.torch_compile
+REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`: SmolLM2-135M-Instruct from its GGUF
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # --lora: both sides, every linear layer but the LM head
 
 
 def log(msg: str) -> None:
@@ -482,10 +489,12 @@ def run_trl(
     warmup: int,
     steps: int,
     compile: bool = False,
+    lora: bool = False,
 ) -> dict[str, Any]:
     """`warmup + steps` optimizer steps of TRL's SFTTrainer.train(), timed per step by a callback.
 
     compile: TrainingArguments.torch_compile (the whole model, inductor).
+    lora: peft LoRA adapters of instillm's shape (LORA) on every linear layer but the head.
     """
     import datasets
     from datasets import Dataset
@@ -554,6 +563,12 @@ def run_trl(
     clock = Clock()
     clock.ends, clock.losses = [], []
     with contextlib.redirect_stdout(sys.stderr):
+        if lora:  # the very adapters instillm starts from: same config, same seed (instillm's add_lora)
+            from peft import get_peft_model
+
+            with torch.random.fork_rng():
+                torch.manual_seed(SEED)
+                model = get_peft_model(model, trl_lora_config())
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[clock])
         index = {tuple(r.input_ids): i for i, r in enumerate(items)}
         counting = _CountingCollator(trainer.data_collator, index)
@@ -583,7 +598,33 @@ def run_trl(
             "optim": str(args.optim),
             "activation_checkpointing": args.activation_checkpointing,
             "torch_compile": bool(args.torch_compile),
+            "lora": lora,
         },
+    )
+
+
+def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, Any]]:
+    """instillm with torch.compile(decoder), then eager, on the same steps (3 warm-up: compilation)."""
+    rows: list[dict[str, Any]] = []
+    name = f"{label}, {precision}, torch.compile(decoder)"
+    try:  # 3 warm-up steps: compilation (and a recompile for the second shape)
+        rows.append(run_instillm(name, make_cfg("c"), 3, compile_decoder=True))
+    except Exception as e:  # report why, keep going
+        rows.append({"name": name, "side": "instillm", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    rows.append(run_instillm(f"{label}, {precision}, eager (same steps as compile)", make_cfg("e"), 3))
+    return rows
+
+
+def trl_lora_config() -> Any:
+    """The peft LoraConfig of TRL's model: the same shape as instillm's `lora` setting in the comparison."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -673,26 +714,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--fp32", action="store_true", help="also compare in fp32 (instillm vs the four TRL modes)")
     ap.add_argument(
+        "--model",
+        choices=("small", "real"),
+        default="small",
+        help="small: the 28M random preset; real: SmolLM2-135M-Instruct (`make real-model`), in the precision "
+        "fastest on this CPU for both sides (fp32 without bf16 matmul units), no lever runs",
+    )
+    ap.add_argument(
+        "--compile-lever",
+        action="store_true",
+        help="only instillm's torch.compile lever (compiled vs eager, same steps), to <results>_compile_lever.json",
+    )
+    ap.add_argument("--lora", action="store_true", help=f"LoRA {LORA} on every linear layer but the head, both sides")
+    ap.add_argument(
         "--out",
         default=None,
         help="default results/train_throughput.json (--quick: results/train_throughput_quick.json)",
     )
     args = ap.parse_args(argv)
-    q = args.quick
-    warmup = args.warmup if args.warmup is not None else (1 if q else 2)
-    steps = args.steps if args.steps is not None else (2 if q else 16)
+    q, real = args.quick, args.model == "real"
+    if real and not (REAL_MODEL / "config.json").is_file():
+        sys.exit(f"train_throughput: --model real needs {REAL_MODEL.relative_to(REPO)}: run `make real-model` first")
+    warmup = args.warmup if args.warmup is not None else (1 if q or real else 2)
+    steps = args.steps if args.steps is not None else (2 if q else 4 if real else 16)
     slow = args.slow_steps if args.slow_steps is not None else (1 if q else 2)
-    seqs = args.seqs if args.seqs is not None else (2 if q else 8)
+    seqs = args.seqs if args.seqs is not None else (2 if q and not real else 4 if q else 8)
     per_file = args.rows_per_file if args.rows_per_file is not None else (2 if q else 4)
+    # a real-model step takes ~15 s here: the levers ran on the small model
+    args.no_levers = args.no_levers or real or args.compile_lever
     t_begin = time.perf_counter()
     torch.manual_seed(SEED)
 
-    out = Path(args.out or RESULTS / ("train_throughput_quick.json" if q else "train_throughput.json"))
+    out = Path(args.out or RESULTS / result_name(real, args.lora, q))
     out.parent.mkdir(parents=True, exist_ok=True)
     emulated_bf16 = not machine_info()["onednn_bf16"]  # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops
+    # the precision both sides are compared in: the small model's record is bf16 (as asked, --fp32 adds fp32);
+    # the real model's is the one fastest here for both (fp32 where bf16 matmuls are emulated)
+    primary = "fp32" if real and emulated_bf16 else "bf16"
     result: dict[str, Any] = {
         "command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
         "quick": q,
+        "model": "SmolLM2-135M-Instruct" if real else "small preset (random weights)",
+        "mode": "lora" if args.lora else "full",
+        "lora": LORA if args.lora else None,
+        "dtype": primary,
+        "cpu": machine_info()["cpu"],
         "machine": machine_info(),
         "versions": versions(),
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
@@ -700,13 +766,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     from instillm.models.factory import init_model
     from instillm.models.loading import count_parameters, load_model, load_tokenizer
+    from instillm.train.config import LoraSettings
     from instillm.train.loop import prepare_data
 
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         work = Path(tmp)
-        log("building the small model and the data")
-        model_dir = init_model("small", work / "model", seed=SEED)
+        log("building the small model and the data" if not real else f"the real model: {REAL_MODEL}; the data")
+        model_dir = REAL_MODEL if real else init_model("small", work / "model", seed=SEED)
         n_params = count_parameters(load_model(model_dir, dtype=torch.float32))
+        matmul_params = linear_parameters(load_model(model_dir, dtype=torch.float32))
         data_path, data_info = build_data(work, per_file)
         tokenizer = load_tokenizer(model_dir)
         probe = instillm_config(model_dir, data_path, work / "probe", "bf16", False, False, seqs, 1)
@@ -751,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"matmul GFLOP/s: {result['matmul_peak']}")
 
         def cfg(name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any):
+            if args.lora:
+                extra["lora"] = LoraSettings(**LORA)
             return instillm_config(
                 model_dir,
                 data_path,
@@ -823,29 +893,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if not args.no_compile:
                     cprec = "fp32" if emulated_bf16 else "bf16"
-                    try:  # 3 warm-up steps: compilation (and a recompile for the second shape)
-                        levers.append(
-                            run_instillm(
-                                f"{bl}, {cprec}, torch.compile(decoder)",
-                                cfg("c", cprec, best["packing"], best["group"], 3 + steps),
-                                3,
-                                compile_decoder=True,
-                            )
-                        )
-                    except Exception as e:  # report why, keep going
-                        levers.append(
-                            {
-                                "name": f"{bl}, {cprec}, torch.compile(decoder)",
-                                "side": "instillm",
-                                "error": f"{type(e).__name__}: {str(e)[:300]}",
-                            }
-                        )
-                    levers.append(
-                        run_instillm(
-                            f"{bl}, {cprec}, eager (same steps as compile)",
-                            cfg("e", cprec, best["packing"], best["group"], 3 + steps),
-                            3,
-                        )
+                    levers += compile_lever(
+                        lambda tag: cfg(tag, cprec, best["packing"], best["group"], 3 + steps), bl, cprec
                     )
                     comp, eager = levers[-2], levers[-1]
                     # adopted when it measured faster (bf16 only: the comparison is in bf16)
@@ -853,6 +902,14 @@ def main(argv: list[str] | None = None) -> int:
                         cprec == "bf16" and "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
                     )
         result["levers"] = levers
+        if args.compile_lever:  # the real model's compile lever alone: compiled vs eager, same steps
+            cprec = "fp32" if emulated_bf16 else primary  # compile is refused on emulated bf16
+            result["levers"] = compile_lever(lambda tag: cfg(tag, cprec, True, False, 3 + steps), "packed", cprec)
+            out = out.with_name(out.stem + "_compile_lever.json")
+            out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            print("\n".join(f"{r['name']}: {r.get('tokens_per_s', r.get('error'))} tokens/s" for r in result["levers"]))
+            print(f"wrote {out}")
+            return 0
         best_label = "packed" if best["packing"] else "length-grouped"
         result["instillm_best_setting"] = {
             "batching": best_label,
@@ -868,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- the comparison, interleaved: instillm, TRL mode 1, instillm, TRL mode 2, ...
         comparison: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        precisions = ("bf16", "fp32") if args.fp32 else ("bf16",)
+        precisions = (primary, "fp32") if args.fp32 and primary != "fp32" else (primary,)
         for prec in precisions:
             comparison[prec] = {"instillm": [], "trl": []}
             modes = [(m, False) for m in (TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",))]
@@ -898,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                         w,
                         m,
                         compile=trl_compile,
+                        lora=args.lora,
                     )
                 )
         result["comparison"] = comparison
@@ -944,14 +1002,16 @@ def main(argv: list[str] | None = None) -> int:
                 "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6),
             }
         result["loss_check"] = loss_checks
-        loss_rel_diff = loss_checks["bf16"]["rel_diff"]
+        loss_rel_diff = loss_checks[primary]["rel_diff"]
 
-        # ---- one profiled instillm bf16 step
-        prof_path = out.parent / "train_profile.txt"
+        # ---- one profiled instillm step in the compared precision
+        prof_path = out.parent / (
+            "train_profile.txt" if not real else out.stem.replace("throughput", "profile") + ".txt"
+        )
         if not q:
             run_instillm(
                 f"{best_label} (profiled)",
-                cfg("prof", "bf16", best["packing"], best["group"], iw + 1),
+                cfg("prof", primary, best["packing"], best["group"], iw + 1),
                 iw,
                 profile_to=prof_path,
                 compile_decoder=best["compile"],
@@ -964,9 +1024,12 @@ def main(argv: list[str] | None = None) -> int:
                     profile_to=prof_path.with_name("train_profile_eager.txt"),
                 )
 
-        peak_bf16 = result["matmul_peak"]["bf16_peak_gflops"] * 1e9
+        peak = result["matmul_peak"][f"{primary}_peak_gflops"] * 1e9
         peak_fp32 = result["matmul_peak"]["fp32_peak_gflops"] * 1e9
-        ins = summary["bf16"]["instillm"]
+        # matmul FLOPs per token: forward 2N, backward 4N (input and weight gradients); LoRA's frozen base
+        # skips the weight gradients, 4N (the adapters' own FLOPs are <1% at r=16)
+        flops_per_token = (4 if args.lora else 6) * n_params
+        ins = summary[primary]["instillm"]
         best_any_trl = max(summary[p]["trl_best"] for p in precisions)
         best_any_ins = max(summary[p]["instillm"] for p in precisions)
         trl_prec = max(precisions, key=lambda p: summary[p]["trl_best"])
@@ -974,30 +1037,37 @@ def main(argv: list[str] | None = None) -> int:
         result.update(
             {
                 "instillm_tokens_per_s": ins,
-                "trl_best_tokens_per_s": summary["bf16"]["trl_best"],
-                "trl_best_config": summary["bf16"]["trl_best_config"],
+                "trl_best_tokens_per_s": summary[primary]["trl_best"],
+                "trl_best_config": summary[primary]["trl_best_config"],
                 # the headline: each side in its fastest precision on this machine
                 "ratio": round(best_any_ins / best_any_trl, 3),
                 "ratio_precisions": {"instillm": ins_prec, "trl": trl_prec},
-                "ratio_bf16": summary["bf16"]["ratio"],
+                "ratio_bf16": summary["bf16"]["ratio"] if "bf16" in summary else None,
                 "loss_rel_diff": round(loss_rel_diff, 6),
-                "mfu": round(6 * n_params * ins / peak_bf16, 4),
-                "mfu_vs_fp32_peak": round(6 * n_params * ins / peak_fp32, 4),
-                "trl_mfu": round(6 * n_params * summary["bf16"]["trl_best"] / peak_bf16, 4),
+                "mfu": round(flops_per_token * ins / peak, 4),
+                "mfu_peak_dtype": primary,
+                "flops_per_token": flops_per_token,
+                "mfu_vs_fp32_peak": round(flops_per_token * ins / peak_fp32, 4),
+                "trl_mfu": round(flops_per_token * summary[primary]["trl_best"] / peak, 4),
+                **executed_utilisation(
+                    matmul_params, args.lora, data_info["trained_fraction"], ins, summary[primary]["trl_best"], peak
+                ),
                 "mfu_note": (
-                    "6·params·tokens/s over the measured matmul peak (one large torch.matmul, best operand "
-                    "layout, same threads). 6·params counts the LM head at every token, while instillm "
-                    "projects only trained positions, so it overstates the matmul FLOPs instillm executes by ~16%; "
+                    f"{flops_per_token // n_params}·params·tokens/s over the measured {primary} matmul peak (one large "
+                    "torch.matmul, best operand layout, same threads). It counts the LM head at every token, while "
+                    "instillm projects only trained positions, so it overstates the matmul FLOPs instillm executes; "
                     "attention FLOPs are not counted. "
                     + (
                         "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
                         "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
+                        if emulated_bf16 and primary == "bf16"
+                        else "Both sides ran in fp32, the fastest precision on this CPU (no bf16 matmul units)."
                         if emulated_bf16
                         else "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
                         "the meaningful utilisation."
                     )
                 ),
-                "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary["bf16"]["trl"].items()},
+                "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary[primary]["trl"].items()},
                 "ratio_best_any_precision": round(best_any_ins / best_any_trl, 3),
                 "summary": summary,
                 "emulated_bf16": emulated_bf16,
@@ -1013,7 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
                 "trl_best_config": summary["fp32"]["trl_best_config"],
                 "ratio": summary["fp32"]["ratio"],
-                "mfu_vs_fp32_peak": round(6 * n_params * summary["fp32"]["instillm"] / peak_fp32, 4),
+                "mfu_vs_fp32_peak": round(flops_per_token * summary["fp32"]["instillm"] / peak_fp32, 4),
             }
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)
@@ -1021,11 +1091,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def linear_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Weights that are matmuls: the decoder's linear layers ("body") and the LM head ("head")."""
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    )
+    return {"body": body, "head": head}
+
+
+def executed_utilisation(
+    params: dict[str, int], lora: bool, trained_fraction: float, ins: float, trl: float, peak: float
+) -> dict[str, Any]:
+    """Utilisation by the matmul FLOPs each side executes per real token (attention not counted).
+
+    Both run the decoder's linear layers at every token (forward 2, backward 4 per weight; 2 with LoRA's
+    frozen base, whose weight gradients are skipped); TRL projects every position onto the vocabulary,
+    instillm only the trained ones (`trained_fraction` of the tokens).
+    """
+    mult = 4 if lora else 6
+    ins_flops = mult * params["body"] + mult * params["head"] * trained_fraction
+    trl_flops = mult * (params["body"] + params["head"])
+    return {
+        "executed_flops_per_token": {"instillm": round(ins_flops), "trl": trl_flops},
+        "mfu_executed": round(ins_flops * ins / peak, 4),
+        "trl_mfu_executed": round(trl_flops * trl / peak, 4),
+    }
+
+
+def result_name(real: bool, lora: bool, quick: bool) -> str:
+    """train_throughput[_lora][_quick].json for the small model; train_throughput_real_{full,lora}[_quick].json."""
+    stem = "train_throughput" + (f"_real_{'lora' if lora else 'full'}" if real else "_lora" if lora else "")
+    return stem + ("_quick" if quick else "") + ".json"
+
+
 def print_table(r: dict[str, Any]) -> None:
     print(
         f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch threads {r['threads']['used']}, "
         f"load avg {r['load_avg_start'][0]} → {r['load_avg_end'][0]}"
     )
+    print(f"{r.get('model', 'small preset')}, {r.get('mode', 'full')} fine-tuning")
     print(f"matmul peak GFLOP/s: bf16 {r['matmul_peak']['bf16']}, fp32 {r['matmul_peak']['fp32']}")
     print(
         f"batch: {r['batch']['sequences_per_step']} sequences or {r['batch']['packed_rows_per_step']} packed rows "
@@ -1048,16 +1153,22 @@ def print_table(r: dict[str, Any]) -> None:
         )
     if r.get("optimizer_step_ms"):
         print(f"\nAdamW step over the model's parameters, ms: {r['optimizer_step_ms']}")
-    fp32 = r.get("fp32")
+    fp32, dtype = r.get("fp32"), r.get("dtype", "bf16")
     print(
         f"\nratio (each side in its fastest precision: {r['ratio_precisions']}) {r['ratio']}"
-        f"\nratio (bf16, vs TRL's best: {r['trl_best_config']}) {r['ratio_bf16']}  vs each TRL config "
+        f"\nratio ({dtype}, vs TRL's best: {r['trl_best_config']}) {r['summary'][dtype]['ratio']}  vs each TRL config "
         f"{r['ratio_vs_each_trl_config']}"
         + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
-        + f"\nloss_rel_diff (bf16) {r['loss_rel_diff']}"
+        + f"\nloss_rel_diff ({dtype}) {r['loss_rel_diff']}"
         + (f"  (fp32) {r['loss_rel_diff_fp32']}" if fp32 else "")
-        + f"\nmfu (bf16 peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu (bf16 peak) "
+        + f"\nmfu ({dtype} peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu ({dtype} peak) "
         f"{r['trl_mfu']}"
+        + (
+            f"\nutilisation by executed matmul FLOPs ({dtype} peak): instillm {r['mfu_executed']}  "
+            f"TRL {r['trl_mfu_executed']}"
+            if "mfu_executed" in r
+            else ""
+        )
     )
 
 

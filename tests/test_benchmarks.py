@@ -28,3 +28,36 @@ def test_missing_optional_dependency_is_one_line_naming_the_extra(script: str, m
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"{script} needs ") and 'pip install -e ".[bench]"' in lines[0]
+
+
+def test_train_throughput_names_its_results_and_counts_the_flops_each_side_executes() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    assert tt.result_name(real=False, lora=False, quick=False) == "train_throughput.json"
+    assert tt.result_name(real=False, lora=False, quick=True) == "train_throughput_quick.json"
+    assert tt.result_name(real=False, lora=True, quick=False) == "train_throughput_lora.json"
+    assert tt.result_name(real=True, lora=False, quick=False) == "train_throughput_real_full.json"
+    assert tt.result_name(real=True, lora=True, quick=True) == "train_throughput_real_lora_quick.json"
+    full = tt.executed_utilisation({"body": 100, "head": 50}, False, 0.1, ins=10.0, trl=5.0, peak=1e4)
+    assert full["executed_flops_per_token"] == {"instillm": 630, "trl": 900}  # head only at trained positions
+    assert full["mfu_executed"] == 0.63 and full["trl_mfu_executed"] == 0.45
+    lora = tt.executed_utilisation({"body": 100, "head": 50}, True, 0.1, ins=10.0, trl=5.0, peak=1e4)
+    assert lora["executed_flops_per_token"] == {"instillm": 420, "trl": 600}  # no weight gradients
+
+
+def test_train_throughput_counts_linear_weights_apart_from_the_head(tiny_model_dir) -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    from instillm.models.loading import load_model
+
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    counts = tt.linear_parameters(model)
+    cfg = model.config
+    assert counts["head"] == cfg.vocab_size * cfg.hidden_size
+    layers = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 7 * cfg.num_hidden_layers
+    assert counts["body"] == sum(m.weight.numel() for m in layers)
