@@ -489,12 +489,13 @@ def run_trl(
     warmup: int,
     steps: int,
     compile: bool = False,
-    lora: bool = False,
+    lora: Any = None,
 ) -> dict[str, Any]:
     """`warmup + steps` optimizer steps of TRL's SFTTrainer.train(), timed per step by a callback.
 
     compile: TrainingArguments.torch_compile (the whole model, inductor).
-    lora: peft LoRA adapters of instillm's shape (LORA) on every linear layer but the head.
+    lora: an instillm TrainConfig with a `lora` setting: TRL's model gets its adapters from instillm's own
+    `add_lora` (same shape, same seed), so both sides start from identical adapters.
     """
     import datasets
     from datasets import Dataset
@@ -563,12 +564,10 @@ def run_trl(
     clock = Clock()
     clock.ends, clock.losses = [], []
     with contextlib.redirect_stdout(sys.stderr):
-        if lora:  # the very adapters instillm starts from: same config, same seed (instillm's add_lora)
-            from peft import get_peft_model
+        if lora is not None:
+            from instillm.train.loop import add_lora
 
-            with torch.random.fork_rng():
-                torch.manual_seed(SEED)
-                model = get_peft_model(model, trl_lora_config())
+            model = add_lora(model, lora)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[clock])
         index = {tuple(r.input_ids): i for i, r in enumerate(items)}
         counting = _CountingCollator(trainer.data_collator, index)
@@ -598,7 +597,7 @@ def run_trl(
             "optim": str(args.optim),
             "activation_checkpointing": args.activation_checkpointing,
             "torch_compile": bool(args.torch_compile),
-            "lora": lora,
+            "lora": lora is not None,
         },
     )
 
@@ -613,19 +612,6 @@ def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, A
         rows.append({"name": name, "side": "instillm", "error": f"{type(e).__name__}: {str(e)[:300]}"})
     rows.append(run_instillm(f"{label}, {precision}, eager (same steps as compile)", make_cfg("e"), 3))
     return rows
-
-
-def trl_lora_config() -> Any:
-    """The peft LoraConfig of TRL's model: the same shape as instillm's `lora` setting in the comparison."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=LORA["r"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
 
 
 def tail_loss(losses: list[float], trained: list[int], examples_per_step: list[int], frac: float = 0.2) -> float:
@@ -773,8 +759,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         log("building the small model and the data" if not real else f"the real model: {REAL_MODEL}; the data")
         model_dir = REAL_MODEL if real else init_model("small", work / "model", seed=SEED)
-        n_params = count_parameters(load_model(model_dir, dtype=torch.float32))
-        matmul_params = linear_parameters(load_model(model_dir, dtype=torch.float32))
+        base = load_model(model_dir, dtype=torch.float32)
+        n_params, matmul_params = count_parameters(base), linear_parameters(base)
+        del base
         data_path, data_info = build_data(work, per_file)
         tokenizer = load_tokenizer(model_dir)
         probe = instillm_config(model_dir, data_path, work / "probe", "bf16", False, False, seqs, 1)
@@ -955,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
                         w,
                         m,
                         compile=trl_compile,
-                        lora=args.lora,
+                        lora=cfg(f"trl-lora-{prec}", prec, False, False, 1) if args.lora else None,
                     )
                 )
         result["comparison"] = comparison

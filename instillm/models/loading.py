@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from instillm.errors import ConfigError, ModelError
+from instillm.errors import ConfigError, ModelError, check_min_int
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads for torch's operators (None: leave torch's default, one per core)."""
     if threads is None:
         return
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
+    problems: list[str] = []
+    check_min_int(problems, "threads", threads)
+    if problems:
+        raise ConfigError.of(problems)
     torch.set_num_threads(threads)
 
 
