@@ -489,57 +489,86 @@ def idle_short_latencies(url: str, indices: list[int]) -> list[float]:
         return [send(client, url, mixed_request(i))[0] for i in indices]
 
 
-def run_mixed_scheduler(model: Path, scheduler: str, args: argparse.Namespace, log: Path) -> dict:
-    """The mixed workload on one server (--scheduler); for continuous also the short requests idle."""
-    proc, url = start_server(model, 32, args.threads, log, "--scheduler", scheduler)
+def mixed_servers(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The servers --mixed compares, by name: their `instillm serve` options."""
+    servers = {"continuous": ["--scheduler", "continuous"]}
+    if args.priority_rows:
+        servers["priority"] = ["--scheduler", "continuous", "--priority-rows", str(args.priority_rows)]
+    servers["static"] = ["--scheduler", "static"]
+    return servers
+
+
+def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argparse.Namespace, log: Path) -> dict:
+    """The mixed workload on one server; for a continuous one also the short requests idle."""
+    proc, url = start_server(model, 32, args.threads, log, *options)
     try:
         with httpx.Client() as client:  # warm-up
             send(client, url, mixed_request(10_000))
         loaded = mixed_load(url, args.clients, args.requests_per_client)
         short = [i for i in loaded["results"] if mixed_request(i)["max_tokens"] <= SHORT]
         out = {
-            "scheduler": scheduler,
+            "scheduler": name,
+            "options": " ".join(options),
             "requests_per_s": round(loaded["requests_per_s"], 3),
             "seconds": round(loaded["seconds"], 2),
             "short_requests": len(short),
             "short_p50_s": round(percentile([loaded["results"][i][0] for i in short], 0.5), 3),
             "texts": {i: loaded["results"][i][1] for i in sorted(loaded["results"])},
         }
-        if scheduler == "continuous":
+        if name != "static":
             out["short_idle_p50_s"] = round(percentile(idle_short_latencies(url, short), 0.5), 3)
-        print(f"  {scheduler:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
+        print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
         return out
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
-    """Continuous vs static on the same workload: throughput ratio, short-request latency ratio."""
-    new, old = (run_mixed_scheduler(model, s, args, tmp / f"serve-{s}.log") for s in ("continuous", "static"))
+def compare(new: dict, old: dict) -> dict:
+    """Server `new` against the static server `old`: the two ratios and whether greedy texts agree."""
     greedy = [i for i in new["texts"] if mixed_request(i)["temperature"] == 0]
-    identical = all(new["texts"][i] == old["texts"][i] for i in greedy)
-    new_texts, old_texts = new.pop("texts"), old.pop("texts")
     return {
-        "continuous": new,
-        "static": old,
         "throughput_ratio": round(new["requests_per_s"] / old["requests_per_s"], 3),
         "short_p50_ratio": round(new["short_p50_s"] / new["short_idle_p50_s"], 3),
-        "identical_greedy_outputs": identical,
+        "identical_greedy_outputs": all(new["texts"][i] == old["texts"][i] for i in greedy),
         "greedy_requests": len(greedy),
-        "sampled_requests_identical": sum(new_texts[i] == old_texts[i] for i in new_texts if i not in greedy),
+        "sampled_requests_identical": sum(new["texts"][i] == old["texts"][i] for i in new["texts"] if i not in greedy),
     }
+
+
+def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
+    """Continuous (and with --priority-rows) vs static on one workload: throughput, short requests' latency."""
+    res = {
+        name: run_mixed_scheduler(model, name, options, args, tmp / f"serve-{name}.log")
+        for name, options in mixed_servers(args).items()
+    }
+    ratios = {name: compare(r, res["static"]) for name, r in res.items() if name != "static"}
+    for r in res.values():
+        r.pop("texts")
+    out = {"continuous": res["continuous"], "static": res["static"], **ratios["continuous"]}
+    if "priority" in res:
+        out["priority"] = {**res["priority"], "priority_rows": args.priority_rows, **ratios["priority"]}
+    return out
+
+
+def print_mixed(res: dict) -> None:
+    print(f"\n{'server':10s} {'req/s':>8s} {'short p50 s':>12s} {'throughput_ratio':>17s} {'short_p50_ratio':>16s}")
+    for name, r in (("continuous", {**res["continuous"], **res}), ("priority", res.get("priority"))):
+        if r is not None:
+            print(
+                f"{name:10s} {r['requests_per_s']:8.3f} {r['short_p50_s']:12.3f} "
+                f"{r['throughput_ratio']:17.3f} {r['short_p50_ratio']:16.3f}"
+            )
+    print(f"{'static':10s} {res['static']['requests_per_s']:8.3f} {res['static']['short_p50_s']:12.3f}")
+    print(
+        "targets: throughput_ratio >= 2, short_p50_ratio (loaded / idle) <= 1.5; "
+        f"identical greedy outputs: {res['identical_greedy_outputs']}"
+    )
 
 
 def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
     res = run_mixed(model, args, tmp)
-    print(f"\n{'scheduler':10s} {'req/s':>8s} {'short p50 s':>12s}")
-    for name in ("continuous", "static"):
-        print(f"{name:10s} {res[name]['requests_per_s']:8.3f} {res[name]['short_p50_s']:12.3f}")
-    print(
-        f"throughput_ratio {res['throughput_ratio']} (target >= 2), short_p50_ratio {res['short_p50_ratio']} "
-        f"(loaded / idle, target <= 1.5), identical greedy outputs: {res['identical_greedy_outputs']}"
-    )
+    print_mixed(res)
     path = RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -572,6 +601,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny preset, fewer and shorter requests (~1-2 min)")
     p.add_argument("--hostile", action="store_true", help="small requests' latency beside a hostile client")
     p.add_argument("--mixed", action="store_true", help="continuous vs static batching on a mixed workload")
+    p.add_argument(
+        "--priority-rows",
+        type=int,
+        default=0,
+        help="--mixed: also a continuous server with --priority-rows N (short requests first; 0: not run)",
+    )
     p.add_argument(
         "--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2); --mixed: 32"
     )

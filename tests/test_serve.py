@@ -471,6 +471,58 @@ def test_a_short_answer_returns_while_a_long_one_is_decoded(reference):
     engine.stop()
 
 
+def test_priority_rows_decode_short_rows_first_and_change_no_output(reference):
+    """With priority_rows a short job's steps leave the long rows waiting; every output equals alone."""
+    ids = reference.tokenizer("go on", add_special_tokens=False)["input_ids"]
+    long_opts, short_opts = GenerateOptions(max_new_tokens=120), GenerateOptions(max_new_tokens=4)
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=0, priority_rows=2)
+    engine.start()
+    long = engine.submit(Job([ids] * 4, [1, 2, 3, 4], long_opts))
+    while engine.stats.steps < 3:
+        time.sleep(0.005)
+    short = engine.submit(Job([ids], [5], short_opts))
+    got_short = short.result(60)
+    assert engine.stats.priority_steps >= 3 and not long.done()
+    got_long = long.result(120)
+    engine.stop()
+    assert got_short == reference.generate_ids([ids], short_opts, seeds=[5])
+    assert got_long == reference.generate_ids([ids] * 4, long_opts, seeds=[1, 2, 3, 4])
+    assert engine.stats.max_rows_per_step == 4
+
+
+@pytest.mark.parametrize("priority_rows", [0, 1])
+def test_with_priority_rows_a_long_request_waits_while_a_short_one_runs(reference, priority_rows):
+    """A long request sent just after a short one joins at once without priority_rows, after it with."""
+    ids = reference.tokenizer("go on", add_special_tokens=False)["input_ids"]
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=0, priority_rows=priority_rows)
+    engine.start()
+    first = engine.submit(Job([ids] * 3, [1, 2, 3], GenerateOptions(max_new_tokens=200)))
+    while engine.stats.steps < 3:
+        time.sleep(0.005)
+    marks: dict[str, int] = {}
+    short = Job([ids], [4], GenerateOptions(max_new_tokens=30))
+    short.future.add_done_callback(lambda _: marks.setdefault("short_done", engine.stats.steps))
+    late = Job(
+        [ids], [5], GenerateOptions(max_new_tokens=60), on_delta=lambda *_: marks.setdefault("late", engine.stats.steps)
+    )
+    engine.submit(short)
+    engine.submit(late)
+    assert late.future.result(120)[0].completion_tokens == 60
+    first.result(120)
+    engine.stop()
+    assert "late" in marks and "short_done" in marks
+    assert (marks["late"] > marks["short_done"]) == bool(priority_rows), marks
+
+
+def test_priority_rows_is_checked_with_the_scheduler(tmp_path):
+    from instillm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="priority_rows.*>= 0"):
+        create_app(tmp_path / "missing", priority_rows=-1)
+    with pytest.raises(ConfigError, match="priority_rows: needs scheduler 'continuous'"):
+        create_app(tmp_path / "missing", scheduler="static", priority_rows=4)
+
+
 @pytest.mark.parametrize("engine_class", [Engine, BatchEngine])
 def test_a_job_left_queued_at_stop_fails_instead_of_hanging(reference, engine_class):
     ids = reference.tokenizer("a b", add_special_tokens=False)["input_ids"]

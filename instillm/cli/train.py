@@ -170,6 +170,12 @@ def serve_cmd(
     prefix_cache_tokens: int = typer.Option(
         4096, "--prefix-cache-tokens", help="Prompt tokens whose keys/values are kept for reuse (0: off)."
     ),
+    priority_rows: int = typer.Option(
+        0,
+        "--priority-rows",
+        help="While a request with <= 32 tokens to go runs, decode steps take only this many rows, fewest tokens "
+        "to go first: lower latency for short requests on a CPU, less throughput (0: whole batch every step).",
+    ),
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -211,5 +217,6 @@ def serve_cmd(
             warn=warn,
             scheduler=scheduler,
             prefix_cache_tokens=prefix_cache_tokens,
+            priority_rows=priority_rows,
             threads=threads,
         )

@@ -49,6 +49,7 @@ class DecodeRow(Row):
     should_stop: Callable[[], bool] | None = None
     owner: Any = None
     steps: int = 0  # tokens picked, an end token included
+    waited: int = 0  # steps this row has sat out in a row (`ContinuousBatch.step(limit)`)
     gen: torch.Generator | None = None
     end_ids: frozenset[int] = frozenset()
     output: GenerationOutput | None = None
@@ -364,26 +365,60 @@ class ContinuousBatch:
         self._cache = None
 
     # -- decoding ---------------------------------------------------------------------------
-    def step(self) -> list[DecodeRow]:
-        """Pick a token for every row, end the rows that are done (returned), forward the others."""
+    def step(self, limit: int | None = None) -> list[DecodeRow]:
+        """Pick a token for the first `limit` rows (all: None), end those that are done (returned), forward the others.
+
+        Rows past `limit` wait, their next logits kept; `prioritize` chooses which rows come first.
+        """
         if not self.rows or self.logits is None:
             return []
-        tok = self._next_tokens(self.logits)
+        n = len(self.rows) if limit is None else max(1, min(limit, len(self.rows)))
+        for j, r in enumerate(self.rows):
+            r.waited = 0 if j < n else r.waited + 1
+        tok = self._next_tokens(self.logits[:n])
         done = [self._advance(r, t) for r, t in zip(self.rows, tok.tolist())]
         finished = [r for r, d in zip(self.rows, done) if d]
         for r in finished:
             r.output = self.gen.output_of(r, r.options)
         if finished:
-            tok = tok[self._drop([j for j, d in enumerate(done) if d])]
-        if self.rows:
-            self._decode(tok)
+            order = self._drop([j for j, d in enumerate(done) if d], n)
+            n -= len(finished)
+            tok = tok[order[:n]]
+        if n:
+            self._decode(tok, n)
         return finished
+
+    def prioritize(self, key: Callable[[DecodeRow], Any], first: int) -> None:
+        """Bring the `first` rows with the smallest `key` to the front (the rows `step(first)` decodes).
+
+        Rows trade slots pairwise (two rows' keys/values copied per trade), so an order that changes
+        little costs little.
+        """
+        first = min(first, len(self.rows))
+        ranked = sorted(range(len(self.rows)), key=lambda j: (key(self.rows[j]), j))[:first]
+        wanted = set(ranked)
+        outside = [j for j in ranked if j >= first]
+        holes = [j for j in range(first) if j not in wanted]
+        for a, b in zip(holes, outside):
+            self._swap(a, b)
+
+    def _swap(self, a: int, b: int) -> None:
+        """Rows in slots `a` and `b` trade slots (keys/values, length, pending logits)."""
+        used = int(max(self.lens[a], self.lens[b]))
+        both, back = [a, b], [b, a]
+        for k, v in zip(self.keys, self.values):
+            k[both, :, :used] = k[back, :, :used]
+            v[both, :, :used] = v[back, :, :used]
+        self.rows[a], self.rows[b] = self.rows[b], self.rows[a]
+        self.lens[both] = self.lens[back]
+        if self.logits is not None:
+            self.logits[both] = self.logits[back]
 
     def _next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """Argmax for greedy rows; sampled rows drawn group by group (same temperature/top-k/top-p)."""
         tok = logits.argmax(dim=-1)
         groups: dict[tuple, list[int]] = {}
-        for j, r in enumerate(self.rows):
+        for j, r in enumerate(self.rows[: logits.shape[0]]):
             o = r.options
             if o.do_sample:
                 groups.setdefault((o.temperature, o.top_k, o.top_p), []).append(j)
@@ -419,21 +454,33 @@ class ContinuousBatch:
             r.finish_reason, r.stop_string = "stop", hit
         return hit is not None
 
-    def _drop(self, ended: list[int]) -> list[int]:
-        """Rows `ended` leave; the last rows move into their slots. Returns the old index of each row now."""
-        order = list(range(len(self.rows)))
-        lens = self.lens.tolist()
-        for j in sorted(ended, reverse=True):
-            last = len(order) - 1
-            if j != last:
-                self._move(last, j, lens[last])
-                order[j], lens[j] = order[last], lens[last]
-            order.pop(), lens.pop()
+    def _drop(self, ended: list[int], stepped: int) -> list[int]:
+        """Rows `ended` (all among the first `stepped`) leave. Returns the old index of each row now.
+
+        The stepped rows that go on stay in front, contiguous: a row that ended takes the last of
+        them, and the slots freed at the end of the stepped rows take the batch's last rows.
+        """
+        order, lens = list(range(len(self.rows))), self.lens.tolist()
+        keep = stepped - len(ended)
+        gone = set(ended)
+        movers = [j for j in range(stepped - 1, keep - 1, -1) if j not in gone]
+        for dst, src in zip([j for j in sorted(ended) if j < keep], movers):
+            self._move_row(src, dst, order, lens)
+        tail = len(order) - 1
+        for dst in range(keep, min(stepped, keep + len(order) - stepped)):
+            self._move_row(tail, dst, order, lens)
+            tail -= 1
+        order = order[: min(stepped, keep + len(order) - stepped)] + order[stepped : tail + 1]
         self.rows = [self.rows[j] for j in order]
         idx = torch.tensor(order, dtype=torch.long, device=self.lens.device)
         self.lens = self.lens[idx]
         self.logits = None if self.logits is None or not order else self.logits[idx]
         return order
+
+    def _move_row(self, src: int, dst: int, order: list[int], lens: list[int]) -> None:
+        """Slot `src`'s row moves into slot `dst` (its keys/values copied; `order`, `lens` updated)."""
+        self._move(src, dst, lens[src])
+        order[dst], lens[dst] = order[src], lens[src]
 
     def _move(self, src: int, dst: int, used: int) -> None:
         """Copy row slot `src`'s first `used` keys/values into slot `dst`."""
@@ -441,19 +488,25 @@ class ContinuousBatch:
             k[dst, :, :used] = k[src, :, :used]
             v[dst, :, :used] = v[src, :, :used]
 
-    def _decode(self, tok: torch.Tensor) -> None:
-        """One forward pass: each row's new token at its own position; the next logits."""
-        lens, read = self.lens, int(self.lens.max()) + 1
+    def _decode(self, tok: torch.Tensor, n: int) -> None:
+        """One forward pass of the first `n` rows: each row's new token at its own position; their next logits."""
+        lens = self.lens[:n]
+        read = int(lens.max()) + 1
         self._reserve(len(self.rows), read)
         if self._cache is None:
             self._cache = _row_cache_class()(self.keys, self.values)
         cache = self._cache
-        if cache.rows.shape[0] != lens.shape[0]:
-            cache.rows = torch.arange(lens.shape[0], device=lens.device)
+        if cache.rows.shape[0] != n:
+            cache.rows = torch.arange(n, device=lens.device)
         cache.pos, cache.read = lens, read
         mask = torch.arange(cache.read, device=lens.device)[None, :] <= lens[:, None]
-        self.logits = self.gen.forward_last(tok[:, None], lens[:, None], mask[:, None, None, :], cache)
-        self.lens = lens + 1
+        logits = self.gen.forward_last(tok[:, None], lens[:, None], mask[:, None, None, :], cache)
+        if n == len(self.rows):
+            self.logits, self.lens = logits, self.lens + 1
+        else:
+            assert self.logits is not None
+            self.logits[:n] = logits
+            self.lens[:n] += 1
 
 
 def decode_all(

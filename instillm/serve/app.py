@@ -75,10 +75,13 @@ def _check_settings(
         raise ConfigError("; ".join(problems))
 
 
-def _check_scheduler(scheduler: str, prefix_cache_tokens: int) -> None:
+def _check_scheduler(scheduler: str, prefix_cache_tokens: int, priority_rows: int) -> None:
     problems: list[str] = []
     check_choice(problems, "scheduler", scheduler, ("continuous", "static"))
     check_min_int(problems, "prefix_cache_tokens", prefix_cache_tokens, 0)
+    check_min_int(problems, "priority_rows", priority_rows, 0)
+    if scheduler == "static" and isinstance(priority_rows, int) and priority_rows > 0:
+        problems.append("priority_rows: needs scheduler 'continuous' (the static batcher decodes whole batches)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -105,6 +108,7 @@ def create_app(
     max_rows: int = DEFAULT_MAX_ROWS,
     scheduler: str = "continuous",
     prefix_cache_tokens: int = 4096,
+    priority_rows: int = 0,
 ) -> FastAPI:
     """An OpenAI-compatible app serving `model` (a saved model directory or hub id).
 
@@ -116,7 +120,10 @@ def create_app(
     running batch at the next step and leave when they end; prompts' shared prefixes are
     prefilled once, `prefix_cache_tokens` keeps recent prompts' keys/values, 0 turns it off) or
     "static" (a collected batch is decoded to its end before the next, requests with identical
-    options only; kept for comparison). A body over `max_request_bytes` is refused
+    options only; kept for comparison). `priority_rows` > 0 (continuous only): while a request
+    with at most 32 tokens to go is decoding, a step decodes only the `priority_rows` rows with
+    the fewest tokens to go (short requests' latency for throughput, where steps of more rows cost
+    more: a CPU); 0 decodes the whole batch at every step. A body over `max_request_bytes` is refused
     (413) before it is read; a request over `max_rows` rows (prompts x n) is refused (400), so
     no Generator call holds more than max(max_batch_size, max_rows) rows.
     """
@@ -124,7 +131,7 @@ def create_app(
     from instillm.models.loading import load_local
 
     _check_settings(max_batch_size, batch_wait_ms, max_length, default_max_tokens, max_request_bytes, max_rows)
-    _check_scheduler(scheduler, prefix_cache_tokens)
+    _check_scheduler(scheduler, prefix_cache_tokens, priority_rows)
     if api_key is not None and not api_key:
         raise ConfigError("api_key: empty; give a key or None (no key)")
     local = load_local(model, template, device)
@@ -135,7 +142,13 @@ def create_app(
     if scheduler == "static":
         engine = BatchEngine(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
     else:
-        engine = Engine(generator, max_batch_size, batch_wait_ms, prefix_cache_tokens=prefix_cache_tokens)
+        engine = Engine(
+            generator,
+            max_batch_size,
+            batch_wait_ms,
+            prefix_cache_tokens=prefix_cache_tokens,
+            priority_rows=priority_rows,
+        )
     tools = [(local.tokenizer, local.renderer), local.fresh_tokenizer()]  # one per preparation lane
     served = ServedModel(
         _served_name(model, model_name), engine, tools, generator.max_length, default_max_tokens, max_rows

@@ -74,6 +74,7 @@ class EngineStats:
     max_requests_per_call: int = 0
     requests_per_call: Counter = field(default_factory=Counter)
     steps: int = 0  # decode steps (continuous engine)
+    priority_steps: int = 0  # of them, steps that decoded only the rows closest to their end (priority_rows)
     max_rows_per_step: int = 0
     prefilled_tokens: int = 0  # prompt tokens run through the model
     reused_tokens: int = 0  # prompt tokens whose keys came from the prefix cache
@@ -295,6 +296,7 @@ class _Pending:
     done: int = 0
     outputs: list = field(default_factory=list)
     started: bool = False
+    since: int = 0  # the engine's step count when the job was taken from the queue
 
     @property
     def rows(self) -> int:
@@ -312,6 +314,14 @@ class Engine(_Worker):
     leaves at the step it ends, and a job's future resolves as soon as its last row has.
     `batch_wait_ms` is waited only when the worker was idle (a burst of requests is prefilled
     together).
+
+    `priority_rows` > 0 serves short requests first where a step costs more with more rows (a
+    CPU). While a short request's row (at most `short_tokens` new tokens asked) is in the batch,
+    a step decodes only the short requests' rows, and other rows up to `priority_rows` rows in
+    all (fewest tokens to go first); the others wait, and long requests wait to join. A row or
+    a queued request that has waited `4 * short_tokens` steps goes ahead anyway, so a flood of
+    short requests slows long ones but never stops them. 0 (the default): every step decodes
+    the whole batch.
     """
 
     def __init__(
@@ -320,14 +330,18 @@ class Engine(_Worker):
         max_batch_size: int = 32,
         batch_wait_ms: float = 5.0,
         prefix_cache_tokens: int = 4096,
+        priority_rows: int = 0,
+        short_tokens: int = 32,
     ) -> None:
         super().__init__(generator, max_batch_size, batch_wait_ms)
+        self.priority_rows, self.short_tokens = priority_rows, short_tokens
         self.reserve = max_batch_size // 8 if max_batch_size > 1 else 0
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._waiting: deque[_Pending] = deque()
         self._admitting: list[DecodeRow] = []  # rows being prefilled (to fail them if that fails)
         self._period: set[int] = set()  # ids of the jobs served since the batch was last empty
         self._jobs = 0  # jobs with rows running or waiting, as of the last admission
+        self._short_running = False  # a short request's row is in the batch (priority_rows), as of then
 
     # -- worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -362,7 +376,7 @@ class Engine(_Worker):
                 return False
             if item is _STOP:
                 return True
-            self._waiting.append(_Pending(item, outputs=[None] * len(item.prompts)))
+            self._waiting.append(_Pending(item, outputs=[None] * len(item.prompts), since=self.stats.steps))
             rows += len(item.prompts)
             if idle and rows >= self.max_batch_size:
                 return False
@@ -372,6 +386,7 @@ class Engine(_Worker):
         rows: list[DecodeRow] = []
         free = self.max_batch_size - len(batch)
         self._jobs = len({id(r.owner) for r in batch.rows} | {id(p) for p in self._waiting})
+        self._short_running = self.priority_rows > 0 and any(self._short(r.options) for r in batch.rows)
         while free > 0 and self._waiting:
             took = False
             for p in list(self._waiting):
@@ -389,7 +404,7 @@ class Engine(_Worker):
 
     def _admissible(self, p: _Pending) -> bool:
         """Whether job `p` may put one more row in the batch now (starting it if it has not started)."""
-        if p.job.cancelled or p.next == p.rows:
+        if p.job.cancelled or p.next == p.rows or self._held_back(p):
             return False
         if not p.started:
             if not p.job.future.set_running_or_notify_cancel():
@@ -447,11 +462,39 @@ class Engine(_Worker):
             return
         s = self.stats
         s.steps += 1
-        s.max_rows_per_step = max(s.max_rows_per_step, len(batch))
-        self._finish(batch.step())
+        limit = self._limit(batch)
+        if limit is not None:
+            batch.prioritize(self._urgency, limit)
+            s.priority_steps += 1
+        s.max_rows_per_step = max(s.max_rows_per_step, min(len(batch), limit or len(batch)))
+        self._finish(batch.step(limit))
         s.prefilled_tokens, s.reused_tokens = batch.prefilled_tokens, batch.reused_tokens
         if not len(batch) and not self._waiting:
             self._end_period()
+
+    def _short(self, options: GenerateOptions) -> bool:
+        """Whether a request with `options` is short (priority_rows): at most `short_tokens` new tokens."""
+        return options.max_new_tokens <= self.short_tokens
+
+    def _held_back(self, p: _Pending) -> bool:
+        """Whether long job `p` waits to join (priority_rows: a short request runs, and `p` has not waited long)."""
+        if not self._short_running or self._short(p.job.options):
+            return False
+        return self.stats.steps - p.since < 4 * self.short_tokens
+
+    def _limit(self, batch: ContinuousBatch) -> int | None:
+        """How many rows the next step decodes: while a short request's row runs, its rows, the long
+        waiters' and others up to `priority_rows` in all; else all (None)."""
+        if not self.priority_rows or not any(self._short(r.options) for r in batch.rows):
+            return None
+        limit = max(self.priority_rows, sum(1 for r in batch.rows if self._urgency(r)[0] < 2))
+        return limit if limit < len(batch) else None
+
+    def _urgency(self, r: DecodeRow) -> tuple[int, int]:
+        """Sort key of a row in a priority step: long waiters first, then short requests, then fewest tokens to go."""
+        if r.waited >= 4 * self.short_tokens:
+            return (0, 0)
+        return (1 if self._short(r.options) else 2, r.budget - r.steps)
 
     def _finish(self, rows: list[DecodeRow]) -> None:
         """Record ended rows; resolve each job whose rows have all ended."""

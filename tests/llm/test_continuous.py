@@ -81,6 +81,39 @@ def test_a_short_row_leaves_at_once_while_a_long_one_runs(generator):
     assert short.output == _alone(generator, short.ids, short.options)
 
 
+def test_partial_steps_in_any_order_equal_solo_outputs(generator):
+    """Steps that decode only some rows (reordered, joined, ended between) change no row's output."""
+    import random
+
+    rng = random.Random(3)
+    rows = [DecodeRow(i, _ids(generator, p), 0, options=o, seed=2000 + i) for i, (p, o) in enumerate(MIXED)]
+    batch, done, k = ContinuousBatch(generator), [], 0
+    joins = {0: rows[:3], 4: rows[3:5], 9: rows[5:]}
+    with torch.inference_mode():
+        while len(batch) or any(j >= k for j in joins):
+            done += batch.add(joins.get(k, []))
+            limit = rng.randint(1, 4)
+            batch.prioritize(lambda r: rng.random(), limit)
+            done += batch.step(limit)
+            k += 1
+    assert sorted(r.index for r in done) == list(range(len(MIXED)))
+    for r in rows:
+        assert r.output == _alone(generator, r.ids, r.options, seed=r.seed), r.index
+
+
+def test_a_limited_step_decodes_the_prioritized_rows_only(generator):
+    rows = [DecodeRow(i, _ids(generator, f"row {i}"), 0, options=GenerateOptions(max_new_tokens=20)) for i in range(5)]
+    batch = ContinuousBatch(generator)
+    with torch.inference_mode():
+        batch.add(rows)
+        batch.prioritize(lambda r: -r.index, 2)
+        batch.step(2)
+        batch.step(2)
+    assert [r.steps for r in rows] == [0, 0, 0, 2, 2]
+    assert [r.waited for r in rows] == [2, 2, 2, 0, 0]
+    assert {r.index for r in batch.rows[:2]} == {3, 4}
+
+
 def test_stop_strings_and_stop_tokens_are_per_row(generator):
     free = _alone(generator, _ids(generator, "abc"), GenerateOptions(max_new_tokens=12))
     stop_text = free.text[3:6].strip() or free.text[:2]
