@@ -55,7 +55,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -160,19 +162,19 @@ def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> tupl
     return time.perf_counter() - t0, data["usage"]["completion_tokens"], data["choices"][0]["message"]["content"]
 
 
-def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
-    """`concurrency` threads each sending `per_client` requests back to back."""
-    results: dict[int, tuple[float, int, str]] = {}
-    barrier = threading.Barrier(concurrency + 1)
+def closed_loop(clients: int, per_client: int, request: Callable[[httpx.Client, int], Any]) -> tuple[dict, float]:
+    """`clients` threads each sending `per_client` requests back to back, request i = client * per_client + k
+    (`request(http_client, i)`); returns the results by i and the wall seconds from the common start."""
+    results: dict[int, Any] = {}
+    barrier = threading.Barrier(clients + 1)
 
     def client_loop(c: int) -> None:
         with httpx.Client() as client:
             barrier.wait()
             for k in range(per_client):
-                i = c * per_client + k
-                results[i] = one_request(client, url, i, max_tokens)
+                results[c * per_client + k] = request(client, c * per_client + k)
 
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(concurrency)]
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -180,9 +182,15 @@ def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    n = concurrency * per_client
-    if len(results) != n:
-        raise SystemExit(f"only {len(results)} of {n} requests succeeded")
+    if len(results) != clients * per_client:
+        raise SystemExit(f"only {len(results)} of {clients * per_client} requests succeeded")
+    return results, wall
+
+
+def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    """`concurrency` threads each sending `per_client` requests back to back."""
+    results, wall = closed_loop(concurrency, per_client, lambda client, i: one_request(client, url, i, max_tokens))
+    n = len(results)
     lat = sorted(r[0] for r in results.values())
     tokens = sum(r[1] for r in results.values())
     return {
@@ -243,21 +251,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def small_latencies(url: str, clients: int, per_client: int, max_tokens: int) -> list[float]:
     """Latencies of `clients` threads each sending `per_client` small chat requests back to back."""
-    lat: list[float] = []
-
-    def client_loop(c: int) -> None:
-        with httpx.Client() as client:
-            for k in range(per_client):
-                lat.append(one_request(client, url, c * per_client + k, max_tokens)[0])
-
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if len(lat) != clients * per_client:
-        raise SystemExit(f"only {len(lat)} of {clients * per_client} small requests succeeded")
-    return lat
+    results, _ = closed_loop(clients, per_client, lambda client, i: one_request(client, url, i, max_tokens)[0])
+    return list(results.values())
 
 
 def summary(lat: list[float]) -> dict:
@@ -460,26 +455,7 @@ def send(client: httpx.Client, url: str, body: dict) -> tuple[float, str]:
 
 def mixed_load(url: str, clients: int, per_client: int) -> dict:
     """`clients` threads each sending `per_client` mixed requests back to back: req/s and per-request results."""
-    results: dict[int, tuple[float, str]] = {}
-    barrier = threading.Barrier(clients + 1)
-
-    def client_loop(c: int) -> None:
-        with httpx.Client() as client:
-            barrier.wait()
-            for k in range(per_client):
-                i = c * per_client + k
-                results[i] = send(client, url, mixed_request(i))
-
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if len(results) != clients * per_client:
-        raise SystemExit(f"only {len(results)} of {clients * per_client} requests succeeded")
+    results, wall = closed_loop(clients, per_client, lambda client, i: send(client, url, mixed_request(i)))
     return {"seconds": wall, "requests_per_s": len(results) / wall, "results": results}
 
 

@@ -27,6 +27,7 @@ from instillm.llm.generation import GenerateOptions, Generator
 from instillm.models.loading import load_model, load_tokenizer
 from instillm.serve import create_app, serve, start_in_thread
 from instillm.serve.engine import BatchEngine, Engine, Job
+from tests.llm.chaotic import make_chaotic
 
 NAME = "chaotic"
 
@@ -35,13 +36,7 @@ NAME = "chaotic"
 def chaotic_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("chaotic") / "model"
     shutil.copytree(tiny_model_dir, out)
-    model = load_model(out, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    model.save_pretrained(out)
+    make_chaotic(load_model(out, dtype=torch.float32)).save_pretrained(out)
     return out
 
 

@@ -63,6 +63,18 @@ def temp_beside(target: Path) -> Path:
     return Path(tmp)
 
 
+def temp_dir_beside(target: Path) -> Path:
+    """A fresh hidden temp directory in the target's directory (renamed onto it when complete), with
+    the permissions of any directory the user makes (mkdtemp's are 0700)."""
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+    except BaseException:
+        os.rmdir(tmp)
+        raise
+    return Path(tmp)
+
+
 def write_atomic(path: Path, data: str | bytes, fsync: bool = False) -> Path:
     """Write `data` (text is UTF-8) to `path` whole or not at all: a temp file beside it (parents
     created), optionally fsync'd, renamed over it. Returns `path`."""

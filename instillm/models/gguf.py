@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from gguf import (
 )
 from gguf import quants as ggml_quants
 
+from instillm.data.io import temp_beside, temp_dir_beside
 from instillm.errors import ConfigError, ModelError
 
 SOURCE_FILE = "gguf_source.json"  # written last into an imported folder: its presence means the import is complete
@@ -162,11 +162,6 @@ def source_info(file: Path, reader: GGUFReader, arch: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- import
 
 
-def temp_beside(path: Path) -> Path:
-    """A new hidden name in `path`'s directory to write to and then rename onto `path`."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def check_output_dir(file: Path, out: Path) -> None:
     """ModelError unless `out` is a new or empty directory that is not, and does not contain, `file`."""
     if file.resolve().is_relative_to(out.resolve()):
@@ -237,8 +232,7 @@ def import_gguf(file: str | Path, output_dir: str | Path, dtype: str = "float32"
     reader = read_gguf(src)
     info = source_info(src, reader, check_importable(src, reader))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(out)
-    tmp.mkdir()
+    tmp = temp_dir_beside(out)
     try:
         write_hf_folder(src, tmp, reader, IMPORT_DTYPES[dtype])
         (tmp / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
+import stat
 import tracemalloc
 from pathlib import Path
 
@@ -215,3 +217,17 @@ def test_rawrow_is_frozen() -> None:
     row = RawRow("f", 1, {}, "{}")
     with pytest.raises(AttributeError):
         row.line = 2  # type: ignore[misc]
+
+
+def test_temp_files_and_dirs_beside_a_target_are_hidden_fresh_and_user_permissioned(tmp_path):
+    from instillm.data.io import temp_beside, temp_dir_beside
+
+    target = tmp_path / "out.jsonl"
+    old = os.umask(0o027)
+    try:
+        f, d = temp_beside(target), temp_dir_beside(target)
+    finally:
+        os.umask(old)
+    assert f.parent == d.parent == tmp_path and f.name.startswith(".out.jsonl.") and d.name.startswith(".out.jsonl.")
+    assert f.is_file() and d.is_dir() and f != d and temp_dir_beside(target) != d
+    assert stat.S_IMODE(f.stat().st_mode) == 0o640 and stat.S_IMODE(d.stat().st_mode) == 0o750

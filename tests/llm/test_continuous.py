@@ -12,6 +12,7 @@ from instillm.errors import DataError
 from instillm.llm.continuous import ContinuousBatch, DecodeRow, PrefixCache, common_prefix
 from instillm.llm.generation import GenerateOptions, Generator
 from instillm.models.loading import load_model, load_tokenizer
+from tests.llm.chaotic import make_chaotic
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +20,7 @@ def generator(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The tiny model with random weights: it rarely ends early, so budgets and stops matter."""
     out = tmp_path_factory.mktemp("chaotic-continuous") / "model"
     shutil.copytree(tiny_model_dir, out)
-    model = load_model(out, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return Generator(model, load_tokenizer(out))
+    return Generator(make_chaotic(load_model(out, dtype=torch.float32), seed=99), load_tokenizer(out))
 
 
 def _ids(generator: Generator, text: str) -> list[int]:

@@ -25,6 +25,7 @@ from instillm.llm.generation import (
     generate_texts,
     plan_kv_groups,
 )
+from tests.llm.chaotic import make_chaotic
 
 N_NEW = 12
 
@@ -32,12 +33,7 @@ N_NEW = 12
 def _chaotic(model_dir: Path, attn: str = "sdpa"):
     from instillm.models.loading import load_model
 
-    model = load_model(model_dir, dtype=torch.float32, attn_implementation=attn)
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    model = make_chaotic(load_model(model_dir, dtype=torch.float32, attn_implementation=attn))
     return model.eval()
 
 
