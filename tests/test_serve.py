@@ -509,6 +509,25 @@ def test_with_priority_rows_a_long_request_waits_while_a_short_one_runs(referenc
     assert (marks["late"] > marks["short_done"]) == bool(priority_rows), marks
 
 
+@pytest.mark.parametrize("priority_rows", [0, 1])
+def test_with_priority_rows_a_burst_prefills_and_decodes_its_short_request_first(reference, priority_rows):
+    """A long and a short request sent together to an idle engine: with priority_rows the long one joins after."""
+    ids = reference.tokenizer("go on", add_special_tokens=False)["input_ids"]
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=200, priority_rows=priority_rows)
+    engine.start()
+    marks: dict[str, int] = {}
+    long = Job(
+        [ids], [1], GenerateOptions(max_new_tokens=60), on_delta=lambda *_: marks.setdefault("long", engine.stats.steps)
+    )
+    short = Job([ids], [2], GenerateOptions(max_new_tokens=20))
+    short.future.add_done_callback(lambda _: marks.setdefault("short_done", engine.stats.steps))
+    engine.submit(long)
+    engine.submit(short)
+    assert long.future.result(120)[0].completion_tokens == 60
+    engine.stop()
+    assert (marks["long"] > marks["short_done"]) == bool(priority_rows), marks
+
+
 def test_priority_rows_is_checked_with_the_scheduler(tmp_path):
     from instillm.errors import ConfigError
 

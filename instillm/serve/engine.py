@@ -341,7 +341,7 @@ class Engine(_Worker):
         self._admitting: list[DecodeRow] = []  # rows being prefilled (to fail them if that fails)
         self._period: set[int] = set()  # ids of the jobs served since the batch was last empty
         self._jobs = 0  # jobs with rows running or waiting, as of the last admission
-        self._short_running = False  # a short request's row is in the batch (priority_rows), as of then
+        self._short_running = False  # a short request runs or waits (priority_rows), as of then
 
     # -- worker -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -386,7 +386,9 @@ class Engine(_Worker):
         rows: list[DecodeRow] = []
         free = self.max_batch_size - len(batch)
         self._jobs = len({id(r.owner) for r in batch.rows} | {id(p) for p in self._waiting})
-        self._short_running = self.priority_rows > 0 and any(self._short(r.options) for r in batch.rows)
+        self._short_running = self.priority_rows > 0 and (
+            any(self._short(r.options) for r in batch.rows) or any(self._short(p.job.options) for p in self._waiting)
+        )
         while free > 0 and self._waiting:
             took = False
             for p in list(self._waiting):
