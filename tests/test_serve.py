@@ -528,6 +528,25 @@ def test_with_priority_rows_a_burst_prefills_and_decodes_its_short_request_first
     assert (marks["long"] > marks["short_done"]) == bool(priority_rows), marks
 
 
+def test_with_priority_rows_a_flood_of_short_requests_slows_a_long_one_but_never_stops_it(reference):
+    """A row that has waited 4 * short_tokens steps is decoded with the short ones."""
+    ids = reference.tokenizer("go on", add_special_tokens=False)["input_ids"]
+    engine = Engine(reference, max_batch_size=8, batch_wait_ms=0, priority_rows=1, short_tokens=2)
+    engine.start()
+    deltas: list[int] = []
+    long = engine.submit(Job([ids], [1], GenerateOptions(max_new_tokens=40), on_delta=lambda *_: deltas.append(1)))
+    while engine.stats.steps < 1:
+        time.sleep(0.005)
+    before = len(deltas)
+    flood = [engine.submit(Job([ids], [100 + i], GenerateOptions(max_new_tokens=2))) for i in range(150)]
+    for f in flood:  # 150 short requests, 7 at a time: a short one always runs
+        f.result(60)
+    progressed = len(deltas) - before
+    assert long.result(120)[0].completion_tokens == 40
+    engine.stop()
+    assert engine.stats.priority_steps > 20 and progressed > 0, (progressed, engine.stats)
+
+
 def test_priority_rows_is_checked_with_the_scheduler(tmp_path):
     from instillm.errors import ConfigError
 

@@ -173,8 +173,9 @@ def serve_cmd(
     priority_rows: int = typer.Option(
         0,
         "--priority-rows",
-        help="While a request with <= 32 tokens to go runs, decode steps take only this many rows, fewest tokens "
-        "to go first: lower latency for short requests on a CPU, less throughput (0: whole batch every step).",
+        help="Short requests first: while a request asking <= 32 tokens runs or waits, decode steps take its rows "
+        "and others up to this many rows, and long requests wait to join. Lower latency for short requests on a "
+        "CPU, less throughput (0: the whole batch at every step).",
     ),
     threads: int | None = typer.Option(
         None,

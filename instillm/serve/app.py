@@ -120,10 +120,11 @@ def create_app(
     running batch at the next step and leave when they end; prompts' shared prefixes are
     prefilled once, `prefix_cache_tokens` keeps recent prompts' keys/values, 0 turns it off) or
     "static" (a collected batch is decoded to its end before the next, requests with identical
-    options only; kept for comparison). `priority_rows` > 0 (continuous only): while a request
-    with at most 32 tokens to go is decoding, a step decodes only the `priority_rows` rows with
-    the fewest tokens to go (short requests' latency for throughput, where steps of more rows cost
-    more: a CPU); 0 decodes the whole batch at every step. A body over `max_request_bytes` is refused
+    options only; kept for comparison). `priority_rows` > 0 (continuous only) serves short
+    requests first (`Engine`: at most 32 new tokens asked): while one runs or waits, a step decodes
+    the short requests' rows and others up to `priority_rows` rows, and long requests wait to join;
+    short requests' latency for throughput, where steps of more rows cost more (a CPU). 0 decodes
+    the whole batch at every step. A body over `max_request_bytes` is refused
     (413) before it is read; a request over `max_rows` rows (prompts x n) is refused (400), so
     no Generator call holds more than max(max_batch_size, max_rows) rows.
     """

@@ -74,7 +74,7 @@ class EngineStats:
     max_requests_per_call: int = 0
     requests_per_call: Counter = field(default_factory=Counter)
     steps: int = 0  # decode steps (continuous engine)
-    priority_steps: int = 0  # of them, steps that decoded only the rows closest to their end (priority_rows)
+    priority_steps: int = 0  # of them, steps that left rows waiting for short requests' rows (priority_rows)
     max_rows_per_step: int = 0
     prefilled_tokens: int = 0  # prompt tokens run through the model
     reused_tokens: int = 0  # prompt tokens whose keys came from the prefix cache
