@@ -466,11 +466,10 @@ class ContinuousBatch:
         movers = [j for j in range(stepped - 1, keep - 1, -1) if j not in gone]
         for dst, src in zip([j for j in sorted(ended) if j < keep], movers):
             self._move_row(src, dst, order, lens)
-        tail = len(order) - 1
-        for dst in range(keep, min(stepped, keep + len(order) - stepped)):
-            self._move_row(tail, dst, order, lens)
-            tail -= 1
-        order = order[: min(stepped, keep + len(order) - stepped)] + order[stepped : tail + 1]
+        moved = min(stepped - keep, len(order) - stepped)  # waiting rows that fill the freed slots
+        for k in range(moved):
+            self._move_row(len(order) - 1 - k, keep + k, order, lens)
+        order = order[: keep + moved] + order[stepped : len(order) - moved]
         self.rows = [self.rows[j] for j in order]
         idx = torch.tensor(order, dtype=torch.long, device=self.lens.device)
         self.lens = self.lens[idx]
@@ -479,14 +478,11 @@ class ContinuousBatch:
 
     def _move_row(self, src: int, dst: int, order: list[int], lens: list[int]) -> None:
         """Slot `src`'s row moves into slot `dst` (its keys/values copied; `order`, `lens` updated)."""
-        self._move(src, dst, lens[src])
-        order[dst], lens[dst] = order[src], lens[src]
-
-    def _move(self, src: int, dst: int, used: int) -> None:
-        """Copy row slot `src`'s first `used` keys/values into slot `dst`."""
+        used = lens[src]
         for k, v in zip(self.keys, self.values):
             k[dst, :, :used] = k[src, :, :used]
             v[dst, :, :used] = v[src, :, :used]
+        order[dst], lens[dst] = order[src], lens[src]
 
     def _decode(self, tok: torch.Tensor, n: int) -> None:
         """One forward pass of the first `n` rows: each row's new token at its own position; their next logits."""

@@ -335,6 +335,7 @@ class Engine(_Worker):
     ) -> None:
         super().__init__(generator, max_batch_size, batch_wait_ms)
         self.priority_rows, self.short_tokens = priority_rows, short_tokens
+        self.max_wait = 4 * short_tokens  # steps a row or request waits at most behind short ones
         self.reserve = max_batch_size // 8 if max_batch_size > 1 else 0
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._waiting: deque[_Pending] = deque()
@@ -482,7 +483,7 @@ class Engine(_Worker):
         """Whether long job `p` waits to join (priority_rows: a short request runs, and `p` has not waited long)."""
         if not self._short_running or self._short(p.job.options):
             return False
-        return self.stats.steps - p.since < 4 * self.short_tokens
+        return self.stats.steps - p.since < self.max_wait
 
     def _limit(self, batch: ContinuousBatch) -> int | None:
         """How many rows the next step decodes: while a short request's row runs, its rows, the long
@@ -494,7 +495,7 @@ class Engine(_Worker):
 
     def _urgency(self, r: DecodeRow) -> tuple[int, int]:
         """Sort key of a row in a priority step: long waiters first, then short requests, then fewest tokens to go."""
-        if r.waited >= 4 * self.short_tokens:
+        if r.waited >= self.max_wait:
             return (0, 0)
         return (1 if self._short(r.options) else 2, r.budget - r.steps)
 
