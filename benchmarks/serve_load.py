@@ -402,7 +402,7 @@ def machine(load_before: tuple) -> dict:
 def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
     res = run_hostile(model, args, tmp / "serve-hostile.log")
     print_hostile(res)
-    path = RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE
+    path = args.out or (RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -557,7 +557,7 @@ def print_mixed(res: dict) -> None:
 def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
     res = run_mixed(model, args, tmp)
     print_mixed(res)
-    path = RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED
+    path = args.out or (RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "serve_load_mixed",
@@ -598,6 +598,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2); --mixed: 32"
     )
+    p.add_argument("--out", type=Path, default=None, help="the results file (default: by mode, under results/)")
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "small")
     args.max_tokens = args.max_tokens or (16 if args.quick else 32)
@@ -636,7 +637,7 @@ def main() -> None:
         r.pop("texts")
     print_table(rows)
     print(f"identical_outputs (batched == serial, greedy): {identical}")
-    path = RESULTS_QUICK if args.quick else RESULTS
+    path = args.out or (RESULTS_QUICK if args.quick else RESULTS)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(

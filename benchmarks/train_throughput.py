@@ -50,7 +50,11 @@ Loss check: instillm replays the exact examples, step by step, that TRL's best b
 (recovered from its collator), from the same initial weights with the same optimizer settings;
 `loss_rel_diff` = |instillm − TRL| / TRL of the token-weighted mean training loss over the steps
 that hold the last 20% of the examples (`loss_rel_diff_fp32`: the same against TRL's best fp32 run,
-which has more steps; only with --fp32).
+which has more steps; only with --fp32). When the comparison is in bf16 without --fp32, two bf16
+runs drift apart over the steps (rounding, amplified by each update), so the check also runs in
+fp32: TRL's best configuration once more in fp32 (eager) and instillm replaying its steps
+(`loss_rel_diff_fp32`), and instillm's fp32 replay of TRL's bf16 steps as the reference each bf16
+run is measured against (`loss_rel_diff_vs_fp32`: {trl_bf16, instillm_bf16}).
 
 MFU = 6 · parameters · tokens/s over a matmul peak measured in the same run (large torch.matmul,
 best operand layout, current threads): `mfu` uses the bf16 peak as asked (the meaningful number on
@@ -497,6 +501,8 @@ def run_trl(
     lora: an instillm TrainConfig with a `lora` setting: TRL's model gets its adapters from instillm's own
     `add_lora` (same shape, same seed), so both sides start from identical adapters.
     """
+    if mode not in TRL_MODES:
+        raise ValueError(f"TRL mode {mode!r} is not one of {TRL_MODES}")
     import datasets
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -612,6 +618,33 @@ def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, A
         rows.append({"name": name, "side": "instillm", "error": f"{type(e).__name__}: {str(e)[:300]}"})
     rows.append(run_instillm(f"{label}, {precision}, eager (same steps as compile)", make_cfg("e"), 3))
     return rows
+
+
+def fp32_reference(trl_run: dict[str, Any], bf16_check: dict[str, Any], make_cfg: Any, run_trl_fp32: Any) -> dict:
+    """The loss check in fp32 for a bf16 comparison: TRL's best configuration again in fp32 (eager: the
+    same arithmetic as compiled) and instillm replaying its steps in fp32; and how far each side's bf16
+    tail loss is from instillm's fp32 replay of TRL's bf16 steps."""
+    trl32 = run_trl_fp32(len(trl_run["step_examples"]))
+    rows = {"bf16": trl_run["step_examples"], "fp32": trl32["step_examples"]}
+    tails = {}
+    for name, replay in rows.items():
+        rep = run_instillm(
+            f"fp32 replay of TRL {trl_run['mode']} ({name})", make_cfg(f"ref-{name}", len(replay)), 0, replay=replay
+        )
+        n_ex = [len(ids) for ids in replay]
+        tails[name] = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
+    trl32_tail = tail_loss(trl32["losses"], trl32["trained_tokens_per_step"], [len(i) for i in rows["fp32"]])
+    ref = tails["bf16"]
+    return {
+        "fp32_replay_tail_loss": ref,
+        "trl_bf16_rel_diff_vs_fp32": round(abs(bf16_check["trl_tail_loss"] - ref) / ref, 6),
+        "instillm_bf16_rel_diff_vs_fp32": round(abs(bf16_check["instillm_tail_loss"] - ref) / ref, 6),
+        "trl_fp32_config": trl32["mode"] + " (eager)",
+        "trl_fp32_losses": trl32["losses"],
+        "trl_fp32_tail_loss": trl32_tail,
+        "instillm_fp32_tail_loss": tails["fp32"],
+        "rel_diff_fp32": round(abs(tails["fp32"] - trl32_tail) / trl32_tail, 6),
+    }
 
 
 def tail_loss(losses: list[float], trained: list[int], examples_per_step: list[int], frac: float = 0.2) -> float:
@@ -988,6 +1021,28 @@ def main(argv: list[str] | None = None) -> int:
                 "instillm_tail_loss": ins_tail,
                 "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6),
             }
+        if primary == "bf16" and "fp32" not in precisions:
+            # bf16 trajectories drift apart over steps (rounding, amplified by the updates): measure how far
+            # each bf16 run is from fp32 arithmetic, and check the fp32 equivalence itself against TRL in fp32
+            trl_best_run = max(comparison["bf16"]["trl"], key=lambda r: r["tokens_per_s"])
+            loss_checks["fp32_reference"] = fp32_reference(
+                trl_best_run,
+                loss_checks["bf16"],
+                lambda name, steps: cfg(name, "fp32", best["packing"], best["group"], steps),
+                lambda n: run_trl(
+                    "fp32-check",
+                    trl_best_run["mode"].removesuffix(" + torch_compile"),
+                    "fp32",
+                    items,
+                    tokenizer,
+                    model_dir,
+                    work,
+                    trl_best_run["per_device_train_batch_size"],
+                    0,
+                    n,
+                    lora=cfg("trl-lora-fp32", "fp32", False, False, 1) if args.lora else None,
+                ),
+            )
         result["loss_check"] = loss_checks
         loss_rel_diff = loss_checks[primary]["rel_diff"]
 
@@ -1063,6 +1118,13 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_seconds": round(time.perf_counter() - t_begin, 1),
             }
         )
+        if "fp32_reference" in loss_checks:
+            ref = loss_checks["fp32_reference"]
+            result["loss_rel_diff_fp32"] = ref["rel_diff_fp32"]
+            result["loss_rel_diff_vs_fp32"] = {
+                "trl_bf16": ref["trl_bf16_rel_diff_vs_fp32"],
+                "instillm_bf16": ref["instillm_bf16_rel_diff_vs_fp32"],
+            }
         if "fp32" in summary:
             result["loss_rel_diff_fp32"] = loss_checks["fp32"]["rel_diff"]
             result["fp32"] = {
@@ -1147,7 +1209,8 @@ def print_table(r: dict[str, Any]) -> None:
         f"{r['ratio_vs_each_trl_config']}"
         + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
         + f"\nloss_rel_diff ({dtype}) {r['loss_rel_diff']}"
-        + (f"  (fp32) {r['loss_rel_diff_fp32']}" if fp32 else "")
+        + (f"  (fp32) {r['loss_rel_diff_fp32']}" if "loss_rel_diff_fp32" in r else "")
+        + (f"  each bf16 run vs fp32 arithmetic {r['loss_rel_diff_vs_fp32']}" if "loss_rel_diff_vs_fp32" in r else "")
         + f"\nmfu ({dtype} peak) {r['mfu']}  mfu (fp32 peak) {r['mfu_vs_fp32_peak']}  TRL mfu ({dtype} peak) "
         f"{r['trl_mfu']}"
         + (

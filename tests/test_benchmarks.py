@@ -61,3 +61,16 @@ def test_train_throughput_counts_linear_weights_apart_from_the_head(tiny_model_d
     layers = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
     assert len(layers) == 7 * cfg.num_hidden_layers
     assert counts["body"] == sum(m.weight.numel() for m in layers)
+
+
+def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import generation_throughput as gt
+
+    tps = {"naive@float32": 50.0, "naive@bfloat16": 30.0, "instillm@float32": 200.0, "instillm@bfloat16": 400.0}
+    assert gt.fastest(tps, "naive") == "naive@float32"
+    assert gt.fastest(tps, "instillm") == "instillm@bfloat16"
+    assert gt.fastest({"naive": 1.0, "instillm": 2.0, "instillm_padded_prefill": 3.0}, "instillm") == "instillm"
+    # outputs are compared with the naive loop's in the same dtype
+    assert gt.naive_of("instillm@bfloat16") == "naive@bfloat16"
+    assert gt.naive_of("hf_batched") == gt.naive_of("instillm_padded_prefill") == "naive"

@@ -73,6 +73,7 @@ from instillm.train.batching import (
     step_shard,
 )
 from instillm.train.config import Plan, TrainConfig, load_config, resolve
+from instillm.train.lora import fuse_lora_forward
 from instillm.train.loss import TokenLoss, split_causal_lm, step_scale, token_loss_sum, unwrap
 
 KILL_HOOK = "INSTILLM_TEST_KILL_AFTER_STEP"
@@ -211,6 +212,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         model.set_attn_implementation(attention.SEGMENTS)
     if config.lora is not None:
         model = add_lora(model, config)
+        fuse_lora_forward(model)
     model.train()
     return model
 
