@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/generation_throughput.py --quick
     .venv/bin/python benchmarks/generation_throughput.py [--model DIR] [--n-prompts 64]
-        [--max-new-tokens 64] [--batch-size 64] [--repeats 5] [--ablations]
+        [--max-new-tokens 64] [--batch-size 64] [--repeats 5] [--ablations] [--dtype float32|bfloat16|best]
 
 Builds the `small` preset (about 28M parameters, random weights) in a temporary directory unless
 `--model` is given, renders the same instruction-like chat prompts for every method (lengths
@@ -17,7 +17,8 @@ Tokens/s counts generated tokens (up to and including a stop token; padding and 
 stop are not counted) divided by wall time. Every method runs once untimed (warm-up: the naive
 loop on 2 prompts), then `--repeats` timed runs interleaved (naive, batched, instillm, naive, ...)
 so that a load spike hits all of them; the median is reported. `identical_outputs` is true when
-instillm's greedy tokens equal the naive ones for every prompt. Results go to
+instillm's greedy tokens equal the naive ones for every prompt (in the same dtype: `--dtype best`
+runs every method in fp32 and in bf16 and headlines each in its fastest). Results go to
 benchmarks/results/generation_throughput.json (with machine info and the load average, since a
 busy machine changes the numbers).
 """
