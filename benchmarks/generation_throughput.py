@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         tok = load_tokenizer(model_dir)
 
     model = models[dtypes[0]]
-    gen = Generator(model, tok)
+    gens = {d: Generator(m, tok) for d, m in models.items()}
+    gen = gens[dtypes[0]]
     if args.prefix:
         return main_prefix(args, gen, repeats)
     prompts = gen.render_prompts(conversations(args.n_prompts))
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = {}
     for d, m in models.items():
         at = "" if len(models) == 1 else f"@{d}"  # one dtype: today's keys
-        g = Generator(m, tok)
+        g = gens[d]
         methods[f"naive{at}"] = lambda m=m: run_naive(m, tok, prompts, args.max_new_tokens, eos)
         methods[f"hf_batched{at}"] = lambda m=m: run_hf_batched(
             m, tok, prompts, args.max_new_tokens, eos, args.batch_size
@@ -392,8 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_vs_hf_batched": round(tps[best["instillm"]] / tps[best["hf_batched"]], 2),
         "hf_batched_speedup_vs_naive": round(tps[best["hf_batched"]] / tps[best["naive"]], 2),
         # greedy tokens equal the naive loop's in the same dtype (every dtype measured)
-        "identical_outputs": all(same[k] for k in methods if k.startswith("instillm")),
-        "hf_batched_identical_outputs": all(same[k] for k in methods if k.startswith("hf_batched")),
+        "identical_outputs": all(same[k] for k in methods if k.partition("@")[0] == "instillm"),
+        "hf_batched_identical_outputs": all(same[k] for k in methods if k.partition("@")[0] == "hf_batched"),
         "dtype_of": {base: key.partition("@")[2] or dtypes[0] for base, key in best.items()},
         "tokens_per_s_by_method": {k: round(v, 1) for k, v in tps.items()},
         "generated_tokens": tokens,
