@@ -12,6 +12,8 @@ decodes greedily with the same stop tokens (EOS / end-of-turn) for:
   naive       `model.generate(do_sample=False)` one prompt at a time, no padding
   hf_batched  transformers' `model.generate` on left-padded batches of `--batch-size`
   instillm    `instillm.llm.generation.Generator.generate_texts` at the same batch size
+  instillm_torch_products  the same with torch's own linear products, where instillm's default
+              computes decode steps' products transposed (fp32 on AMD CPUs: `instillm.llm.products`)
 
 Tokens/s counts generated tokens (up to and including a stop token; padding and anything after a
 stop are not counted) divided by wall time. Every method runs once untimed (warm-up: the naive
@@ -19,8 +21,8 @@ loop on 2 prompts), then `--repeats` timed runs interleaved (naive, batched, ins
 so that a load spike hits all of them; the median is reported. `identical_outputs` is true when
 instillm's greedy tokens equal the naive ones for every prompt (in the same dtype: `--dtype best`
 runs every method in fp32 and in bf16 and headlines each in its fastest). Results go to
-benchmarks/results/generation_throughput.json (with machine info and the load average, since a
-busy machine changes the numbers).
+benchmarks/results/generation_throughput.json (`--model real`: generation_throughput_real.json;
+with machine info and the load average, since a busy machine changes the numbers).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ if str(REPO) not in sys.path:
 from instillm.llm.generation import GenerateOptions, Generator  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "generation_throughput.json"
+RESULTS_REAL = REPO / "benchmarks" / "results" / "generation_throughput_real.json"  # --model real
 RESULTS_PREFIX = REPO / "benchmarks" / "results" / "generation_prefix.json"
 REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -191,6 +194,11 @@ def run_instillm(gen, prompts, options):
     ]
 
 
+def default_out(prefix: bool, real: bool) -> Path:
+    """Where results go without --out: --prefix and --model real runs have their own files."""
+    return RESULTS_PREFIX if prefix else RESULTS_REAL if real else RESULTS
+
+
 def naive_of(name: str) -> str:
     """The naive loop's key in the same dtype as method `name` ("instillm@bfloat16" -> "naive@bfloat16")."""
     return "naive" + name[name.index("@") :] if "@" in name else "naive"
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.model = REAL_MODEL
     if args.dtype == "best" and (args.ablations or args.prefix):
         ap.error("--ablations and --prefix run in one --dtype")
-    args.out = args.out or (RESULTS_PREFIX if args.prefix else RESULTS)
+    args.out = args.out or default_out(args.prefix, args.model == REAL_MODEL)
     repeats = args.repeats or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -339,6 +347,9 @@ def main(argv: list[str] | None = None) -> dict:
             m, tok, prompts, args.max_new_tokens, eos, args.batch_size
         )
         methods[f"instillm{at}"] = lambda g=g: run_instillm(g, prompts, opts)
+    if len(models) == 1 and gen.transposed_products:  # the default here: also time torch's own products
+        plain = Generator(model, tok, transposed_products=False)
+        methods["instillm_torch_products"] = lambda: run_instillm(plain, prompts, opts)
     if args.ablations:
         big = 1 << 30
         methods["instillm_padded_prefill"] = lambda: run_instillm(

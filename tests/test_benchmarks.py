@@ -74,3 +74,22 @@ def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> N
     # outputs are compared with the naive loop's in the same dtype
     assert gt.naive_of("instillm@bfloat16") == "naive@bfloat16"
     assert gt.naive_of("hf_batched") == gt.naive_of("instillm_padded_prefill") == "naive"
+    # a run on the real model never lands on the small preset's record
+    assert gt.default_out(prefix=False, real=True).name == "generation_throughput_real.json"
+    assert gt.default_out(prefix=False, real=False).name == "generation_throughput.json"
+    assert gt.default_out(prefix=True, real=False).name == "generation_prefix.json"
+
+
+def test_decode_products_times_both_products_and_compares_their_logits(tiny_model_dir, tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import decode_products as dp
+
+    out = tmp_path / "decode.json"
+    result = dp.main(
+        ["--model", str(tiny_model_dir), "--rows", "1", "3", "--repeats", "1", "--steps", "2", "--out", str(out)]
+    )
+    assert [r["rows"] for r in result["by_rows"]] == [1, 3]
+    for r in result["by_rows"]:
+        assert r["torch_ms"] > 0 and r["transposed_ms"] > 0
+        assert r["max_abs_logit_diff"] < 1e-4
+    assert out.exists() and result["machine"]["cpu_count"]

@@ -15,6 +15,7 @@ spelled as subcommands. So a MODEL path equal to a subcommand name must be writt
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -392,7 +393,7 @@ def eval_mt_bench(
         backend = judge.open()
         try:
             with progress_bar("MT-Bench: answering, then judging") as advance:
-                s = grade(backend, output, config, limit, advance)
+                s = grade(judge=backend, out_dir=output, config=config, limit=limit, progress=advance)
         finally:
             backend.close()
     _print_mt_bench(s)
@@ -400,7 +401,7 @@ def eval_mt_bench(
 
 
 def _mt_bench_grader(bench, model, answers, output, template, max_new_tokens, batch_size, device):
-    """`grade(judge, out, config, limit, progress)`: grade the --answers file, or answer with MODEL first."""
+    """`grade(judge=, out_dir=, config=, limit=, progress=)`: grade the --answers file, or answer with MODEL first."""
     from instillm.evaluate.mt_bench import grade_mt_bench, load_answers, local_responder, run_mt_bench
 
     if answers is not None:
@@ -409,14 +410,10 @@ def _mt_bench_grader(bench, model, answers, output, template, max_new_tokens, ba
         names = ("judgments.jsonl", "mt_bench_summary.json")
         refuse_overwrite([answers], {f"-o/--output {output / n}": output / n for n in names})
         rows = load_answers(answers)
-        return lambda judge, out_dir, config, limit, progress: grade_mt_bench(
-            bench, rows, judge, out_dir, config, limit, progress
-        )
+        return functools.partial(grade_mt_bench, bench, rows)
     lm, tok, renderer = _load_lm(model, template, device)
     respond = local_responder(lm, tok, renderer, max_new_tokens, batch_size)
-    return lambda judge, out_dir, config, limit, progress: run_mt_bench(
-        bench, respond, Path(model).name, judge, out_dir, config, limit, progress=progress
-    )
+    return functools.partial(run_mt_bench, bench, respond, Path(model).name)
 
 
 def _print_mt_bench(s: dict) -> None:
@@ -494,41 +491,54 @@ def eval_judge(
     if as_json:
         print(json.dumps(summary.to_dict()))
         return
-    wr, fm, agree = summary.win_rate, summary.failure_modes, summary.agreement
-    share = lambda k, n: f"{k / n:.1%} ({k} / {n})" if n else "—"  # noqa: E731
+    _print_judge_summary(summary, rows, backend.model, annotations)
+    out.print(f"annotations → {output}  (instillm eval winrate reads them)")
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k / n:.1%} ({k} / {n})" if n else "—"
+
+
+def _judge_modes(summary: Any, annotations: Path | None) -> dict[str, str]:
+    """The judge's failure modes and, with --annotations, its agreement with the other judge (table rows)."""
+    fm, agree = summary.failure_modes, summary.agreement
     modes = {}
     if fm is not None:
         modes = {
-            "parse failures (replies)": share(fm.n_failed_orders, fm.n_replies),
-            "position flips (pairs, both orders read)": share(fm.n_flips, fm.n_both_read),
-            "first-position picks (verdicts)": share(fm.n_first_position, fm.n_decided_verdicts),
+            "parse failures (replies)": _share(fm.n_failed_orders, fm.n_replies),
+            "position flips (pairs, both orders read)": _share(fm.n_flips, fm.n_both_read),
+            "first-position picks (verdicts)": _share(fm.n_first_position, fm.n_decided_verdicts),
         }
     if agree is not None:
         wins = [agree[k] for k in ("output_2_share_ours", "output_2_share_reference")]
         modes |= {
             "reference judge": agree["reference_annotator"] or str(annotations),
             "pairs matched / total (swapped)": f"{agree['n_matched']} / {agree['n_rows']} ({agree['n_swapped']})",
-            "agreement (decided pairs)": share(agree["n_agree"], agree["n_decided"]),
+            "agreement (decided pairs)": _share(agree["n_agree"], agree["n_decided"]),
             "Cohen's kappa": "—" if agree["kappa"] is None else f"{agree['kappa']:.3f}",
             "output_2 wins: ours; reference": "; ".join("—" if w is None else f"{w:.1%}" for w in wins),
             "ties: ours; reference": f"{agree['n_ties_ours']}; {agree['n_ties_reference']}",
         }
+    return modes
+
+
+def _print_judge_summary(summary: Any, rows: list[dict], judge_model: str, annotations: Path | None) -> None:
+    wr, agree = summary.win_rate, summary.agreement
     out.print(
         metric_table(
-            f"{rows[0]['generator_2']} vs {rows[0]['generator_1']}, judged by {backend.model}",
+            f"{rows[0]['generator_2']} vs {rows[0]['generator_1']}, judged by {judge_model}",
             {
                 "win rate (%)": f"{wr.win_rate:.2f} ± {wr.standard_error:.2f}" if wr else "—",
                 "LC win rate (%)": f"{wr.lc_win_rate:.2f}" if wr else "—",
                 "discrete win rate (%)": f"{wr.discrete_win_rate:.2f}" if wr else "—",
                 "pairs judged / total": f"{summary.n_judged} / {summary.n_pairs}",
                 "failures (pairs; orders)": f"{summary.n_failures}; {summary.n_failed_orders}",
-                **modes,
+                **_judge_modes(summary, annotations),
             },
         )
     )
     if agree is not None and not agree["n_matched"]:
         out.print(f"no pair matched {annotations}: its instructions and outputs differ from the judged ones")
-    out.print(f"annotations → {output}  (instillm eval winrate reads them)")
 
 
 # ------------------------------------------------------------------------------ winrate

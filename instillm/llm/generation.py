@@ -27,6 +27,8 @@ How it is fast (on a CPU as on a GPU):
 - **Finished rows are dropped**: when a row stops (EOS / end-of-turn token, stop string or its
   token budget) its cache rows are removed, so later steps only compute live rows.
 - Logits only for the last position (`logits_to_keep=1`), `torch.inference_mode`.
+- **Decode products the fast way round**: where MKL is slow at few-row products (fp32 on AMD
+  CPUs), decode steps compute their linear layers as `(W @ x.T).T` (`instillm.llm.products`).
 
 Sampling (temperature, top-k, top-p) draws its noise from one `torch.Generator` per prompt,
 seeded from (`seed`, prompt index): results are reproducible and do not depend on
@@ -37,6 +39,7 @@ decode step as it happens (the server streams from it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import math
@@ -350,6 +353,8 @@ class Generator:
     `renderer` (an `instillm.data.render.Renderer`) renders conversations for `generate_chat`;
     by default one is built from the tokenizer's chat template, as training does.
     `max_length` caps prompt + completion tokens; default: the model's `max_position_embeddings`.
+    `transposed_products`: compute decode steps' linear layers as `(W @ x.T).T`
+    (`instillm.llm.products`); None decides by `products.wanted` (fp32 on an AMD CPU).
     """
 
     def __init__(
@@ -359,8 +364,10 @@ class Generator:
         renderer: Any = None,
         max_length: int | None = None,
         group_attention: bool = True,
+        transposed_products: bool | None = None,
     ) -> None:
         from instillm.data.render import end_token_ids
+        from instillm.llm.products import products_for
 
         self.model = model
         self.tokenizer = tokenizer
@@ -393,6 +400,8 @@ class Generator:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated there)
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        # decode steps' linear layers as (W @ x.T).T where that is faster (None: products.wanted)
+        self._products = products_for(model, transposed_products)
         self._on_token: TokenCallback | None = None  # set by generate_ids for its call
         self._should_stop: Callable[[int], bool] | None = None  # likewise
 
@@ -403,6 +412,11 @@ class Generator:
 
             self._renderer = Renderer(self.tokenizer)
         return self._renderer
+
+    @property
+    def transposed_products(self) -> bool:
+        """Whether decode steps compute their linear layers as `(W @ x.T).T` (`instillm.llm.products`)."""
+        return self._products is not None
 
     @property
     def device(self) -> torch.device:
@@ -510,28 +524,38 @@ class Generator:
         dtype = next(self.model.parameters()).dtype
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
+    def _products_for(self, input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
+        """The transposed products while the model runs on `input_ids` (if this generator uses them)."""
+        return contextlib.nullcontext() if self._products is None else self._products.active(input_ids.numel())
+
     def forward_last(self, input_ids, position_ids, mask, cache, groups=None) -> torch.Tensor:
         """One model call with `cache` and a boolean 4D `mask`; the logits of each row's last position."""
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
         kwargs[self._cache_kwarg] = cache
         if groups is not None:
             kwargs["instillm_kv_groups"] = groups
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=self._mask(mask),
-            position_ids=position_ids,
-            use_cache=True,
-            **kwargs,
-        )
+        with self._products_for(input_ids):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=self._mask(mask),
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
         return out.logits[:, -1, :]
 
     def forward_at(self, input_ids, position_ids, mask, cache, positions: torch.Tensor) -> torch.Tensor:
         """One model call over a single (packed) row; the logits at `positions` of it, `[len(positions), vocab]`."""
         kwargs: dict[str, Any] = {"logits_to_keep": positions} if self._logits_to_keep else {}
         kwargs[self._cache_kwarg] = cache
-        out = self.model(
-            input_ids=input_ids, attention_mask=self._mask(mask), position_ids=position_ids, use_cache=True, **kwargs
-        )
+        with self._products_for(input_ids):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=self._mask(mask),
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
         return out.logits[0] if self._logits_to_keep else out.logits[0, positions]
 
     def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
@@ -589,8 +613,7 @@ class Generator:
         if opts.do_sample:
             seeds = [row_seed(opts.seed, r.index) if r.seed is None else r.seed for r in rows]
             gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        stop_strings = opts.stop_strings
-        window = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 2
+        window = max((len(s.encode("utf-8")) for s in opts.stop_strings), default=0) + 2
         live = list(rows)
         kv_lo = width - int(lens.max())
         groups = self._groups(live, steps)
@@ -599,29 +622,10 @@ class Generator:
             tok = self.select_tokens(logits, opts, gens)
             is_end = torch.isin(tok, end_ids)
             done = is_end | (budget <= t + 1)
-            tok_list = tok.tolist()
-            end_list = is_end.tolist() if bool(is_end.any()) else None
-            for j, r in enumerate(live):
-                if end_list is not None and end_list[j]:
-                    r.finish_reason, r.stop_token_id = "stop", tok_list[j]
-                else:
-                    r.tokens.append(tok_list[j])
-            if stop_strings:
-                hits = []
-                for j, r in enumerate(live):
-                    if r.stop_token_id is not None:
-                        continue
-                    tail = self.tokenizer.decode(r.tokens[-window:], skip_special_tokens=opts.skip_special_tokens)
-                    hit = next((s for s in stop_strings if s in tail), None)
-                    if hit is not None:
-                        r.finish_reason, r.stop_string = "stop", hit
-                        hits.append(j)
-                if hits:
-                    done[hits] = True
-            if self._should_stop is not None:
-                stopped = [j for j, r in enumerate(live) if self._should_stop(r.index)]
-                if stopped:
-                    done[stopped] = True
+            self._record(live, tok, is_end)
+            stopped = self._stop_string_hits(live, opts, window) + self._stopped_by_caller(live)
+            if stopped:
+                done[stopped] = True
             if self._on_token is not None:
                 self._report(live, done, self._on_token)
             if bool(done.all()) or t + 1 == steps:
@@ -640,6 +644,38 @@ class Generator:
             slot = width + t
             cache.write, cache.read = (slot, slot + 1), (kv_lo, slot + 1)
             logits = self.forward_last(tok[:, None], pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+
+    @staticmethod
+    def _record(live: list[Row], tok: torch.Tensor, is_end: torch.Tensor) -> None:
+        """Append each live row's new token, or end the row where the token is an end token."""
+        tok_list = tok.tolist()
+        end_list = is_end.tolist() if bool(is_end.any()) else None
+        for j, r in enumerate(live):
+            if end_list is not None and end_list[j]:
+                r.finish_reason, r.stop_token_id = "stop", tok_list[j]
+            else:
+                r.tokens.append(tok_list[j])
+
+    def _stop_string_hits(self, live: list[Row], opts: GenerateOptions, window: int) -> list[int]:
+        """Positions in `live` of rows whose last `window` tokens now contain a stop string (those rows end)."""
+        hits: list[int] = []
+        if not opts.stop_strings:
+            return hits
+        for j, r in enumerate(live):
+            if r.stop_token_id is not None:
+                continue
+            tail = self.tokenizer.decode(r.tokens[-window:], skip_special_tokens=opts.skip_special_tokens)
+            hit = next((s for s in opts.stop_strings if s in tail), None)
+            if hit is not None:
+                r.finish_reason, r.stop_string = "stop", hit
+                hits.append(j)
+        return hits
+
+    def _stopped_by_caller(self, live: list[Row]) -> list[int]:
+        """Positions in `live` of rows that `should_stop` ends now."""
+        if self._should_stop is None:
+            return []
+        return [j for j, r in enumerate(live) if self._should_stop(r.index)]
 
     @staticmethod
     def _report(live: list[Row], done: torch.Tensor, on_token: TokenCallback) -> None:

@@ -243,26 +243,40 @@ def _evolve_batch(
     backend: Backend, cfg: EvolConfig, r: int, start: int, batch: Sequence[Lineage], progress: Progress | None
 ) -> list[dict[str, Any]]:
     """Evolve, judge, answer and check one batch of lineages; one journal record each."""
-    recs: list[dict[str, Any]] = []
-    for k, lin in enumerate(batch):
-        op, fmt = _plan(cfg, r, start + k)
-        recs.append(
-            {
-                "stage": "evol",
-                "round": r,
-                "lineage": start + k,
-                "operation": op,
-                "input_format": fmt,
-                "parent": lin.instruction,
-                "parent_id": lin.current_id,
-                "evolved": None,
-                "judge": None,
-                "response": None,
-                "kept": False,
-                "reason": None,
-                "detail": "",
-            }
-        )
+    recs = [_record(cfg, r, start + k, lin) for k, lin in enumerate(batch)]
+    _evolve(backend, cfg, r, recs, progress)
+    if cfg.judge:
+        _judge(backend, cfg, [x for x in recs if x["reason"] is None], progress)
+    _answer(backend, cfg, r, [x for x in recs if x["reason"] is None], progress)
+    for x, lin in zip(recs, batch):
+        x["kept"] = x["reason"] is None
+        x["id"] = f"{lin.root.id}-evol{r}" if x["kept"] else None
+        x["depth"] = lin.depth + 1 if x["kept"] else None
+    return recs
+
+
+def _record(cfg: EvolConfig, r: int, lineage: int, lin: Lineage) -> dict[str, Any]:
+    """The journal record of one evolution before it runs: its plan and its parent."""
+    op, fmt = _plan(cfg, r, lineage)
+    return {
+        "stage": "evol",
+        "round": r,
+        "lineage": lineage,
+        "operation": op,
+        "input_format": fmt,
+        "parent": lin.instruction,
+        "parent_id": lin.current_id,
+        "evolved": None,
+        "judge": None,
+        "response": None,
+        "kept": False,
+        "reason": None,
+        "detail": "",
+    }
+
+
+def _evolve(backend: Backend, cfg: EvolConfig, r: int, recs: list[dict[str, Any]], progress: Progress | None) -> None:
+    """Ask the teacher for each record's evolved instruction and check it."""
     reqs = [
         _chat(
             cfg,
@@ -277,16 +291,21 @@ def _evolve_batch(
     for x, resp in zip(recs, backend.generate(reqs, progress)):
         x["evolved"] = reply_text(resp)
         _fail(x, evolution_problem(x["evolved"], cfg))
-    if cfg.judge:
-        live = [x for x in recs if x["reason"] is None]
-        reqs = [
-            _chat(cfg, equality_prompt(x["parent"], x["evolved"]), max_tokens=cfg.judge_max_tokens, temperature=0.0)
-            for x in live
-        ]
-        for x, resp in zip(live, backend.generate(reqs, progress)):
-            x["judge"] = resp.text
-            _fail(x, judgement_problem(resp.text, cfg))
-    live = [x for x in recs if x["reason"] is None]
+
+
+def _judge(backend: Backend, cfg: EvolConfig, live: list[dict[str, Any]], progress: Progress | None) -> None:
+    """Ask the judge whether each evolved instruction differs from its parent (the equality check)."""
+    reqs = [
+        _chat(cfg, equality_prompt(x["parent"], x["evolved"]), max_tokens=cfg.judge_max_tokens, temperature=0.0)
+        for x in live
+    ]
+    for x, resp in zip(live, backend.generate(reqs, progress)):
+        x["judge"] = resp.text
+        _fail(x, judgement_problem(resp.text, cfg))
+
+
+def _answer(backend: Backend, cfg: EvolConfig, r: int, live: list[dict[str, Any]], progress: Progress | None) -> None:
+    """Ask the teacher to answer each surviving evolved instruction and check the answer."""
     reqs = [
         _chat(
             cfg,
@@ -301,11 +320,6 @@ def _evolve_batch(
     for x, resp in zip(live, backend.generate(reqs, progress)):
         x["response"] = reply_text(resp)
         _fail(x, response_problem(x["response"], cfg.sorry_max_words))
-    for x, lin in zip(recs, batch):
-        x["kept"] = x["reason"] is None
-        x["id"] = f"{lin.root.id}-evol{r}" if x["kept"] else None
-        x["depth"] = lin.depth + 1 if x["kept"] else None
-    return recs
 
 
 def _fail(rec: dict[str, Any], err: RowError | None) -> None:

@@ -1,0 +1,121 @@
+"""Decode-step time with torch's linear products against instillm's transposed ones, by rows.
+
+    .venv/bin/python benchmarks/decode_products.py [--model real|DIR] [--rows 1 2 4 8 16 32 64]
+        [--repeats 3] [--steps 12] [--dtype float32|bfloat16] [--out PATH]
+
+For each row count: prefill that many 100-token prompts (random ids, seeded), then time `--steps`
+decode steps of the model (`transformers`' own forward and `DynamicCache`, greedy), once with
+torch's `nn.Linear` and once inside `instillm.llm.products.TransposedProducts.active` (every
+linear layer as `(W @ x.T).T`), alternating, `--repeats` times; reported: the fastest repeat of
+each, in ms per step. The logits of both agree to fp32 rounding (`max_abs_logit_diff`). Default
+model: the `small` preset (random weights); `--model real`: SmolLM2-135M-Instruct
+(`make real-model`). Results go to benchmarks/results/decode_products.json with the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from generation_throughput import REAL_MODEL, machine_info  # noqa: E402
+
+from instillm.llm.products import TransposedProducts  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "decode_products.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def decode_ms(model, rows: int, steps: int, transposed: TransposedProducts | None) -> tuple[float, torch.Tensor]:
+    """ms per decode step for `rows` rows (after a 100-token prefill), and the last step's logits."""
+    from transformers import DynamicCache
+
+    ids = torch.randint(100, 1000, (rows, 100), generator=torch.Generator().manual_seed(rows))
+    cache = DynamicCache()
+    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        if transposed is None:
+            out = model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
+        else:
+            with transposed.active(rows):
+                out = model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    return (time.perf_counter() - start) / steps * 1e3, out.logits[:, -1].float()
+
+
+def measure(model, rows: int, steps: int, repeats: int) -> dict:
+    transposed = TransposedProducts(model)
+    times: dict[str, list[float]] = {"torch": [], "transposed": []}
+    logits = {}
+    for _ in range(repeats):
+        for name, tp in (("torch", None), ("transposed", transposed)):
+            ms, logits[name] = decode_ms(model, rows, steps, tp)
+            times[name].append(ms)
+    a, b = min(times["torch"]), min(times["transposed"])
+    return {
+        "rows": rows,
+        "torch_ms": round(a, 2),
+        "transposed_ms": round(b, 2),
+        "speedup": round(a / b, 2),
+        "max_abs_logit_diff": float((logits["torch"] - logits["transposed"]).abs().max()),
+        "all_ms": {k: [round(x, 2) for x in v] for k, v in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="real, or a model directory (default: the small preset)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_grad_enabled(False)
+    from instillm.models.loading import load_model
+
+    with tempfile.TemporaryDirectory(prefix="instillm-bench-") as tmp:
+        path = REAL_MODEL if args.model == "real" else args.model
+        if path is None:
+            from instillm.models.factory import init_model
+
+            path = init_model(preset="small", output_dir=Path(tmp) / "small", seed=0)
+        model = load_model(path, dtype=DTYPES[args.dtype], attn_implementation="sdpa").eval()
+    print(f"model {args.model or 'small preset'}, {args.dtype}, {torch.get_num_threads()} threads", flush=True)
+    print(f"{'rows':>5} {'torch ms':>9} {'transposed ms':>14} {'speedup':>8}")
+    table = []
+    for rows in args.rows:
+        r = measure(model, rows, args.steps, args.repeats)
+        table.append(r)
+        print(f"{rows:>5} {r['torch_ms']:>9.1f} {r['transposed_ms']:>14.1f} {r['speedup']:>7.2f}x", flush=True)
+    result = {
+        "benchmark": "decode_products",
+        "model": str(args.model or "preset:small"),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "statistic": "fastest repeat, ms per decode step",
+        "by_rows": table,
+        "machine": machine_info(),
+        "command": "python benchmarks/decode_products.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
