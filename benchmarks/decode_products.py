@@ -54,6 +54,7 @@ def decode_ms(model, rows: int, steps: int, transposed: TransposedProducts | Non
     return (time.perf_counter() - start) / steps * 1e3, out.logits[:, -1].float()
 
 
+@torch.inference_mode()
 def measure(model, rows: int, steps: int, repeats: int) -> dict:
     transposed = TransposedProducts(model)
     times: dict[str, list[float]] = {"torch": [], "transposed": []}
@@ -82,7 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     from instillm.models.loading import load_model
 
     with tempfile.TemporaryDirectory(prefix="instillm-bench-") as tmp:

@@ -81,6 +81,8 @@ def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> N
 
 
 def test_decode_products_times_both_products_and_compares_their_logits(tiny_model_dir, tmp_path) -> None:
+    import torch
+
     sys.path.insert(0, str(REPO / "benchmarks"))
     import decode_products as dp
 
@@ -93,3 +95,4 @@ def test_decode_products_times_both_products_and_compares_their_logits(tiny_mode
         assert r["torch_ms"] > 0 and r["transposed_ms"] > 0
         assert r["max_abs_logit_diff"] < 1e-4
     assert out.exists() and result["machine"]["cpu_count"]
+    assert torch.is_grad_enabled()  # the benchmark leaves autograd as it found it (later tests train)
