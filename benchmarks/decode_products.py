@@ -10,6 +10,11 @@ linear layer as `(W @ x.T).T`), alternating, `--repeats` times; reported: the fa
 each, in ms per step. The logits of both agree to fp32 rounding (`max_abs_logit_diff`). Default
 model: the `small` preset (random weights); `--model real`: SmolLM2-135M-Instruct
 (`make real-model`). Results go to benchmarks/results/decode_products.json with the CPU.
+
+`--generator N [N ...]`: also instillm's own `Generator` (grouped attention, its KV cache), on the
+first N prompts of `generation_throughput.py` in one batch, 64 greedy new tokens: decode seconds
+(the 64-token call minus a 1-token call, which is the prefill) with `transposed_products` False
+and True, alternating, fastest of `--repeats`, and whether both gave the same tokens.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from generation_throughput import REAL_MODEL, machine_info  # noqa: E402
+from generation_throughput import REAL_MODEL, conversations, machine_info  # noqa: E402
 
+from instillm.llm.generation import GenerateOptions, Generator  # noqa: E402
 from instillm.llm.products import TransposedProducts  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "decode_products.json"
@@ -74,6 +80,34 @@ def measure(model, rows: int, steps: int, repeats: int) -> dict:
     }
 
 
+def generator_decode(model, tok, n: int, repeats: int, new_tokens: int = 64) -> dict:
+    """Decode seconds of `Generator` on n prompts in one batch, torch's products against transposed ones."""
+    gens = {"torch": Generator(model, tok, transposed_products=False), "transposed": Generator(model, tok, True)}
+    prompts = gens["torch"].render_prompts(conversations(n))
+    full, one = (
+        GenerateOptions(max_new_tokens=new_tokens, batch_size=n),
+        GenerateOptions(max_new_tokens=1, batch_size=n),
+    )
+    decode: dict[str, list[float]] = {k: [] for k in gens}
+    tokens = {}
+    for _ in range(repeats):
+        for name, gen in gens.items():
+            start = time.perf_counter()
+            gen.generate_texts(prompts, one)
+            mid = time.perf_counter()
+            tokens[name] = [o.token_ids for o in gen.generate_texts(prompts, full)]
+            decode[name].append(time.perf_counter() - mid - (mid - start))
+    a, b = min(decode["torch"]), min(decode["transposed"])
+    return {
+        "prompts": n,
+        "torch_decode_s": round(a, 2),
+        "transposed_decode_s": round(b, 2),
+        "speedup": round(a / b, 2),
+        "identical_outputs": tokens["torch"] == tokens["transposed"],
+        "all_s": {k: [round(x, 2) for x in v] for k, v in decode.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="real, or a model directory (default: the small preset)")
@@ -81,9 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument(
+        "--generator", type=int, nargs="*", default=[], metavar="N", help="also time Generator on N prompts"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    from instillm.models.loading import load_model
+    from instillm.models.loading import load_model, load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="instillm-bench-") as tmp:
         path = REAL_MODEL if args.model == "real" else args.model
@@ -92,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             path = init_model(preset="small", output_dir=Path(tmp) / "small", seed=0)
         model = load_model(path, dtype=DTYPES[args.dtype], attn_implementation="sdpa").eval()
+        tok = load_tokenizer(path)
     print(f"model {args.model or 'small preset'}, {args.dtype}, {torch.get_num_threads()} threads", flush=True)
     print(f"{'rows':>5} {'torch ms':>9} {'transposed ms':>14} {'speedup':>8}")
     table = []
@@ -99,6 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
         r = measure(model, rows, args.steps, args.repeats)
         table.append(r)
         print(f"{rows:>5} {r['torch_ms']:>9.1f} {r['transposed_ms']:>14.1f} {r['speedup']:>7.2f}x", flush=True)
+    generator = []
+    for n in args.generator:
+        g = generator_decode(model, tok, n, args.repeats)
+        generator.append(g)
+        print(
+            f"Generator, {n} prompts: decode {g['torch_decode_s']:.2f} s with torch's products, "
+            f"{g['transposed_decode_s']:.2f} s transposed ({g['speedup']:.2f}x), same tokens: {g['identical_outputs']}",
+            flush=True,
+        )
     result = {
         "benchmark": "decode_products",
         "model": str(args.model or "preset:small"),
@@ -108,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "statistic": "fastest repeat, ms per decode step",
         "by_rows": table,
+        "generator": generator,
         "machine": machine_info(),
         "command": "python benchmarks/decode_products.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

@@ -88,8 +88,11 @@ def test_decode_products_times_both_products_and_compares_their_logits(tiny_mode
 
     out = tmp_path / "decode.json"
     result = dp.main(
-        ["--model", str(tiny_model_dir), "--rows", "1", "3", "--repeats", "1", "--steps", "2", "--out", str(out)]
+        ["--model", str(tiny_model_dir), "--rows", "1", "3", "--repeats", "1", "--steps", "2", "--generator", "3"]
+        + ["--out", str(out)]
     )
+    (g,) = result["generator"]
+    assert g["prompts"] == 3 and g["identical_outputs"] and g["torch_decode_s"] > 0
     assert [r["rows"] for r in result["by_rows"]] == [1, 3]
     for r in result["by_rows"]:
         assert r["torch_ms"] > 0 and r["transposed_ms"] > 0

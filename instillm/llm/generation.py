@@ -524,9 +524,17 @@ class Generator:
         dtype = next(self.model.parameters()).dtype
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
-    def _products_for(self, input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
-        """The transposed products while the model runs on `input_ids` (if this generator uses them)."""
-        return contextlib.nullcontext() if self._products is None else self._products.active(input_ids.numel())
+    def _call(self, input_ids, position_ids, mask, kwargs: dict[str, Any]) -> Any:
+        """One model call (boolean 4D `mask`), with the transposed products if this generator uses them."""
+        products = contextlib.nullcontext() if self._products is None else self._products.active(input_ids.numel())
+        with products:
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=self._mask(mask),
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
 
     def forward_last(self, input_ids, position_ids, mask, cache, groups=None) -> torch.Tensor:
         """One model call with `cache` and a boolean 4D `mask`; the logits of each row's last position."""
@@ -534,28 +542,13 @@ class Generator:
         kwargs[self._cache_kwarg] = cache
         if groups is not None:
             kwargs["instillm_kv_groups"] = groups
-        with self._products_for(input_ids):
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=self._mask(mask),
-                position_ids=position_ids,
-                use_cache=True,
-                **kwargs,
-            )
-        return out.logits[:, -1, :]
+        return self._call(input_ids, position_ids, mask, kwargs).logits[:, -1, :]
 
     def forward_at(self, input_ids, position_ids, mask, cache, positions: torch.Tensor) -> torch.Tensor:
         """One model call over a single (packed) row; the logits at `positions` of it, `[len(positions), vocab]`."""
         kwargs: dict[str, Any] = {"logits_to_keep": positions} if self._logits_to_keep else {}
         kwargs[self._cache_kwarg] = cache
-        with self._products_for(input_ids):
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=self._mask(mask),
-                position_ids=position_ids,
-                use_cache=True,
-                **kwargs,
-            )
+        out = self._call(input_ids, position_ids, mask, kwargs)
         return out.logits[0] if self._logits_to_keep else out.logits[0, positions]
 
     def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:

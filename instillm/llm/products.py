@@ -5,9 +5,10 @@ the model. torch computes `linear(x, W) = x @ W.T` as one MKL sgemm whose first 
 weight (output features x rows, in BLAS's column-major terms); on AMD EPYC (AVX2) MKL's kernel for
 that shape is slow when the rows are few. Asking for `W @ x.T` instead puts the rows first, a
 shape MKL handles well there, and transposing the small result back costs little. Measured on
-SmolLM2-135M in fp32, whole decode steps (`benchmarks/README.md`): 2.1x faster at 2-4 rows,
-1.2x at 32, 1.1x at 64-128; nothing for one row (a matrix-vector product either way), and slower
-for long prefills and in training, which keep torch's product.
+SmolLM2-135M in fp32 (`benchmarks/decode_products.py`): decode steps 1.8x faster at 2-4 rows and
+1.1-1.2x at 32-64 in `transformers`' own loop; in `Generator`, decoding 4 prompts 1.85x faster,
+12 prompts 1.07x, 32 prompts no faster. Nothing for one row (a matrix-vector product either way),
+and slower for long prefills and in training, which keep torch's product.
 
 `TransposedProducts(model)` finds the model's plain `torch.nn.Linear` layers once; `with
 products.active(rows):` swaps their forward for the transposed product while the model runs on
