@@ -60,6 +60,19 @@ def decode_ms(model, rows: int, steps: int, transposed: TransposedProducts | Non
     return (time.perf_counter() - start) / steps * 1e3, out.logits[:, -1].float()
 
 
+def fastest_of_each(times: dict[str, list[float]], unit: str, name: str | None = None) -> dict:
+    """torch_<name> and transposed_<name> (default name: the unit): the fastest repeat of each; their
+    speedup; all_<unit>: every repeat."""
+    a, b = min(times["torch"]), min(times["transposed"])
+    name = name or unit
+    return {
+        f"torch_{name}": round(a, 2),
+        f"transposed_{name}": round(b, 2),
+        "speedup": round(a / b, 2),
+        f"all_{unit}": {k: [round(x, 2) for x in v] for k, v in times.items()},
+    }
+
+
 @torch.inference_mode()
 def measure(model, rows: int, steps: int, repeats: int) -> dict:
     transposed = TransposedProducts(model)
@@ -69,14 +82,10 @@ def measure(model, rows: int, steps: int, repeats: int) -> dict:
         for name, tp in (("torch", None), ("transposed", transposed)):
             ms, logits[name] = decode_ms(model, rows, steps, tp)
             times[name].append(ms)
-    a, b = min(times["torch"]), min(times["transposed"])
     return {
         "rows": rows,
-        "torch_ms": round(a, 2),
-        "transposed_ms": round(b, 2),
-        "speedup": round(a / b, 2),
+        **fastest_of_each(times, "ms"),
         "max_abs_logit_diff": float((logits["torch"] - logits["transposed"]).abs().max()),
-        "all_ms": {k: [round(x, 2) for x in v] for k, v in times.items()},
     }
 
 
@@ -97,14 +106,10 @@ def generator_decode(model, tok, n: int, repeats: int, new_tokens: int = 64) -> 
             mid = time.perf_counter()
             tokens[name] = [o.token_ids for o in gen.generate_texts(prompts, full)]
             decode[name].append(time.perf_counter() - mid - (mid - start))
-    a, b = min(decode["torch"]), min(decode["transposed"])
     return {
         "prompts": n,
-        "torch_decode_s": round(a, 2),
-        "transposed_decode_s": round(b, 2),
-        "speedup": round(a / b, 2),
+        **fastest_of_each(decode, "s", "decode_s"),
         "identical_outputs": tokens["torch"] == tokens["transposed"],
-        "all_s": {k: [round(x, 2) for x in v] for k, v in decode.items()},
     }
 
 

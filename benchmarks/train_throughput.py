@@ -626,14 +626,14 @@ def fp32_reference(trl_run: dict[str, Any], bf16_check: dict[str, Any], make_cfg
     tail loss is from instillm's fp32 replay of TRL's bf16 steps."""
     trl32 = run_trl_fp32(len(trl_run["step_examples"]))
     rows = {"bf16": trl_run["step_examples"], "fp32": trl32["step_examples"]}
+    n_ex = {name: [len(ids) for ids in replay] for name, replay in rows.items()}  # examples per step
     tails = {}
     for name, replay in rows.items():
         rep = run_instillm(
             f"fp32 replay of TRL {trl_run['mode']} ({name})", make_cfg(f"ref-{name}", len(replay)), 0, replay=replay
         )
-        n_ex = [len(ids) for ids in replay]
-        tails[name] = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
-    trl32_tail = tail_loss(trl32["losses"], trl32["trained_tokens_per_step"], [len(i) for i in rows["fp32"]])
+        tails[name] = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex[name])
+    trl32_tail = tail_loss(trl32["losses"], trl32["trained_tokens_per_step"], n_ex["fp32"])
     ref = tails["bf16"]
     return {
         "fp32_replay_tail_loss": ref,
