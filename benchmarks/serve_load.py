@@ -28,7 +28,8 @@ max_tokens drawn from 8-256, a quarter of them short (<= 32), temperatures 0/0.7
 a `--scheduler continuous` server, with `--priority-rows N` also a `--scheduler continuous
 --priority-rows N` one, and a `--scheduler static` server. Reported: `throughput_ratio`
 (continuous / static requests/s), `short_p50_ratio` (the short requests' p50 latency under
-load / the same requests one at a time on the idle continuous server; targets >= 2 and <= 1.5;
+load / the same requests one at a time on a fresh, idle server of the same options, whose prefix
+cache has not seen them; targets >= 2 and <= 1.5;
 `steady_short_p50_ratio` leaves out each client's first request, which all 32 send at once) and
 whether greedy requests got the same text from both. Results go to
 benchmarks/results/serve_load_mixed.json (`--quick`: serve_load_mixed_quick.json).
@@ -477,7 +478,12 @@ def mixed_servers(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argparse.Namespace, log: Path) -> dict:
-    """The mixed workload on one server; for a continuous one also the short requests idle."""
+    """The mixed workload on one server; for a continuous one also the short requests idle.
+
+    Their idle latency is measured on a fresh server (its prefix cache cold, as for a request it
+    has not seen): the loaded server has every prompt of the workload cached, so there the short
+    requests skip their prefill (`short_idle_warm_p50_s`, recorded beside it).
+    """
     proc, url = start_server(model, 32, args.threads, log, *options)
     try:
         with httpx.Client() as client:  # warm-up
@@ -497,10 +503,26 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
             "texts": {i: loaded["results"][i][1] for i in sorted(loaded["results"])},
         }
         if name != "static":
-            idle = dict(zip(short, idle_short_latencies(url, short)))
-            out["short_idle_p50_s"], out["steady_short_idle_p50_s"] = p50(idle.values()), p50(idle[i] for i in steady)
-        print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
-        return out
+            warm = dict(zip(short, idle_short_latencies(url, short)))
+            out["short_idle_warm_p50_s"] = p50(warm.values())
+            out["steady_short_idle_warm_p50_s"] = p50(warm[i] for i in steady)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if name != "static":
+        idle = dict(zip(short, fresh_idle_latencies(model, options, args, log, short)))
+        out["short_idle_p50_s"], out["steady_short_idle_p50_s"] = p50(idle.values()), p50(idle[i] for i in steady)
+    print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
+    return out
+
+
+def fresh_idle_latencies(model: Path, options: list[str], args: argparse.Namespace, log: Path, short: list[int]):
+    """The short requests one at a time on a fresh server of the same options (warmed up by another request)."""
+    proc, url = start_server(model, 32, args.threads, log.with_suffix(".idle.log"), *options)
+    try:
+        with httpx.Client() as client:
+            send(client, url, mixed_request(10_000))
+        return idle_short_latencies(url, short)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -511,41 +533,65 @@ def p50(values: Iterable[float]) -> float:
 
 
 def compare(new: dict, old: dict) -> dict:
-    """Server `new` against the static server `old`: the two ratios and whether greedy texts agree."""
+    """Server `new` against the static server `old`: the ratios and whether greedy texts agree."""
     greedy = [i for i in new["texts"] if mixed_request(i)["temperature"] == 0]
     return {
         "throughput_ratio": round(new["requests_per_s"] / old["requests_per_s"], 3),
         "short_p50_ratio": round(new["short_p50_s"] / new["short_idle_p50_s"], 3),
         "steady_short_p50_ratio": round(new["steady_short_p50_s"] / new["steady_short_idle_p50_s"], 3),
+        # against the idle latency with the prompts already in the prefix cache (how runs before session 8 measured)
+        "short_p50_ratio_warm_idle": round(new["short_p50_s"] / new["short_idle_warm_p50_s"], 3),
         "identical_greedy_outputs": all(new["texts"][i] == old["texts"][i] for i in greedy),
         "greedy_requests": len(greedy),
         "sampled_requests_identical": sum(new["texts"][i] == old["texts"][i] for i in new["texts"] if i not in greedy),
     }
 
 
-def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
-    """Continuous (and with --priority-rows) vs static on one workload: throughput, short requests' latency."""
-    res = {
-        name: run_mixed_scheduler(model, name, options, args, tmp / f"serve-{name}.log")
-        for name, options in mixed_servers(args).items()
-    }
-    ratios = {name: compare(r, res["static"]) for name, r in res.items() if name != "static"}
-    for r in res.values():
-        r.pop("texts")
-    out = {"continuous": res["continuous"], "static": res["static"], **ratios["continuous"]}
-    if "priority" in res:
-        out["priority"] = {**res["priority"], "priority_rows": args.priority_rows, **ratios["priority"]}
+def combine(runs: list[dict], old: dict) -> dict:
+    """A continuous server's repeats against the static server: the median of every figure and
+    ratio over the repeats (each ratio taken within its repeat), their lists under `runs`."""
+    ratios = [compare(r, old) for r in runs]
+    figures = [{k: v for k, v in r.items() if k != "texts"} for r in runs]
+    out: dict = {}
+    for k, v in figures[0].items():
+        out[k] = round(statistics.median(f[k] for f in figures), 3) if isinstance(v, float) else v
+    for k in ratios[0]:
+        values = [r[k] for r in ratios]
+        out[k] = all(values) if isinstance(values[0], bool) else round(statistics.median(values), 3)
+    out["sampled_requests_identical"] = min(r["sampled_requests_identical"] for r in ratios)
+    if len(runs) > 1:
+        out["runs"] = [{**f, **r} for f, r in zip(figures, ratios)]
     return out
 
 
+def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
+    """Continuous (and with --priority-rows) vs static on one workload: throughput, short requests' latency.
+
+    Each continuous server runs `--repeats` times (a fresh server each time), the static one once.
+    """
+    res = {}
+    for name, options in mixed_servers(args).items():
+        repeats = 1 if name == "static" else args.repeats
+        res[name] = [run_mixed_scheduler(model, name, options, args, tmp / f"serve-{name}.log") for _ in range(repeats)]
+    static = res.pop("static")[0]
+    out = {name: combine(runs, static) for name, runs in res.items()}
+    ratio_keys = compare(res["continuous"][0], static)
+    static.pop("texts")
+    result = {"continuous": out["continuous"], "static": static, **{k: out["continuous"][k] for k in ratio_keys}}
+    if "priority" in out:
+        result["priority"] = {**out["priority"], "priority_rows": args.priority_rows}
+    return result
+
+
 def print_mixed(res: dict) -> None:
-    head = ("req/s", "short p50 s", "throughput_ratio", "short_p50_ratio", "steady_short_p50_ratio")
+    head = ("req/s", "short p50 s", "throughput_ratio", "short_p50_ratio", "steady_short_p50_ratio", "vs warm idle")
     print(f"\n{'server':10s} " + " ".join(f"{h:>{max(len(h), 8)}s}" for h in head))
     for name, r in (("continuous", {**res["continuous"], **res}), ("priority", res.get("priority"))):
         if r is not None:
             print(
                 f"{name:10s} {r['requests_per_s']:8.3f} {r['short_p50_s']:11.3f} {r['throughput_ratio']:16.3f} "
-                f"{r['short_p50_ratio']:15.3f} {r['steady_short_p50_ratio']:22.3f}"
+                f"{r['short_p50_ratio']:15.3f} {r['steady_short_p50_ratio']:22.3f} "
+                f"{r['short_p50_ratio_warm_idle']:12.3f}"
             )
     print(f"{'static':10s} {res['static']['requests_per_s']:8.3f} {res['static']['short_p50_s']:11.3f}")
     print(
@@ -568,6 +614,7 @@ def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tu
         "max_tokens_range": [8, 256],
         "short_max_tokens": SHORT,
         "server_threads": args.threads,
+        "repeats": args.repeats,
         **res,
         "machine": machine(load_before),
     }
@@ -598,6 +645,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2); --mixed: 32"
     )
+    p.add_argument("--repeats", type=int, default=1, help="--mixed: runs of each continuous server (medians reported)")
     p.add_argument("--out", type=Path, default=None, help="the results file (default: by mode, under results/)")
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "small")

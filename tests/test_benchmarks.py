@@ -99,3 +99,37 @@ def test_decode_products_times_both_products_and_compares_their_logits(tiny_mode
         assert r["max_abs_logit_diff"] < 1e-4
     assert out.exists() and result["machine"]["cpu_count"]
     assert torch.is_grad_enabled()  # the benchmark leaves autograd as it found it (later tests train)
+
+
+def test_serve_load_mixed_reports_the_median_of_ratios_taken_within_each_repeat() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_load as sl
+
+    greedy = next(i for i in range(100) if sl.mixed_request(i)["temperature"] == 0)
+    sampled = next(i for i in range(100) if sl.mixed_request(i)["temperature"] > 0)
+    static = {"requests_per_s": 1.0, "texts": {greedy: "a", sampled: "b"}}
+
+    def run(rps: float, loaded: float, idle: float, warm: float, sampled_text: str) -> dict:
+        return {
+            "scheduler": "priority",
+            "requests_per_s": rps,
+            "short_p50_s": loaded,
+            "steady_short_p50_s": loaded,
+            "short_idle_p50_s": idle,
+            "steady_short_idle_p50_s": idle,
+            "short_idle_warm_p50_s": warm,
+            "texts": {greedy: "a", sampled: sampled_text},
+        }
+
+    runs = [run(4.0, 0.6, 0.4, 0.3, "b"), run(3.0, 0.5, 0.25, 0.25, "x"), run(5.0, 0.45, 0.36, 0.3, "b")]
+    got = sl.combine(runs, static)
+    assert got["throughput_ratio"] == 4.0
+    assert got["short_p50_ratio"] == 1.5  # ratios 1.5, 2.0, 1.25: each repeat against its own idle run
+    assert got["short_p50_ratio_warm_idle"] == 2.0  # 2.0, 2.0, 1.5
+    assert got["short_p50_s"] == 0.5 and got["short_idle_p50_s"] == 0.36
+    assert got["identical_greedy_outputs"] is True
+    assert got["sampled_requests_identical"] == 0  # the fewest of any repeat
+    assert [r["short_p50_ratio"] for r in got["runs"]] == [1.5, 2.0, 1.25]
+    assert "texts" not in got and all("texts" not in r for r in got["runs"])
+    runs[1]["texts"][greedy] = "changed"
+    assert sl.combine(runs, static)["identical_greedy_outputs"] is False

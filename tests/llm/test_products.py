@@ -23,7 +23,7 @@ def _net() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 5, 16), (4, 1, 16)])
+@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 5, 16), (4, 1, 16), (13, 16), (3, 9, 16)])
 def test_transposed_linear_equals_linear(bias, shape):
     torch.manual_seed(1)
     layer = torch.nn.Linear(16, 24, bias=bias)
@@ -31,6 +31,22 @@ def test_transposed_linear_equals_linear(bias, shape):
     got = transposed_linear(layer, x)
     assert got.shape == (*shape[:-1], 24)
     assert got.is_contiguous()
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "computed"), [(1, 1), (2, 2), (3, 4), (5, 5), (8, 8), (9, 16), (31, 32), (32, 32)])
+def test_rows_are_padded_to_whole_blocks(rows, computed):
+    assert products.padded_rows(rows) == computed
+
+
+def test_padding_rows_reach_the_product_and_are_dropped(monkeypatch):
+    shapes = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: shapes.append(tuple(b.shape)) or mm(a, b))
+    layer = torch.nn.Linear(16, 24, bias=False)
+    x = torch.randn(11, 16)
+    got = transposed_linear(layer, x)
+    assert shapes == [(16, 16)]  # 11 rows computed as 16
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-6)
 
 
