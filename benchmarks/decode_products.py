@@ -1,7 +1,7 @@
 """Decode-step time with torch's linear products against instillm's transposed ones, by rows.
 
     .venv/bin/python benchmarks/decode_products.py [--model real|DIR] [--rows 1 2 4 8 16 32 64]
-        [--repeats 3] [--steps 12] [--dtype float32|bfloat16] [--out PATH]
+        [--repeats 3] [--steps 12] [--dtype float32|bfloat16] [--unpadded] [--out PATH]
 
 For each row count: prefill that many 100-token prompts (random ids, seeded), then time `--steps`
 decode steps of the model (`transformers`' own forward and `DynamicCache`, greedy), once with
@@ -15,6 +15,9 @@ model: the `small` preset (random weights); `--model real`: SmolLM2-135M-Instruc
 first N prompts of `generation_throughput.py` in one batch, 64 greedy new tokens: decode seconds
 (the 64-token call minus a 1-token call, which is the prefill) with `transposed_products` False
 and True, alternating, fastest of `--repeats`, and whether both gave the same tokens.
+
+`--unpadded`: a third side, the transposed products without padding the rows to whole blocks of 8
+(`products.padded_rows`); `padding_speedup` is its time over the padded one's (try odd rows: 23 31).
 """
 
 from __future__ import annotations
@@ -74,19 +77,26 @@ def fastest_of_each(times: dict[str, list[float]], unit: str, name: str | None =
 
 
 @torch.inference_mode()
-def measure(model, rows: int, steps: int, repeats: int) -> dict:
-    transposed = TransposedProducts(model)
-    times: dict[str, list[float]] = {"torch": [], "transposed": []}
+def measure(model, rows: int, steps: int, repeats: int, unpadded: bool = False) -> dict:
+    """ms per step with torch's products and transposed ones (and, `unpadded`, transposed ones without padding)."""
+    sides: dict[str, TransposedProducts | None] = {"torch": None, "transposed": TransposedProducts(model)}
+    if unpadded:
+        sides["unpadded"] = TransposedProducts(model, padded=False)
+    times: dict[str, list[float]] = {k: [] for k in sides}
     logits = {}
     for _ in range(repeats):
-        for name, tp in (("torch", None), ("transposed", transposed)):
+        for name, tp in sides.items():
             ms, logits[name] = decode_ms(model, rows, steps, tp)
             times[name].append(ms)
-    return {
+    out = {
         "rows": rows,
         **fastest_of_each(times, "ms"),
         "max_abs_logit_diff": float((logits["torch"] - logits["transposed"]).abs().max()),
     }
+    if unpadded:
+        out["unpadded_ms"] = round(min(times["unpadded"]), 2)
+        out["padding_speedup"] = round(out["unpadded_ms"] / out["transposed_ms"], 2)
+    return out
 
 
 def generator_decode(model, tok, n: int, repeats: int, new_tokens: int = 64) -> dict:
@@ -123,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--generator", type=int, nargs="*", default=[], metavar="N", help="also time Generator on N prompts"
     )
+    ap.add_argument(
+        "--unpadded", action="store_true", help="also transposed products without padding rows to whole blocks"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     from instillm.models.loading import load_model, load_tokenizer
@@ -139,9 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'rows':>5} {'torch ms':>9} {'transposed ms':>14} {'speedup':>8}")
     table = []
     for rows in args.rows:
-        r = measure(model, rows, args.steps, args.repeats)
+        r = measure(model, rows, args.steps, args.repeats, args.unpadded)
         table.append(r)
-        print(f"{rows:>5} {r['torch_ms']:>9.1f} {r['transposed_ms']:>14.1f} {r['speedup']:>7.2f}x", flush=True)
+        unpadded = f"   unpadded {r['unpadded_ms']:.1f} ms ({r['padding_speedup']:.2f}x)" if args.unpadded else ""
+        print(
+            f"{rows:>5} {r['torch_ms']:>9.1f} {r['transposed_ms']:>14.1f} {r['speedup']:>7.2f}x{unpadded}", flush=True
+        )
     generator = []
     for n in args.generator:
         g = generator_decode(model, tok, n, args.repeats)

@@ -89,13 +89,14 @@ def test_decode_products_times_both_products_and_compares_their_logits(tiny_mode
     out = tmp_path / "decode.json"
     result = dp.main(
         ["--model", str(tiny_model_dir), "--rows", "1", "3", "--repeats", "1", "--steps", "2", "--generator", "3"]
-        + ["--out", str(out)]
+        + ["--unpadded", "--out", str(out)]
     )
     (g,) = result["generator"]
     assert g["prompts"] == 3 and g["identical_outputs"] and g["torch_decode_s"] > 0
     assert [r["rows"] for r in result["by_rows"]] == [1, 3]
     for r in result["by_rows"]:
-        assert r["torch_ms"] > 0 and r["transposed_ms"] > 0
+        assert r["torch_ms"] > 0 and r["transposed_ms"] > 0 and r["unpadded_ms"] > 0
+        assert r["padding_speedup"] == round(r["unpadded_ms"] / r["transposed_ms"], 2)
         assert r["max_abs_logit_diff"] < 1e-4
     assert out.exists() and result["machine"]["cpu_count"]
     assert torch.is_grad_enabled()  # the benchmark leaves autograd as it found it (later tests train)

@@ -22,6 +22,7 @@ from instillm.llm.generation import (
     GenerationOutput,
     Generator,
     generate_chat,
+    decode_attention,
     generate_texts,
     plan_kv_groups,
 )
@@ -204,6 +205,46 @@ def test_grouped_decode_attention_is_used_and_changes_nothing(model, tok, prompt
     plain = Generator(model, tok, group_attention=False).generate_texts(prompts, opts)
     assert outs == plain and [_full(o) for o in outs] == naive
     assert model.config._attn_implementation == "sdpa"  # restored after the call
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(6, 2), (4, 4)])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_decode_attention_equals_sdpa(heads, kv_heads, mask_kind):
+    torch.manual_seed(0)
+    rows, keys, dim = 5, 7, 16
+    q, k, v = (
+        torch.randn(rows, heads, 1, dim),
+        torch.randn(rows, kv_heads, keys, dim),
+        torch.randn(rows, kv_heads, keys, dim),
+    )
+    ok = torch.arange(keys)[None, :] < torch.tensor([7, 3, 5, 1, 6])[:, None]
+    mask = {"bool": ok, "additive": torch.zeros(ok.shape).masked_fill(~ok, -1e9), "none": None}[mask_kind]
+    mask = None if mask is None else mask[:, None, None, :]
+    rep = heads // kv_heads
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask, scale=0.3
+    )
+    got = decode_attention(q, k, v, mask, scaling=0.3)
+    assert got.shape == (rows, 1, heads, dim) and got.is_contiguous()
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_steps_of_eight_rows_or_more_use_decode_attention(model, tok, prompts, naive, monkeypatch):
+    import instillm.llm.generation as generation
+
+    rows = []
+    real = generation.decode_attention
+
+    def spy(query, *args, **kwargs):
+        rows.append(query.shape[0])
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "decode_attention", spy)
+    monkeypatch.setattr(generation, "GROUP_COST", 10**9)  # one group: every decode step has 8+ rows here
+    opts = GenerateOptions(max_new_tokens=N_NEW, batch_size=10)
+    outs = Generator(model, tok, group_attention=True).generate_texts(prompts, opts)
+    assert [_full(o) for o in outs] == naive
+    assert rows and min(rows) >= generation.DECODE_ATTENTION_ROWS
 
 
 def test_attention_implementation_is_restored_after_an_error(model, tok, prompts, monkeypatch):

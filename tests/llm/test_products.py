@@ -48,6 +48,9 @@ def test_padding_rows_reach_the_product_and_are_dropped(monkeypatch):
     got = transposed_linear(layer, x)
     assert shapes == [(16, 16)]  # 11 rows computed as 16
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-6)
+    shapes.clear()
+    torch.testing.assert_close(transposed_linear(layer, x, padded=False), got, rtol=1e-5, atol=1e-6)
+    assert shapes == [(16, 11)]
 
 
 def test_active_swaps_plain_linears_only_and_restores():
