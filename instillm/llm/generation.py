@@ -240,7 +240,8 @@ def _grouped_sdpa(module, query, key, value, attention_mask, *args, instillm_kv_
     Rows are sorted by prompt length and left-padded to the longest, so a batch mixing 20- and
     200-token prompts would read ~200 cache slots for every row. `instillm_kv_groups` is a list
     of (first row, end row, first key) and each group attends to keys [first key:] only (the
-    keys before are padding for all its rows). Without groups (prefill) it is plain SDPA.
+    keys before are padding for all its rows). A prefill is plain SDPA; a decode step's group of
+    8 or more rows attends with `decode_attention` (faster there than SDPA on a CPU).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
