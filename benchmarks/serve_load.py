@@ -22,6 +22,7 @@ benchmarks/results/serve_load.json (`--quick`: serve_load_quick.json).
     .venv/bin/python benchmarks/serve_load.py --hostile [--quick] [--clients 4] [--requests-per-client 40]
 
     .venv/bin/python benchmarks/serve_load.py --mixed [--quick] [--clients 32] [--requests-per-client 3]
+        [--priority-rows N] [--repeats N]
 
 `--mixed` compares the schedulers: the same workload (32 clients sending requests back to back,
 max_tokens drawn from 8-256, a quarter of them short (<= 32), temperatures 0/0.7/1.0, seeded) on
@@ -31,7 +32,9 @@ a `--scheduler continuous` server, with `--priority-rows N` also a `--scheduler 
 load / the same requests one at a time on a fresh, idle server of the same options, whose prefix
 cache has not seen them; targets >= 2 and <= 1.5;
 `steady_short_p50_ratio` leaves out each client's first request, which all 32 send at once) and
-whether greedy requests got the same text from both. Results go to
+whether greedy requests got the same text from both. `--repeats N` runs each continuous server N
+times (a fresh server each time) and reports medians, each ratio taken within its repeat (the
+static server, the slow baseline, runs once). Results go to
 benchmarks/results/serve_load_mixed.json (`--quick`: serve_load_mixed_quick.json).
 
 `--hostile` measures instead what one hostile client does to everybody else. One batched server

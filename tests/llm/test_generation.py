@@ -21,8 +21,8 @@ from instillm.llm.generation import (
     GenerateOptions,
     GenerationOutput,
     Generator,
-    generate_chat,
     decode_attention,
+    generate_chat,
     generate_texts,
     plan_kv_groups,
 )
