@@ -23,6 +23,7 @@ and True, alternating, fastest of `--repeats`, and whether both gave the same to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -54,11 +55,8 @@ def decode_ms(model, rows: int, steps: int, transposed: TransposedProducts | Non
     tok = out.logits[:, -1].argmax(-1, keepdim=True)
     start = time.perf_counter()
     for _ in range(steps):
-        if transposed is None:
+        with contextlib.nullcontext() if transposed is None else transposed.active(rows):
             out = model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
-        else:
-            with transposed.active(rows):
-                out = model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
     return (time.perf_counter() - start) / steps * 1e3, out.logits[:, -1].float()
 

@@ -51,6 +51,7 @@ benchmarks/results/serve_load_hostile.json (`--quick`: serve_load_hostile_quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -487,10 +488,7 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
     has not seen): the loaded server has every prompt of the workload cached, so there the short
     requests skip their prefill (`short_idle_warm_p50_s`, recorded beside it).
     """
-    proc, url = start_server(model, 32, args.threads, log, *options)
-    try:
-        with httpx.Client() as client:  # warm-up
-            send(client, url, mixed_request(10_000))
+    with mixed_server(model, options, args, log) as url:
         loaded = mixed_load(url, args.clients, args.requests_per_client)
         short = [i for i in loaded["results"] if mixed_request(i)["max_tokens"] <= SHORT]
         steady = [i for i in short if i % args.requests_per_client]
@@ -509,23 +507,22 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
             warm = dict(zip(short, idle_short_latencies(url, short)))
             out["short_idle_warm_p50_s"] = p50(warm.values())
             out["steady_short_idle_warm_p50_s"] = p50(warm[i] for i in steady)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     if name != "static":
-        idle = dict(zip(short, fresh_idle_latencies(model, options, args, log, short)))
+        with mixed_server(model, options, args, log.with_suffix(".idle.log")) as url:
+            idle = dict(zip(short, idle_short_latencies(url, short)))
         out["short_idle_p50_s"], out["steady_short_idle_p50_s"] = p50(idle.values()), p50(idle[i] for i in steady)
     print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
     return out
 
 
-def fresh_idle_latencies(model: Path, options: list[str], args: argparse.Namespace, log: Path, short: list[int]):
-    """The short requests one at a time on a fresh server of the same options (warmed up by another request)."""
-    proc, url = start_server(model, 32, args.threads, log.with_suffix(".idle.log"), *options)
+@contextlib.contextmanager
+def mixed_server(model: Path, options: list[str], args: argparse.Namespace, log: Path) -> Iterator[str]:
+    """A fresh `instillm serve` with `options` for the block, warmed up by a request outside the workload: its URL."""
+    proc, url = start_server(model, 32, args.threads, log, *options)
     try:
         with httpx.Client() as client:
             send(client, url, mixed_request(10_000))
-        return idle_short_latencies(url, short)
+        yield url
     finally:
         proc.terminate()
         proc.wait(30)
@@ -550,21 +547,24 @@ def compare(new: dict, old: dict) -> dict:
     }
 
 
-def combine(runs: list[dict], old: dict) -> dict:
+def combine(runs: list[dict], old: dict) -> tuple[dict, dict]:
     """A continuous server's repeats against the static server: the median of every figure and
-    ratio over the repeats (each ratio taken within its repeat), their lists under `runs`."""
+    ratio over the repeats (each ratio taken within its repeat), their lists under `runs`; and
+    the combined ratios alone."""
     ratios = [compare(r, old) for r in runs]
     figures = [{k: v for k, v in r.items() if k != "texts"} for r in runs]
     out: dict = {}
     for k, v in figures[0].items():
         out[k] = round(statistics.median(f[k] for f in figures), 3) if isinstance(v, float) else v
+    combined: dict = {}
     for k in ratios[0]:
         values = [r[k] for r in ratios]
-        out[k] = all(values) if isinstance(values[0], bool) else round(statistics.median(values), 3)
-    out["sampled_requests_identical"] = min(r["sampled_requests_identical"] for r in ratios)
+        combined[k] = all(values) if isinstance(values[0], bool) else round(statistics.median(values), 3)
+    combined["sampled_requests_identical"] = min(r["sampled_requests_identical"] for r in ratios)
+    out.update(combined)
     if len(runs) > 1:
         out["runs"] = [{**f, **r} for f, r in zip(figures, ratios)]
-    return out
+    return out, combined
 
 
 def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
@@ -578,11 +578,11 @@ def run_mixed(model: Path, args: argparse.Namespace, tmp: Path) -> dict:
         res[name] = [run_mixed_scheduler(model, name, options, args, tmp / f"serve-{name}.log") for _ in range(repeats)]
     static = res.pop("static")[0]
     out = {name: combine(runs, static) for name, runs in res.items()}
-    ratio_keys = compare(res["continuous"][0], static)
     static.pop("texts")
-    result = {"continuous": out["continuous"], "static": static, **{k: out["continuous"][k] for k in ratio_keys}}
+    continuous, ratios = out["continuous"]
+    result = {"continuous": continuous, "static": static, **ratios}
     if "priority" in out:
-        result["priority"] = {**out["priority"], "priority_rows": args.priority_rows}
+        result["priority"] = {**out["priority"][0], "priority_rows": args.priority_rows}
     return result
 
 
