@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -154,6 +155,27 @@ def start_server(
     raise SystemExit("server did not start within 180 s")
 
 
+@contextlib.contextmanager
+def serving(
+    model: Path, max_batch_size: int, threads: int, log: Path, warm_up: Callable[[httpx.Client, str], Any], *extra: str
+) -> Iterator[str]:
+    """`start_server`'s server for the block, after `warm_up(client, url)`: its base URL; terminated after."""
+    proc, url = start_server(model, max_batch_size, threads, log, *extra)
+    try:
+        with httpx.Client() as client:
+            warm_up(client, url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def warm_up_small(max_tokens: int, client: httpx.Client, url: str) -> None:
+    """Two small greedy requests outside the measured ones."""
+    for i in range(2):
+        one_request(client, url, 10_000 + i, max_tokens)
+
+
 def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> tuple[float, int, str]:
     """(latency s, completion tokens, text) of one greedy chat request."""
     body = {
@@ -214,11 +236,7 @@ def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
 
 
 def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> list[dict]:
-    proc, url = start_server(model, MODES[mode], args.threads, log)
-    try:
-        with httpx.Client() as client:  # warm-up
-            for i in range(2):
-                one_request(client, url, 10_000 + i, args.max_tokens)
+    with serving(model, MODES[mode], args.threads, log, functools.partial(warm_up_small, args.max_tokens)) as url:
         rows = []
         for c in args.concurrency:
             measured = load(url, c, args.requests_per_client, args.max_tokens)
@@ -228,9 +246,6 @@ def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> lis
             )
             rows.append(row)
         return rows
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -350,16 +365,10 @@ def hostile_phase(url: str, args: argparse.Namespace) -> tuple[list[float], Host
 
 def run_hostile(model: Path, args: argparse.Namespace, log: Path) -> dict:
     """Quiet, then hostile; the small requests' latencies of both."""
-    proc, url = start_server(model, MODES["batched"], args.threads, log)
-    try:
-        with httpx.Client() as client:  # warm-up
-            for i in range(2):
-                one_request(client, url, 10_000 + i, args.max_tokens)
+    warm_up = functools.partial(warm_up_small, args.max_tokens)
+    with serving(model, MODES["batched"], args.threads, log, warm_up) as url:
         quiet = small_latencies(url, args.clients, args.requests_per_client, args.max_tokens)
         loud, hostile = hostile_phase(url, args)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     ratio = percentile(loud, 0.99) / percentile(quiet, 0.99)
     return {
         "quiet": summary(quiet),
@@ -488,7 +497,7 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
     has not seen): the loaded server has every prompt of the workload cached, so there the short
     requests skip their prefill (`short_idle_warm_p50_s`, recorded beside it).
     """
-    with mixed_server(model, options, args, log) as url:
+    with serving(model, 32, args.threads, log, warm_up_mixed, *options) as url:
         loaded = mixed_load(url, args.clients, args.requests_per_client)
         short = [i for i in loaded["results"] if mixed_request(i)["max_tokens"] <= SHORT]
         steady = [i for i in short if i % args.requests_per_client]
@@ -508,24 +517,16 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
             out["short_idle_warm_p50_s"] = p50(warm.values())
             out["steady_short_idle_warm_p50_s"] = p50(warm[i] for i in steady)
     if name != "static":
-        with mixed_server(model, options, args, log.with_suffix(".idle.log")) as url:
+        with serving(model, 32, args.threads, log.with_suffix(".idle.log"), warm_up_mixed, *options) as url:
             idle = dict(zip(short, idle_short_latencies(url, short)))
         out["short_idle_p50_s"], out["steady_short_idle_p50_s"] = p50(idle.values()), p50(idle[i] for i in steady)
     print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
     return out
 
 
-@contextlib.contextmanager
-def mixed_server(model: Path, options: list[str], args: argparse.Namespace, log: Path) -> Iterator[str]:
-    """A fresh `instillm serve` with `options` for the block, warmed up by a request outside the workload: its URL."""
-    proc, url = start_server(model, 32, args.threads, log, *options)
-    try:
-        with httpx.Client() as client:
-            send(client, url, mixed_request(10_000))
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def warm_up_mixed(client: httpx.Client, url: str) -> None:
+    """One request outside the mixed workload."""
+    send(client, url, mixed_request(10_000))
 
 
 def p50(values: Iterable[float]) -> float:
