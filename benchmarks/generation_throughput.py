@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5, --quick 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--ablations", action="store_true", help="also time instillm variants (prefill chunking)")
+    ap.add_argument(
+        "--ablations", action="store_true", help="also time instillm variants (prefill chunking, no shared prefixes)"
+    )
     ap.add_argument(
         "--wait-idle",
         type=float,
@@ -356,6 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
             gen,
             prompts,
             GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, prefill_tokens=big),
+        )
+        methods["instillm_no_shared_prefix"] = lambda: run_instillm(
+            gen,
+            prompts,
+            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, min_shared_prefix=0),
         )
         methods["instillm_prefill_1_prompt"] = lambda: run_instillm(
             gen,

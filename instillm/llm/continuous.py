@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from instillm.errors import DataError
-from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator, Row, row_seed
+from instillm.llm.generation import GenerateOptions, GenerationOutput, Generator, Row, common_prefix, row_seed
 
 # on_token(token id or None for an end token, finish reason or None while the row runs)
 RowEvent = Callable[[int | None, str | None], None]
@@ -66,16 +66,6 @@ class Prefill:
     @property
     def tokens(self) -> int:
         return int(self.keys[0].shape[1])
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class PrefixCache:

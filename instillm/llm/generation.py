@@ -12,6 +12,10 @@ How it is fast (on a CPU as on a GPU):
 - **Padding-free prefill**: inside a decode batch, prompts are prefilled in small chunks of
   similar length (at most `prefill_tokens` padded tokens each, usually one prompt), and their
   keys/values are written straight into the batch's cache, left-padded (right-aligned).
+- **Shared prefixes once**: prompts of one batch that start alike (a system prompt, a few-shot
+  header: `shared_prefixes`, at least `min_shared_prefix` tokens) have that prefix run through
+  the model once; its keys/values are copied into each of their rows, and only the rest of each
+  prompt is prefilled (a prefill chunk writes no slot of a row's shared prefix).
 - **Preallocated KV cache** (`_SlotCache`, a `transformers.Cache`): one buffer per layer,
   `[rows, kv_heads, prompt_len + max_new_tokens, head_dim]`, written in place. Nothing is
   concatenated per step (`DynamicCache` copies the whole cache at every step), and attention only
@@ -77,6 +81,8 @@ class GenerateOptions(Config):
       tokens of the tokenizer / the model's generation config.
     - `batch_size`: rows decoded together; `prefill_tokens`: padded tokens per prefill chunk.
     - `skip_special_tokens`: drop special tokens (e.g. a stray `<s>`) from `text`.
+    - `min_shared_prefix`: prompts of one batch that share at least this many leading tokens
+      (a system prompt, a few-shot header) prefill them once; 0 turns this off.
     """
 
     max_new_tokens: int = 128
@@ -90,6 +96,7 @@ class GenerateOptions(Config):
     stop_token_ids: tuple[int, ...] = one_or_many()
     prefill_tokens: int = 512
     skip_special_tokens: bool = True
+    min_shared_prefix: int = 16
 
     @classmethod
     def sampling(cls, temperature: float, top_p: float = 1.0, greedy_at: float = 0.0, **kwargs: Any) -> GenerateOptions:
@@ -103,6 +110,7 @@ class GenerateOptions(Config):
         problems: list[str] = []
         for name in ("max_new_tokens", "batch_size", "prefill_tokens"):
             check_min_int(problems, name, v[name])
+        check_min_int(problems, "min_shared_prefix", v["min_shared_prefix"], 0)
         check_min(problems, "top_k", v["top_k"], 0, note=" (0 disables it)")
         check_range(problems, "top_p", v["top_p"], 0, 1, "(]", note=" (1 disables it)")
         check_min(problems, "temperature", v["temperature"], 0, strict=True)
@@ -148,8 +156,9 @@ def _slot_cache_class():
     class _SlotLayer(CacheLayerMixin):
         """Keys/values of one layer in a preallocated `[rows, heads, slots, dim]` buffer.
 
-        What is written and read is set on the owning cache: `rows` (a slice: the prefill chunk,
-        or all rows), `write` and `read` (slot ranges [start, end)).
+        What is written and read is set on the owning cache: `rows` (a slice or index tensor: the
+        prefill chunk, or all rows), `write` and `read` (slot ranges [start, end)), and `keep`
+        (None, or a `[rows, 1, written slots, 1]` mask of the slots a prefill chunk may write).
         """
 
         is_sliding = False
@@ -174,9 +183,23 @@ def _slot_cache_class():
             o = self.owner
             (w0, w1), (r0, r1), rows = o.write, o.read, o.rows
             keys, values = self._buffers()
+            if o.keep is not None:  # slots of a row's shared prefix keep their keys (`keep` False there)
+                key_states = torch.where(o.keep, key_states, keys[rows, :, w0:w1])
+                value_states = torch.where(o.keep, value_states, values[rows, :, w0:w1])
             keys[rows, :, w0:w1] = key_states
             values[rows, :, w0:w1] = value_states
             return keys[rows, :, r0:r1], values[rows, :, r0:r1]
+
+        def put_prefix(self, other: Any, rows: torch.Tensor, starts: torch.Tensor) -> None:
+            """Copy `other`'s keys/values (one row, from slot 0) to `rows` at slots from `starts` on."""
+            if not self.is_initialized:
+                self.lazy_initialization(other.keys, other.values)
+            keys, values = self._buffers()
+            n = other.keys.shape[2]
+            slots = starts[:, None] + torch.arange(n, device=starts.device)[None, :]  # [rows, n]
+            # advanced indices around a slice: the indexed view is [rows, n, heads, dim]
+            keys[rows[:, None], :, slots] = other.keys[0].transpose(0, 1)
+            values[rows[:, None], :, slots] = other.values[0].transpose(0, 1)
 
         def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
             """The key and value buffers (allocated by lazy_initialization)."""
@@ -208,9 +231,10 @@ def _slot_cache_class():
 
         def __init__(self, n_layers: int, batch: int, capacity: int) -> None:
             self.batch, self.capacity = batch, capacity
-            self.rows: slice = slice(None)
+            self.rows: slice | torch.Tensor = slice(None)
             self.write = (0, 0)
             self.read = (0, 0)
+            self.keep: torch.Tensor | None = None
             self.slot_layers = [_SlotLayer(self) for _ in range(n_layers)]  # also in `layers`, typed as _SlotLayer
             super().__init__(layers=list(self.slot_layers))
 
@@ -219,6 +243,11 @@ def _slot_cache_class():
             for layer in self.slot_layers:
                 layer.batch_select_indices(indices)
             self.batch = int(indices.numel())
+
+        def put_prefix(self, other: Any, rows: torch.Tensor, starts: torch.Tensor) -> None:
+            """Copy the keys/values of `other` (a one-row cache of a shared prefix) into `rows`, from `starts`."""
+            for mine, theirs in zip(self.slot_layers, other.slot_layers):
+                mine.put_prefix(theirs, rows, starts)
 
     _CACHE_CLASS = _SlotCache
     return _SlotCache
@@ -343,6 +372,53 @@ def plan_kv_groups(lengths: Sequence[int], extra: int, group_cost: int = GROUP_C
     return groups[::-1]
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def shared_prefixes(prompts: Sequence[Sequence[int]], min_tokens: int) -> list[tuple[list[int], int]]:
+    """Groups of prompts sharing a prefix of at least `min_tokens` tokens: (positions, tokens shared).
+
+    Prompts sorted by their tokens are neighbours when they share a prefix; a run of neighbours
+    each sharing at least `min_tokens` with the next forms a group, sharing the shortest of those
+    prefixes. A prompt's last token is never shared (its logits are needed). Prompts in no group
+    are left out.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+    groups: list[tuple[list[int], int]] = []
+    run: list[int] = order[:1]
+    shared = math.inf
+    for a, b in zip(order, order[1:]):
+        n = min(common_prefix(prompts[a], prompts[b]), len(prompts[a]) - 1, len(prompts[b]) - 1)
+        if n >= min_tokens:
+            run.append(b)
+            shared = min(shared, n)
+            continue
+        if len(run) > 1:
+            groups.append((sorted(run), int(shared)))
+        run, shared = [b], math.inf
+    if len(run) > 1:
+        groups.append((sorted(run), int(shared)))
+    return groups
+
+
+def _prefill_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive positions of `lengths` (non-decreasing) in chunks of at most `budget` padded tokens (>= 1 each)."""
+    chunks: list[list[int]] = []
+    for j, n in enumerate(lengths):
+        if chunks and (len(chunks[-1]) + 1) * n <= budget:
+            chunks[-1].append(j)
+        else:
+            chunks.append([j])
+    return chunks
+
+
 # --------------------------------------------------------------------------------------------
 # the generator
 
@@ -445,6 +521,7 @@ class Generator:
         # decode steps' linear layers as (W @ x.T).T where that is faster (None: products.wanted)
         self._products = products_for(model, transposed_products)
         self._on_token: TokenCallback | None = None  # set by generate_ids for its call
+        self.shared_prefix_tokens = 0  # prompt tokens whose keys came from a prefix shared in the batch
         self._should_stop: Callable[[int], bool] | None = None  # likewise
 
     @property
@@ -594,38 +671,62 @@ class Generator:
         return out.logits[0] if self._logits_to_keep else out.logits[0, positions]
 
     def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
-        """Prefill rows (sorted by length) in chunks of similar length; last-position logits."""
-        device = self.device
-        chunks, start = [], 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and (end - start + 1) * len(rows[end].ids) <= opts.prefill_tokens:
-                end += 1
-            chunks.append((start, end))
-            start = end
+        """Prefill rows: shared prefixes once, then the rest in chunks of similar length; last-position logits."""
+        skips = self._prefill_shared(rows, cache, width, opts.min_shared_prefix)
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].ids) - skips[i], i))
         logits = None
-        for a, b in chunks:
-            lc = max(len(r.ids) for r in rows[a:b])
-            lens = torch.tensor([len(r.ids) for r in rows[a:b]], device=device)
-            ids = torch.full((b - a, lc), self.pad_id, dtype=torch.long)
-            for j, r in enumerate(rows[a:b]):
-                ids[j, lc - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
-            ar = torch.arange(lc, device=device)
-            pad = (lc - lens)[:, None]  # [n, 1] left padding of each row
-            position_ids = (ar[None, :] - pad).clamp_min(0)
-            key_ok = ar[None, :] >= pad  # [n, lc]
-            causal = ar[None, :] <= ar[:, None]  # [lc, lc]
-            # Pad queries attend to themselves only: finite values, never seen by real tokens.
-            mask = (causal[None] & key_ok[:, None, :]) | torch.eye(lc, dtype=torch.bool, device=device)[None]
-            cache.rows, cache.write, cache.read = slice(a, b), (width - lc, width), (width - lc, width)
-            out = self.forward_last(ids.to(device), position_ids, mask[:, None], cache)
+        for chunk in _prefill_chunks([len(rows[i].ids) - skips[i] for i in order], opts.prefill_tokens):
+            idx = [order[j] for j in chunk]
+            out = self._prefill_chunk(rows, idx, skips, cache, width)
             if logits is None:
                 logits = out.new_empty((len(rows), out.shape[-1]))
-            logits[a:b] = out
-        cache.rows = slice(None)
+            logits[idx] = out
+        cache.rows, cache.keep = slice(None), None
         if logits is None:
             raise ValueError("_prefill needs at least one row")
         return logits
+
+    def _prefill_shared(self, rows: list[Row], cache, width: int, min_tokens: int) -> list[int]:
+        """Compute each shared prefix once (`shared_prefixes`) and copy its keys to its rows; tokens skipped per row."""
+        skips = [0] * len(rows)
+        if min_tokens < 1 or len(rows) < 2:
+            return skips
+        device = self.device
+        for members, n in shared_prefixes([r.ids for r in rows], min_tokens):
+            ids = torch.tensor([rows[members[0]].ids[:n]], dtype=torch.long, device=device)
+            ar = torch.arange(n, device=device)
+            prefix = _make_cache(self.n_layers, 1, n)
+            prefix.write = prefix.read = (0, n)
+            self.forward_last(ids, ar[None], (ar[None, :] <= ar[:, None])[None, None], prefix)
+            starts = torch.tensor([width - len(rows[i].ids) for i in members], device=device)
+            cache.put_prefix(prefix, torch.tensor(members, device=device), starts)
+            for i in members:
+                skips[i] = n
+        self.shared_prefix_tokens += sum(skips)
+        return skips
+
+    def _prefill_chunk(self, rows: list[Row], idx: list[int], skips: list[int], cache, width: int) -> torch.Tensor:
+        """Prefill rows `idx` past their `skips` (right-aligned at `width`); their last-position logits."""
+        device = self.device
+        full = torch.tensor([len(rows[i].ids) for i in idx], device=device)
+        tails = [rows[i].ids[skips[i] :] for i in idx]
+        lc, lk = max(len(t) for t in tails), int(full.max())  # query slots; key slots read
+        ids = torch.full((len(idx), lc), self.pad_id, dtype=torch.long)
+        for j, t in enumerate(tails):
+            ids[j, lc - len(t) :] = torch.tensor(t, dtype=torch.long)
+        q_slot = torch.arange(width - lc, width, device=device)
+        k_slot = torch.arange(width - lk, width, device=device)
+        first = (width - full)[:, None]  # [n, 1] each row's first slot
+        position_ids = (q_slot[None, :] - first).clamp_min(0)
+        causal = k_slot[None, :] <= q_slot[:, None]  # [lc, lk]
+        # Pad queries attend to themselves only: finite values, never seen by real tokens.
+        mask = (causal[None] & (k_slot[None, None, :] >= first[:, :, None])) | (k_slot[None, :] == q_slot[:, None])
+        news = torch.tensor([len(t) for t in tails], device=device)
+        keep = (q_slot[None, :] >= width - news[:, None])[:, None, :, None] if any(skips[i] for i in idx) else None
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        cache.rows = slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx, device=device)
+        cache.write, cache.read, cache.keep = (width - lc, width), (width - lk, width), keep
+        return self.forward_last(ids.to(device), position_ids, mask[:, None], cache)
 
     def _generate_batch(self, rows: list[Row], opts: GenerateOptions) -> None:
         if self._should_stop is not None:  # stopped rows are not even prefilled

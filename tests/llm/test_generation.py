@@ -21,10 +21,12 @@ from instillm.llm.generation import (
     GenerateOptions,
     GenerationOutput,
     Generator,
+    common_prefix,
     decode_attention,
     generate_chat,
     generate_texts,
     plan_kv_groups,
+    shared_prefixes,
 )
 from tests.llm.chaotic import make_chaotic
 
@@ -272,6 +274,101 @@ def test_plan_kv_groups():
     assert plan_kv_groups([], extra=1) == []
 
 
+# ---------------------------------------------------------------------------- shared prefixes
+
+
+def test_shared_prefixes_groups_prompts_by_their_common_start():
+    header = list(range(100, 120))  # 20 tokens
+    prompts = [
+        header + [1, 2, 3],  # 0
+        [7, 8, 9, 10],  # 1: alone
+        header + [1, 2, 4, 5],  # 2: shares 22 with 0
+        header[:18] + [9],  # 3: shares 18 with the others
+        header + [1, 2, 3],  # 4: same as 0, its last token is not shared
+        list(range(50, 60)) + [1],  # 5
+        list(range(50, 60)) + [2],  # 6: shares 10 with 5: under the minimum
+    ]
+    assert shared_prefixes(prompts, 16) == [([0, 2, 3, 4], 18)]
+    assert sorted(shared_prefixes(prompts, 8)) == [([0, 2, 3, 4], 18), ([5, 6], 10)]
+    assert shared_prefixes([header + [1], header + [1]], 16) == [([0, 1], 20)]
+    assert shared_prefixes([header], 16) == [] and shared_prefixes([], 16) == []
+    assert common_prefix(prompts[0], prompts[2]) == 22 and common_prefix([], [1]) == 0
+
+
+def _greedy_one_by_one(model, tok, prompts, n_new):
+    eos = sorted(Generator(model, tok).end_ids)
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = tok(p, add_special_tokens=False, return_tensors="pt")
+            seq = model.generate(
+                **ids, do_sample=False, max_new_tokens=n_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
+            )
+            out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def header_prompts(tok):
+    """Prompts of one long system prompt (two thirds of them) and others, of various lengths; one repeated."""
+    system = "You are a careful assistant. Answer every question in full sentences and check each fact twice."
+    convs = []
+    for i in range(9):
+        msgs = [{"role": "system", "content": system}] if i % 3 else []
+        convs.append(msgs + [{"role": "user", "content": f"Question {i}:" + " tell me more" * (i % 4)}])
+    prompts = [Renderer(tok).prompt_text(c) for c in convs]
+    return prompts + [prompts[1]]
+
+
+@pytest.fixture(scope="module")
+def header_naive(model, tok, header_prompts):
+    return _greedy_one_by_one(model, tok, header_prompts, N_NEW)
+
+
+def _prefilled_tokens(gen: Generator) -> list[int]:
+    """Spy on `gen`: the number of tokens of every prefill call (query length > 1) goes to the list."""
+    seen: list[int] = []
+    forward = gen.forward_last
+
+    def spy(input_ids, *args, **kwargs):
+        if input_ids.shape[1] > 1:
+            seen.append(int((input_ids != gen.pad_id).sum()))
+        return forward(input_ids, *args, **kwargs)
+
+    gen.forward_last = spy  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("batch_size,prefill_tokens", [(10, 10_000), (10, 1), (4, 64)])
+def test_a_shared_prefix_is_prefilled_once_and_changes_no_token(
+    model, tok, header_prompts, header_naive, batch_size, prefill_tokens
+):
+    ids = tok(header_prompts, add_special_tokens=False)["input_ids"]
+    groups = shared_prefixes(ids, 16)
+    assert groups and groups[0][1] >= 16, "fixture premise: a long shared prefix"
+    gen = Generator(model, tok)
+    prefilled = _prefilled_tokens(gen)
+    opts = GenerateOptions(max_new_tokens=N_NEW, batch_size=batch_size, prefill_tokens=prefill_tokens)
+    outs = gen.generate_texts(header_prompts, opts)
+    assert [_full(o) for o in outs] == header_naive
+    assert gen.shared_prefix_tokens > 0
+    plain = Generator(model, tok)
+    plain_prefilled = _prefilled_tokens(plain)
+    assert plain.generate_texts(header_prompts, dataclasses.replace(opts, min_shared_prefix=0)) == outs
+    assert plain.shared_prefix_tokens == 0 and sum(plain_prefilled) == sum(len(x) for x in ids)
+    assert sum(prefilled) < sum(plain_prefilled)
+
+
+def test_shared_prefix_with_eager_attention_and_sampling(tiny_model_dir, tok, header_prompts, header_naive):
+    gen = Generator(_chaotic(tiny_model_dir, attn="eager"), tok)
+    outs = gen.generate_texts(header_prompts, GenerateOptions(max_new_tokens=N_NEW, batch_size=10))
+    assert [_full(o) for o in outs] == header_naive and gen.shared_prefix_tokens > 0
+    sampled = GenerateOptions(max_new_tokens=N_NEW, batch_size=10, do_sample=True, temperature=0.8, seed=3)
+    a = gen.generate_texts(header_prompts, sampled)
+    b = gen.generate_texts(header_prompts, dataclasses.replace(sampled, min_shared_prefix=0))
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+
+
 # ---------------------------------------------------------------------------- stopping
 
 
@@ -417,6 +514,7 @@ def test_completion_is_capped_by_max_length(model, tok, prompts):
         ({"temperature": 0.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": -1}, "top_k"),
+        ({"min_shared_prefix": -1}, "min_shared_prefix"),
         ({"stop_strings": ("",)}, "stop_strings"),
     ],
 )
