@@ -80,6 +80,22 @@ def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> N
     assert gt.default_out(prefix=True, real=False).name == "generation_prefix.json"
 
 
+def test_generation_prefix_counts_what_the_static_generator_prefilled(tiny_model_dir) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import generation_throughput as gt
+
+    from instillm.llm.generation import GenerateOptions, Generator
+    from instillm.models.loading import load_model, load_tokenizer
+
+    gen = Generator(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir))
+    header = list(range(10, 40))
+    prompts = [header + [50 + i] * (1 + i) for i in range(4)]
+    shared, record = gt.run_static(gen, prompts, GenerateOptions(max_new_tokens=2, batch_size=4))
+    assert record.prefilled_tokens == len(header) + sum(1 + i for i in range(4))
+    plain, record = gt.run_static(gen, prompts, GenerateOptions(max_new_tokens=2, batch_size=4, min_shared_prefix=0))
+    assert record.prefilled_tokens == sum(len(p) for p in prompts) and plain == shared
+
+
 def test_decode_products_times_both_products_and_compares_their_logits(tiny_model_dir, tmp_path) -> None:
     import torch
 

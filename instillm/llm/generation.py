@@ -521,6 +521,7 @@ class Generator:
         # decode steps' linear layers as (W @ x.T).T where that is faster (None: products.wanted)
         self._products = products_for(model, transposed_products)
         self._on_token: TokenCallback | None = None  # set by generate_ids for its call
+        self.prefilled_tokens = 0  # prompt tokens run through the model (a shared prefix once)
         self.shared_prefix_tokens = 0  # prompt tokens whose keys came from a prefix shared in the batch
         self._should_stop: Callable[[int], bool] | None = None  # likewise
 
@@ -698,6 +699,7 @@ class Generator:
             prefix = _make_cache(self.n_layers, 1, n)
             prefix.write = prefix.read = (0, n)
             self.forward_last(ids, ar[None], (ar[None, :] <= ar[:, None])[None, None], prefix)
+            self.prefilled_tokens += n
             starts = torch.tensor([width - len(rows[i].ids) for i in members], device=device)
             cache.put_prefix(prefix, torch.tensor(members, device=device), starts)
             for i in members:
@@ -726,6 +728,7 @@ class Generator:
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         cache.rows = slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx, device=device)
         cache.write, cache.read, cache.keep = (width - lc, width), (width - lk, width), keep
+        self.prefilled_tokens += int(news.sum())
         return self.forward_last(ids.to(device), position_ids, mask[:, None], cache)
 
     def _generate_batch(self, rows: list[Row], opts: GenerateOptions) -> None:

@@ -357,6 +357,7 @@ def test_a_shared_prefix_is_prefilled_once_and_changes_no_token(
     assert plain.generate_texts(header_prompts, dataclasses.replace(opts, min_shared_prefix=0)) == outs
     assert plain.shared_prefix_tokens == 0 and sum(plain_prefilled) == sum(len(x) for x in ids)
     assert sum(prefilled) < sum(plain_prefilled)
+    assert gen.prefilled_tokens == sum(prefilled) and plain.prefilled_tokens == sum(plain_prefilled)
 
 
 def test_shared_prefix_with_eager_attention_and_sampling(tiny_model_dir, tok, header_prompts, header_naive):
