@@ -190,16 +190,18 @@ def _slot_cache_class():
             values[rows, :, w0:w1] = value_states
             return keys[rows, :, r0:r1], values[rows, :, r0:r1]
 
-        def put_prefix(self, other: Any, rows: torch.Tensor, starts: torch.Tensor) -> None:
-            """Copy `other`'s keys/values (one row, from slot 0) to `rows` at slots from `starts` on."""
+        def put_prefix(
+            self, other: Any, source: tuple[int, int, int], rows: torch.Tensor, starts: torch.Tensor
+        ) -> None:
+            """Copy `other`'s keys/values of `source` (row, first slot, slots) to `rows`, at slots from `starts` on."""
             if not self.is_initialized:
                 self.lazy_initialization(other.keys, other.values)
             keys, values = self._buffers()
-            n = other.keys.shape[2]
+            row, first, n = source
             slots = starts[:, None] + torch.arange(n, device=starts.device)[None, :]  # [rows, n]
             # advanced indices around a slice: the indexed view is [rows, n, heads, dim]
-            keys[rows[:, None], :, slots] = other.keys[0].transpose(0, 1)
-            values[rows[:, None], :, slots] = other.values[0].transpose(0, 1)
+            keys[rows[:, None], :, slots] = other.keys[row, :, first : first + n].transpose(0, 1)
+            values[rows[:, None], :, slots] = other.values[row, :, first : first + n].transpose(0, 1)
 
         def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
             """The key and value buffers (allocated by lazy_initialization)."""
@@ -244,10 +246,12 @@ def _slot_cache_class():
                 layer.batch_select_indices(indices)
             self.batch = int(indices.numel())
 
-        def put_prefix(self, other: Any, rows: torch.Tensor, starts: torch.Tensor) -> None:
-            """Copy the keys/values of `other` (a one-row cache of a shared prefix) into `rows`, from `starts`."""
+        def put_prefix(
+            self, other: Any, source: tuple[int, int, int], rows: torch.Tensor, starts: torch.Tensor
+        ) -> None:
+            """Copy the keys/values of `source` (row, first slot, slots) of cache `other` into `rows`, from `starts`."""
             for mine, theirs in zip(self.slot_layers, other.slot_layers):
-                mine.put_prefix(theirs, rows, starts)
+                mine.put_prefix(theirs, source, rows, starts)
 
     _CACHE_CLASS = _SlotCache
     return _SlotCache
@@ -382,30 +386,46 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def shared_prefixes(prompts: Sequence[Sequence[int]], min_tokens: int) -> list[tuple[list[int], int]]:
-    """Groups of prompts sharing a prefix of at least `min_tokens` tokens: (positions, tokens shared).
+# What computing a shared prefix apart costs beyond its own tokens, in prompt tokens of a prefill
+# chunk (CPU, SmolLM2-135M: a one-row pass of 24 tokens took 0.1 s, ~60 chunked prompt tokens).
+SHARED_PREFIX_COST = 48
 
-    Prompts sorted by their tokens are neighbours when they share a prefix; a run of neighbours
-    each sharing at least `min_tokens` with the next forms a group, sharing the shortest of those
-    prefixes. A prompt's last token is never shared (its logits are needed). Prompts in no group
-    are left out.
+
+def shared_prefixes(
+    prompts: Sequence[Sequence[int]], min_tokens: int, cost: int = SHARED_PREFIX_COST
+) -> list[tuple[list[int], int]]:
+    """Groups of prompts to prefill a shared prefix of (at least `min_tokens` tokens) once: (positions, tokens).
+
+    Prompts sorted by their tokens are neighbours when they share a prefix; a group is a run of
+    neighbours and shares the shortest prefix between two of them. The runs are chosen by an
+    exact DP to skip the most prompt tokens, each group counting `cost` tokens against it (one
+    prompt with a long few-shot header and another with only the system prompt are not tied to
+    the shorter prefix when that saves less). A prompt's last token is never shared (its logits
+    are needed). Prompts in no group are left out.
     """
     order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+    links = [
+        min(common_prefix(prompts[a], prompts[b]), len(prompts[a]) - 1, len(prompts[b]) - 1)
+        for a, b in zip(order, order[1:])
+    ]
+    n = len(order)
+    best, cut, shared = [0] * (n + 1), list(range(-1, n)), [0] * (n + 1)  # best of order[:j]; its last run
+    for j in range(1, n + 1):
+        best[j], cut[j], p = best[j - 1], j - 1, math.inf
+        for i in range(j - 2, -1, -1):  # the run order[i:j], joined by links[i:j - 1]
+            p = min(p, links[i])
+            if p < min_tokens:
+                break
+            gain = best[i] + (j - i - 1) * int(p) - cost
+            if gain > best[j]:
+                best[j], cut[j], shared[j] = gain, i, int(p)
     groups: list[tuple[list[int], int]] = []
-    run: list[int] = order[:1]
-    shared = math.inf
-    for a, b in zip(order, order[1:]):
-        n = min(common_prefix(prompts[a], prompts[b]), len(prompts[a]) - 1, len(prompts[b]) - 1)
-        if n >= min_tokens:
-            run.append(b)
-            shared = min(shared, n)
-            continue
-        if len(run) > 1:
-            groups.append((sorted(run), int(shared)))
-        run, shared = [b], math.inf
-    if len(run) > 1:
-        groups.append((sorted(run), int(shared)))
-    return groups
+    j = n
+    while j > 0:
+        if j - cut[j] >= 2:
+            groups.append((sorted(order[cut[j] : j]), shared[j]))
+        j = cut[j]
+    return groups[::-1]
 
 
 def _prefill_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -671,12 +691,14 @@ class Generator:
         out = self._call(input_ids, position_ids, mask, kwargs)
         return out.logits[0] if self._logits_to_keep else out.logits[0, positions]
 
-    def _prefill(self, rows: list[Row], cache, width: int, opts: GenerateOptions) -> torch.Tensor:
-        """Prefill rows: shared prefixes once, then the rest in chunks of similar length; last-position logits."""
-        skips = self._prefill_shared(rows, cache, width, opts.min_shared_prefix)
+    def _prefill(self, rows: list[Row], cache, width: int, budget: int, min_shared: int = 0) -> torch.Tensor:
+        """Prefill rows (right-aligned at `width`): prefixes shared by `min_shared`+ tokens once
+        (`_prefill_shared`), then the rest in chunks of similar length, at most `budget` padded
+        tokens each; the logits at each row's last position."""
+        skips = self._prefill_shared(rows, cache, width, budget, min_shared)
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i].ids) - skips[i], i))
         logits = None
-        for chunk in _prefill_chunks([len(rows[i].ids) - skips[i] for i in order], opts.prefill_tokens):
+        for chunk in _prefill_chunks([len(rows[i].ids) - skips[i] for i in order], budget):
             idx = [order[j] for j in chunk]
             out = self._prefill_chunk(rows, idx, skips, cache, width)
             if logits is None:
@@ -687,21 +709,20 @@ class Generator:
             raise ValueError("_prefill needs at least one row")
         return logits
 
-    def _prefill_shared(self, rows: list[Row], cache, width: int, min_tokens: int) -> list[int]:
-        """Compute each shared prefix once (`shared_prefixes`) and copy its keys to its rows; tokens skipped per row."""
+    def _prefill_shared(self, rows: list[Row], cache, width: int, budget: int, min_shared: int) -> list[int]:
+        """Prefill the prefixes `shared_prefixes` finds, together, and copy each to its rows; tokens skipped per row."""
         skips = [0] * len(rows)
-        if min_tokens < 1 or len(rows) < 2:
+        groups = shared_prefixes([r.ids for r in rows], min_shared) if min_shared > 0 else []
+        if not groups:
             return skips
+        heads = [Row(-1, rows[members[0]].ids[:n], 0) for members, n in groups]
+        longest = max(n for _, n in groups)
+        prefixes = _make_cache(self.n_layers, len(heads), longest)
+        self._prefill(heads, prefixes, longest, budget)
         device = self.device
-        for members, n in shared_prefixes([r.ids for r in rows], min_tokens):
-            ids = torch.tensor([rows[members[0]].ids[:n]], dtype=torch.long, device=device)
-            ar = torch.arange(n, device=device)
-            prefix = _make_cache(self.n_layers, 1, n)
-            prefix.write = prefix.read = (0, n)
-            self.forward_last(ids, ar[None], (ar[None, :] <= ar[:, None])[None, None], prefix)
-            self.prefilled_tokens += n
+        for g, (members, n) in enumerate(groups):
             starts = torch.tensor([width - len(rows[i].ids) for i in members], device=device)
-            cache.put_prefix(prefix, torch.tensor(members, device=device), starts)
+            cache.put_prefix(prefixes, (g, longest - n, n), torch.tensor(members, device=device), starts)
             for i in members:
                 skips[i] = n
         self.shared_prefix_tokens += sum(skips)
@@ -740,7 +761,7 @@ class Generator:
         width = max(len(r.ids) for r in rows)  # prompt slots; rows are right-aligned at `width`
         steps = max(r.budget for r in rows)
         cache = _make_cache(self.n_layers, len(rows), width + steps)
-        logits = self._prefill(rows, cache, width, opts)
+        logits = self._prefill(rows, cache, width, opts.prefill_tokens, opts.min_shared_prefix)
 
         lens = torch.tensor([len(r.ids) for r in rows], device=device)
         ar = torch.arange(width + steps, device=device)

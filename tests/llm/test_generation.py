@@ -288,11 +288,23 @@ def test_shared_prefixes_groups_prompts_by_their_common_start():
         list(range(50, 60)) + [1],  # 5
         list(range(50, 60)) + [2],  # 6: shares 10 with 5: under the minimum
     ]
-    assert shared_prefixes(prompts, 16) == [([0, 2, 3, 4], 18)]
-    assert sorted(shared_prefixes(prompts, 8)) == [([0, 2, 3, 4], 18), ([5, 6], 10)]
-    assert shared_prefixes([header + [1], header + [1]], 16) == [([0, 1], 20)]
+    assert shared_prefixes(prompts, 16, cost=0) == [([0, 2, 3, 4], 18)]
+    assert sorted(shared_prefixes(prompts, 8, cost=0)) == [([0, 2, 3, 4], 18), ([5, 6], 10)]
+    assert shared_prefixes([header + [1], header + [1]], 16, cost=0) == [([0, 1], 20)]
     assert shared_prefixes([header], 16) == [] and shared_prefixes([], 16) == []
     assert common_prefix(prompts[0], prompts[2]) == 22 and common_prefix([], [1]) == 0
+    # a group's cost counts against it: 4 prompts skip 4 x 18 tokens, and the first computes them once
+    assert shared_prefixes(prompts, 16, cost=3 * 18 - 1) == [([0, 2, 3, 4], 18)]
+    assert shared_prefixes(prompts, 16, cost=3 * 18) == []
+
+
+def test_shared_prefixes_does_not_tie_a_long_header_to_a_short_one():
+    system = list(range(100, 120))  # 20 tokens all four share
+    few_shot = list(range(200, 400))  # 200 more that three of them share
+    prompts = [system + few_shot + [1], system + [7, 7], system + few_shot + [2], system + few_shot + [3]]
+    assert shared_prefixes(prompts, 16, cost=10) == [([0, 2, 3], 220)]
+    # all four at 20 tokens would skip fewer: 3 x 20 against 2 x 220
+    assert shared_prefixes(prompts[:2], 16, cost=10) == [([0, 1], 20)]
 
 
 def _greedy_one_by_one(model, tok, prompts, n_new):
