@@ -439,6 +439,20 @@ def _prefill_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return chunks
 
 
+def _chunk_positions_and_mask(q_slot: torch.Tensor, k_slot: torch.Tensor, lengths: torch.Tensor):
+    """Position ids `[n, queries]` and boolean mask `[n, queries, keys]` of a prefill chunk.
+
+    Rows end at the same slot (right-aligned); row i's prompt takes the last `lengths[i]` slots.
+    `q_slot`/`k_slot` are the slots of the chunk's queries and of the keys they read (a suffix of them).
+    """
+    first = (k_slot[-1] + 1 - lengths)[:, None]  # [n, 1] each row's first slot
+    position_ids = (q_slot[None, :] - first).clamp_min(0)
+    causal = k_slot[None, :] <= q_slot[:, None]  # [queries, keys]
+    # Pad queries attend to themselves only: finite values, never seen by real tokens.
+    mask = (causal[None] & (k_slot[None, None, :] >= first[:, :, None])) | (k_slot[None, :] == q_slot[:, None])
+    return position_ids, mask
+
+
 # --------------------------------------------------------------------------------------------
 # the generator
 
@@ -541,9 +555,9 @@ class Generator:
         # decode steps' linear layers as (W @ x.T).T where that is faster (None: products.wanted)
         self._products = products_for(model, transposed_products)
         self._on_token: TokenCallback | None = None  # set by generate_ids for its call
+        self._should_stop: Callable[[int], bool] | None = None  # likewise
         self.prefilled_tokens = 0  # prompt tokens run through the model (a shared prefix once)
         self.shared_prefix_tokens = 0  # prompt tokens whose keys came from a prefix shared in the batch
-        self._should_stop: Callable[[int], bool] | None = None  # likewise
 
     @property
     def renderer(self):
@@ -738,12 +752,7 @@ class Generator:
         for j, t in enumerate(tails):
             ids[j, lc - len(t) :] = torch.tensor(t, dtype=torch.long)
         q_slot = torch.arange(width - lc, width, device=device)
-        k_slot = torch.arange(width - lk, width, device=device)
-        first = (width - full)[:, None]  # [n, 1] each row's first slot
-        position_ids = (q_slot[None, :] - first).clamp_min(0)
-        causal = k_slot[None, :] <= q_slot[:, None]  # [lc, lk]
-        # Pad queries attend to themselves only: finite values, never seen by real tokens.
-        mask = (causal[None] & (k_slot[None, None, :] >= first[:, :, None])) | (k_slot[None, :] == q_slot[:, None])
+        position_ids, mask = _chunk_positions_and_mask(q_slot, torch.arange(width - lk, width, device=device), full)
         news = torch.tensor([len(t) for t in tails], device=device)
         keep = (q_slot[None, :] >= width - news[:, None])[:, None, :, None] if any(skips[i] for i in idx) else None
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
