@@ -70,8 +70,7 @@ def prompts(tok, conversations):
     return [Renderer(tok).prompt_text(c) for c in conversations]
 
 
-@pytest.fixture(scope="module")
-def naive(model, tok, prompts):
+def _greedy_one_by_one(model, tok, prompts, n_new):
     """`model.generate(do_sample=False)` one prompt at a time, no padding: new token ids."""
     eos = sorted(Generator(model, tok).end_ids)
     out = []
@@ -79,10 +78,15 @@ def naive(model, tok, prompts):
         for p in prompts:
             ids = tok(p, add_special_tokens=False, return_tensors="pt")
             seq = model.generate(
-                **ids, do_sample=False, max_new_tokens=N_NEW, eos_token_id=eos, pad_token_id=tok.pad_token_id
+                **ids, do_sample=False, max_new_tokens=n_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
             )
             out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
     return out
+
+
+@pytest.fixture(scope="module")
+def naive(model, tok, prompts):
+    return _greedy_one_by_one(model, tok, prompts, N_NEW)
 
 
 def _full(o: GenerationOutput) -> list[int]:
@@ -305,19 +309,6 @@ def test_shared_prefixes_does_not_tie_a_long_header_to_a_short_one():
     assert shared_prefixes(prompts, 16, cost=10) == [([0, 2, 3], 220)]
     # all four at 20 tokens would skip fewer: 3 x 20 against 2 x 220
     assert shared_prefixes(prompts[:2], 16, cost=10) == [([0, 1], 20)]
-
-
-def _greedy_one_by_one(model, tok, prompts, n_new):
-    eos = sorted(Generator(model, tok).end_ids)
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = tok(p, add_special_tokens=False, return_tensors="pt")
-            seq = model.generate(
-                **ids, do_sample=False, max_new_tokens=n_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
-            )
-            out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
-    return out
 
 
 @pytest.fixture(scope="module")
