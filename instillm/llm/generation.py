@@ -409,7 +409,7 @@ def shared_prefixes(
         for a, b in zip(order, order[1:])
     ]
     n = len(order)
-    best, cut, shared = [0] * (n + 1), list(range(-1, n)), [0] * (n + 1)  # best of order[:j]; its last run
+    best, cut, shared = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)  # best of order[:j]; where its last run starts
     for j in range(1, n + 1):
         best[j], cut[j], p = best[j - 1], j - 1, math.inf
         for i in range(j - 2, -1, -1):  # the run order[i:j], joined by links[i:j - 1]
@@ -747,13 +747,13 @@ class Generator:
         device = self.device
         full = torch.tensor([len(rows[i].ids) for i in idx], device=device)
         tails = [rows[i].ids[skips[i] :] for i in idx]
-        lc, lk = max(len(t) for t in tails), int(full.max())  # query slots; key slots read
+        news = torch.tensor([len(t) for t in tails], device=device)
+        lc, lk = int(news.max()), int(full.max())  # query slots; key slots read
         ids = torch.full((len(idx), lc), self.pad_id, dtype=torch.long)
         for j, t in enumerate(tails):
             ids[j, lc - len(t) :] = torch.tensor(t, dtype=torch.long)
         q_slot = torch.arange(width - lc, width, device=device)
         position_ids, mask = _chunk_positions_and_mask(q_slot, torch.arange(width - lk, width, device=device), full)
-        news = torch.tensor([len(t) for t in tails], device=device)
         keep = (q_slot[None, :] >= width - news[:, None])[:, None, :, None] if any(skips[i] for i in idx) else None
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         cache.rows = slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx, device=device)

@@ -15,6 +15,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, TokenType
 
 from instillm.errors import ConfigError, ModelError
+from instillm.llm.generation import common_prefix
 from instillm.models.gguf import SOURCE_FILE, export_gguf, import_gguf
 from instillm.models.loading import load_model, load_tokenizer
 
@@ -61,10 +62,6 @@ def greedy(model: Any, tokenizer: Any, prompt: str, n: int = 16) -> list[int]:
             ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
     return out[0, ids.shape[1] :].tolist()
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from instillm.llm.generation import common_prefix
 from instillm.models.gguf import export_gguf
-from tests.models.test_gguf import CORPUS, PROMPTS, REAL_PROMPTS, common_prefix
+from tests.models.test_gguf import CORPUS, PROMPTS, REAL_PROMPTS
 
 pytestmark = pytest.mark.slow
 
