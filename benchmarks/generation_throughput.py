@@ -14,6 +14,8 @@ decodes greedily with the same stop tokens (EOS / end-of-turn) for:
   instillm    `instillm.llm.generation.Generator.generate_texts` at the same batch size
   instillm_torch_products  the same with torch's own linear products, where instillm's default
               computes decode steps' products transposed (fp32 on AMD CPUs: `instillm.llm.products`)
+  instillm_model_decode  the same with decode steps through the model's modules (transposed
+              products), where instillm's default runs them feature-major (`instillm.llm.feature_major`)
 
 Tokens/s counts generated tokens (up to and including a stop token; padding and anything after a
 stop are not counted) divided by wall time. Every method runs once untimed (warm-up: the naive
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
     if len(models) == 1 and gen.transposed_products:  # the default here: also time torch's own products
         plain = Generator(model, tok, transposed_products=False)
         methods["instillm_torch_products"] = lambda: run_instillm(plain, prompts, opts)
+    if len(models) == 1 and gen.feature_major:  # likewise: also time decode steps through the model's modules
+        modules = Generator(model, tok, feature_major=False)
+        methods["instillm_model_decode"] = lambda: run_instillm(modules, prompts, opts)
     if args.ablations:
         big = 1 << 30
         methods["instillm_padded_prefill"] = lambda: run_instillm(

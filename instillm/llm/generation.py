@@ -32,7 +32,10 @@ How it is fast (on a CPU as on a GPU):
   token budget) its cache rows are removed, so later steps only compute live rows.
 - Logits only for the last position (`logits_to_keep=1`), `torch.inference_mode`.
 - **Decode products the fast way round**: where MKL is slow at few-row products (fp32 on AMD
-  CPUs), decode steps compute their linear layers as `(W @ x.T).T` (`instillm.llm.products`).
+  CPUs), decode steps compute their linear layers as `(W @ x.T).T` (`instillm.llm.products`),
+  and for Llama-family models the whole step runs feature-major, `[features, rows]`, with no
+  transposes between the products and no trip through the model's modules
+  (`instillm.llm.feature_major`).
 
 Sampling (temperature, top-k, top-p) draws its noise from one `torch.Generator` per prompt,
 seeded from (`seed`, prompt index): results are reproducible and do not depend on
@@ -56,6 +59,9 @@ import torch
 
 from instillm.config import Config, check_min, check_min_int, check_range, one_or_many
 from instillm.errors import ConfigError, DataError, ModelError
+from instillm.llm.attention import DECODE_ATTENTION_ROWS, decode_attention
+from instillm.llm.feature_major import FeatureMajorStep, unsupported
+from instillm.llm.products import MAX_ROWS, products_for
 
 FINISH_REASONS = ("stop", "length")
 
@@ -294,9 +300,6 @@ def _plain(kwargs: dict[str, Any]) -> bool:
     return not kwargs.get("dropout") and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
 
 
-DECODE_ATTENTION_ROWS = 8  # from 8 rows `decode_attention` beats SDPA's CPU kernel; below, SDPA is faster
-
-
 def _attend(module, query, key, value, mask, kwargs: dict[str, Any]) -> torch.Tensor:
     """A decode step's attention, [rows, 1, heads, dim]: `decode_attention` for 8+ rows on a CPU, else SDPA
     (on a GPU SDPA's fused kernels stay: `decode_attention` was measured faster on CPUs only)."""
@@ -305,28 +308,6 @@ def _attend(module, query, key, value, mask, kwargs: dict[str, Any]) -> torch.Te
     if query.shape[0] >= DECODE_ATTENTION_ROWS and query.device.type == "cpu":
         return decode_attention(query, key, value, mask, kwargs.get("scaling"))
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)[0]
-
-
-def decode_attention(query, key, value, mask, scaling: float | None = None) -> torch.Tensor:
-    """Attention of one query per row as two batched products over the key/value heads.
-
-    `query` [rows, heads, 1, dim], `key`/`value` [rows, kv_heads, keys, dim], `mask` boolean or
-    additive, broadcastable to [rows, 1, 1, keys]. Returns [rows, 1, heads, dim], as
-    `transformers`' attention functions do. The query heads sharing a key/value head are that
-    head's queries, so the keys are not repeated. On a CPU (AMD EPYC, fp32) this is 1.4-2.5x
-    faster than SDPA's kernel for 16-32 rows of 40-200 keys, as fast at 4 rows, slower at one.
-    """
-    rows, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(dim**-0.5 if scaling is None else scaling)
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores.masked_fill_(~mask, float("-inf"))
-        else:
-            scores.add_(mask)
-    out = torch.matmul(scores.softmax(dim=-1), value)  # [rows, kv_heads, group, dim]
-    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 _REGISTERED = False
@@ -507,6 +488,8 @@ class Generator:
     `max_length` caps prompt + completion tokens; default: the model's `max_position_embeddings`.
     `transposed_products`: compute decode steps' linear layers as `(W @ x.T).T`
     (`instillm.llm.products`); None decides by `products.wanted` (fp32 on an AMD CPU).
+    `feature_major`: run decode steps feature-major (`instillm.llm.feature_major`; Llama, Mistral
+    and Qwen2 models); None: where the products are transposed and the model is supported.
     """
 
     def __init__(
@@ -517,9 +500,9 @@ class Generator:
         max_length: int | None = None,
         group_attention: bool = True,
         transposed_products: bool | None = None,
+        feature_major: bool | None = None,
     ) -> None:
         from instillm.data.render import end_token_ids
-        from instillm.llm.products import products_for
 
         self.model = model
         self.tokenizer = tokenizer
@@ -554,6 +537,7 @@ class Generator:
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         # decode steps' linear layers as (W @ x.T).T where that is faster (None: products.wanted)
         self._products = products_for(model, transposed_products)
+        self._step = _feature_major_step(model, feature_major, self._products is not None)
         self._on_token: TokenCallback | None = None  # set by generate_ids for its call
         self._should_stop: Callable[[int], bool] | None = None  # likewise
         self.prefilled_tokens = 0  # prompt tokens run through the model (a shared prefix once)
@@ -571,6 +555,11 @@ class Generator:
     def transposed_products(self) -> bool:
         """Whether decode steps compute their linear layers as `(W @ x.T).T` (`instillm.llm.products`)."""
         return self._products is not None
+
+    @property
+    def feature_major(self) -> bool:
+        """Whether decode steps run feature-major (`instillm.llm.feature_major`)."""
+        return self._step is not None
 
     @property
     def device(self) -> torch.device:
@@ -812,7 +801,14 @@ class Generator:
                 groups = self._groups(live, steps - t - 1)
             slot = width + t
             cache.write, cache.read = (slot, slot + 1), (kv_lo, slot + 1)
-            logits = self.forward_last(tok[:, None], pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+            logits = self._decode(tok, pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+
+    def _decode(self, tok, positions, mask, cache, groups) -> torch.Tensor:
+        """One decode step of a batch: feature-major where this generator has that step (up to
+        `products.MAX_ROWS` rows), else through the model; the logits `[rows, vocab]`."""
+        if self._step is not None and tok.shape[0] <= MAX_ROWS:
+            return self._step(tok, positions, mask, cache, groups)
+        return self.forward_last(tok[:, None], positions, mask, cache, groups)
 
     @staticmethod
     def _record(live: list[Row], tok: torch.Tensor, is_end: torch.Tensor) -> None:
@@ -885,6 +881,14 @@ class Generator:
         u = torch.stack([torch.rand(vocab, generator=g, device=logp.device) for g in gens])
         e = -torch.log(u.clamp_(min=tiny))
         return (logp - torch.log(e.clamp_(min=tiny))).argmax(dim=-1)
+
+
+def _feature_major_step(model: Any, enabled: bool | None, transposed: bool) -> FeatureMajorStep | None:
+    """The model's `FeatureMajorStep` if `enabled` (None: where products are transposed and the model
+    is supported); asking for it on a model it cannot run raises `ModelError` with the reason."""
+    if enabled is None:
+        enabled = transposed and unsupported(model) is None
+    return FeatureMajorStep(model) if enabled else None
 
 
 # --------------------------------------------------------------------------------------------

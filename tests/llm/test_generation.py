@@ -127,26 +127,27 @@ def test_batched_greedy_equals_naive_per_prompt(model, tok, prompts, naive):
         assert o.text == tok.decode(ids, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("feature_major", [True, False])
 @pytest.mark.parametrize("batch_size,prefill_tokens", [(4, 1), (10, 10_000), (1, 512)])
-def test_greedy_with_early_stops_equals_naive(model, tok, prompts, naive, batch_size, prefill_tokens):
+def test_greedy_with_early_stops_equals_naive(model, tok, prompts, naive, batch_size, prefill_tokens, feature_major):
     """A token that greedy decoding emits in some rows (at various steps) is made a stop token:
-    those rows finish early and leave the batch, the others continue to the length limit."""
+    those rows finish early and leave the batch, the others continue to the length limit
+    (decode steps feature-major and through the model's modules)."""
     counts = Counter(t for ids in naive for t in set(ids[1:-1]))
     stop = next(t for t, n in counts.most_common() if n < len(naive))
     expected = [_truncate(ids, {stop} | end_token_ids(tok)) for ids in naive]
     n_early = sum(len(e) < N_NEW for e in expected)
     assert 2 <= n_early < len(naive), "fixture premise: some rows stop early, some do not"
 
-    gen = Generator(model, tok)
+    gen = Generator(model, tok, feature_major=feature_major)
     decode_rows: list[int] = []
-    forward = gen.forward_last
+    decode = gen._decode
 
-    def spy(input_ids, *args):
-        if input_ids.shape[1] == 1:
-            decode_rows.append(input_ids.shape[0])
-        return forward(input_ids, *args)
+    def spy(tokens, *args):
+        decode_rows.append(tokens.shape[0])
+        return decode(tokens, *args)
 
-    gen.forward_last = spy
+    gen._decode = spy
     opts = GenerateOptions(
         max_new_tokens=N_NEW, batch_size=batch_size, stop_token_ids=(stop,), prefill_tokens=prefill_tokens
     )
@@ -206,7 +207,7 @@ def test_grouped_decode_attention_is_used_and_changes_nothing(model, tok, prompt
     monkeypatch.setitem(AttentionInterface._global_mapping, generation._GROUPED_SDPA, spy)
     monkeypatch.setattr(generation, "GROUP_COST", 8)
     opts = GenerateOptions(max_new_tokens=N_NEW, batch_size=10)
-    outs = Generator(model, tok).generate_texts(prompts, opts)
+    outs = Generator(model, tok, feature_major=False).generate_texts(prompts, opts)
     assert seen and max(len(g) for g in seen) >= 3
     plain = Generator(model, tok, group_attention=False).generate_texts(prompts, opts)
     assert outs == plain and [_full(o) for o in outs] == naive
@@ -248,7 +249,7 @@ def test_decode_steps_of_eight_rows_or_more_use_decode_attention(model, tok, pro
     monkeypatch.setattr(generation, "decode_attention", spy)
     monkeypatch.setattr(generation, "GROUP_COST", 10**9)  # one group: every decode step has 8+ rows here
     opts = GenerateOptions(max_new_tokens=N_NEW, batch_size=10)
-    outs = Generator(model, tok, group_attention=True).generate_texts(prompts, opts)
+    outs = Generator(model, tok, group_attention=True, feature_major=False).generate_texts(prompts, opts)
     assert [_full(o) for o in outs] == naive
     assert rows and min(rows) >= generation.DECODE_ATTENTION_ROWS
 

@@ -118,7 +118,7 @@ def test_generator_gives_the_same_tokens_with_transposed_products(tiny_model_dir
     prompts = [f"Task {i}: name some fruits." + " More detail." * i for i in range(6)]
     opts = GenerateOptions(max_new_tokens=16, batch_size=6)
     plain = Generator(model, tok, transposed_products=False)
-    swapped = Generator(model, tok, transposed_products=True)
+    swapped = Generator(model, tok, transposed_products=True, feature_major=False)  # products in the model
     assert not plain.transposed_products and swapped.transposed_products
     calls = []
     hook = model.lm_head.register_forward_hook(lambda mod, i, o: calls.append("forward" in mod.__dict__))
