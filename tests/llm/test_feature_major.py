@@ -127,15 +127,17 @@ def test_a_step_gives_the_models_logits_and_cache(arch_model, tok, prompts, n_ro
         torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-5)
 
 
+@torch.inference_mode()  # as `Generator` runs them
 def test_helpers_equal_transformers_operations():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
     torch.manual_seed(0)
     for cols in (1, 5, 8, 9, 24):
         for bias in (True, False):
-            layer = torch.nn.Linear(16, 12, bias=bias)
-            x = torch.randn(16, cols)
-            torch.testing.assert_close(fm.product(layer, x), layer(x.t()).t(), rtol=1e-5, atol=1e-6)
+            for out in (12, 2 * fm.ROW_BLOCK + 3):  # whole, and in blocks of rows with a partial last one
+                layer = torch.nn.Linear(16, out, bias=bias)
+                x = torch.randn(16, cols)
+                torch.testing.assert_close(fm.product(layer, x), layer(x.t()).t(), rtol=1e-5, atol=1e-6)
     norm = LlamaRMSNorm(16, eps=1e-5)
     norm.weight.data = torch.randn(16)
     h = torch.randn(16, 7)
