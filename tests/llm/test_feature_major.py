@@ -9,7 +9,7 @@ import torch
 from instillm.errors import ModelError
 from instillm.llm import feature_major as fm
 from instillm.llm.generation import GenerateOptions, Generator, Row, _make_cache
-from tests.llm.chaotic import make_chaotic
+from tests.llm.chaotic import greedy_one_by_one, make_chaotic
 
 N_NEW = 10
 ARCHS = ("llama", "qwen2", "mistral")
@@ -68,19 +68,6 @@ def prompts(tok):
         msgs = [{"role": "system", "content": "You are terse."}] if i % 3 == 0 else []
         msgs.append({"role": "user", "content": f"Item {i}: name a colour." + " And a shade of it." * i})
         out.append(Renderer(tok).prompt_text(msgs))
-    return out
-
-
-def _one_by_one(model, tok, prompts):
-    eos = sorted(Generator(model, tok).end_ids)
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = tok(p, add_special_tokens=False, return_tensors="pt")
-            seq = model.generate(
-                **ids, do_sample=False, max_new_tokens=N_NEW, eos_token_id=eos, pad_token_id=tok.pad_token_id
-            )
-            out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
     return out
 
 
@@ -155,7 +142,7 @@ def test_helpers_equal_transformers_operations():
 
 @pytest.mark.parametrize("batch_size", [11, 4])
 def test_greedy_equals_one_prompt_at_a_time(arch_model, tok, prompts, batch_size):
-    naive = _one_by_one(arch_model, tok, prompts)
+    naive = greedy_one_by_one(arch_model, tok, prompts, N_NEW)
     gen = Generator(arch_model, tok, feature_major=True)
     steps = []
     step = gen._step

@@ -28,7 +28,7 @@ from instillm.llm.generation import (
     plan_kv_groups,
     shared_prefixes,
 )
-from tests.llm.chaotic import make_chaotic
+from tests.llm.chaotic import greedy_one_by_one, make_chaotic
 
 N_NEW = 12
 
@@ -70,23 +70,9 @@ def prompts(tok, conversations):
     return [Renderer(tok).prompt_text(c) for c in conversations]
 
 
-def _greedy_one_by_one(model, tok, prompts, n_new):
-    """`model.generate(do_sample=False)` one prompt at a time, no padding: new token ids."""
-    eos = sorted(Generator(model, tok).end_ids)
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = tok(p, add_special_tokens=False, return_tensors="pt")
-            seq = model.generate(
-                **ids, do_sample=False, max_new_tokens=n_new, eos_token_id=eos, pad_token_id=tok.pad_token_id
-            )
-            out.append(seq[0, ids["input_ids"].shape[1] :].tolist())
-    return out
-
-
 @pytest.fixture(scope="module")
 def naive(model, tok, prompts):
-    return _greedy_one_by_one(model, tok, prompts, N_NEW)
+    return greedy_one_by_one(model, tok, prompts, N_NEW)
 
 
 def _full(o: GenerationOutput) -> list[int]:
@@ -326,7 +312,7 @@ def header_prompts(tok):
 
 @pytest.fixture(scope="module")
 def header_naive(model, tok, header_prompts):
-    return _greedy_one_by_one(model, tok, header_prompts, N_NEW)
+    return greedy_one_by_one(model, tok, header_prompts, N_NEW)
 
 
 def _prefilled_tokens(gen: Generator) -> list[int]:
