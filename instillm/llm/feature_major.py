@@ -20,7 +20,8 @@ only the real rows, so the padding changes nothing; it is dropped from the logit
 
 Supported: `transformers`' Llama, Mistral (without a sliding window) and Qwen2 causal LMs
 whose linear layers are plain `torch.nn.Linear` (so not a PEFT adapter or quantized layers) and
-whose MLP is SiLU-gated; `unsupported(model)` says why another model is not.
+whose MLP is SiLU-gated, with no accelerate hooks (the step reads the weights where they are);
+`unsupported(model)` says why another model is not.
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ def unsupported(model: Any) -> str | None:
         return "its modules are not laid out as transformers' (model.embed_tokens, layers, norm, rotary_emb; lm_head)"
     if not all(_plain_layer(layer) for layer in inner.layers):
         return "its linear layers are not all plain torch.nn.Linear (a PEFT adapter or quantized layers)"
+    if any(_hooked(m) for m in base.modules()):
+        return "modules carry their own forward or accelerate hooks (offloaded or dispatched weights)"
     return None
+
+
+def _hooked(module: Any) -> bool:
+    """Whether `module` runs more than its class's forward (accelerate's hooks move weights in and out)."""
+    return "forward" in module.__dict__ or hasattr(module, "_hf_hook")
 
 
 def _plain_layout(base: Any, inner: Any) -> bool:

@@ -192,3 +192,8 @@ def test_unsupported_models_are_named():
     assert "model type 'gpt2'" in (fm.unsupported(gpt2) or "")
     lora = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert "plain torch.nn.Linear" in (fm.unsupported(lora) or "")
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    hooked = _model("llama")
+    add_hook_to_module(hooked.model.layers[1].mlp.up_proj, ModelHook())
+    assert "accelerate hooks" in (fm.unsupported(hooked) or "")
