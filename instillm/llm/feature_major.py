@@ -117,7 +117,7 @@ class FeatureMajorStep:
         rows = ids.shape[0]
         h = self._embed(ids)
         cos, sin = self._rotary(h, positions, rows)
-        out = torch.zeros_like(h)  # attention outputs; the padding columns stay zero
+        out = h.new_zeros(self.heads * self.head_dim, h.shape[1])  # attention outputs; padding stays zero
         for layer, cached in zip(self.layers, cache.slot_layers):
             x = rms_norm(layer.input_layernorm, h)
             h = h + self._attention(layer.self_attn, x, (cos, sin), mask, cached, groups, out)

@@ -54,8 +54,10 @@ def tok(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=[*ARCHS, "llama-wide-heads"])
 def arch_model(request):
+    if request.param == "llama-wide-heads":  # heads x head_dim (4 x 48) is not the hidden size (128)
+        return _model("llama", head_dim=48)
     return _model(request.param)
 
 
