@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 DECODE_ATTENTION_ROWS = 8  # from 8 rows `decode_attention` beats SDPA's CPU kernel; below, SDPA is faster
@@ -43,3 +45,21 @@ def step_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         query, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
     )
     return out.transpose(1, 2).contiguous()
+
+
+def attend_in_groups(
+    attend: Callable[..., torch.Tensor], query, key, value, mask, groups: Sequence[tuple[int, int, int]] | None
+) -> torch.Tensor:
+    """`attend(query, key, value, mask)` over all rows, or per group of rows, concatenated.
+
+    `groups` is a list of (first row, end row, first key), as `generation.plan_kv_groups` plans
+    them: each group attends to its keys from its first key on (the keys before are padding for
+    all its rows). `mask` is sliced with them (None stays None).
+    """
+    if not groups:
+        return attend(query, key, value, mask)
+    parts = []
+    for a, b, lo in groups:
+        part_mask = None if mask is None else mask[a:b, :, :, lo:]
+        parts.append(attend(query[a:b], key[a:b, :, lo:], value[a:b, :, lo:], part_mask))
+    return torch.cat(parts, dim=0)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from instillm.errors import ModelError
-from instillm.llm.attention import step_attention
+from instillm.llm.attention import attend_in_groups, step_attention
 from instillm.llm.products import padded_rows
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
@@ -141,6 +141,9 @@ class FeatureMajorStep:
             out.append(c)
         return out[0], out[1]
 
+    def _attend(self, q, keys, values, mask) -> torch.Tensor:
+        return step_attention(q, keys, values, mask, self.scaling)
+
     def _attention(self, attn, x, rotary, mask, cached, groups, out: torch.Tensor) -> torch.Tensor:
         """The attention block's output for normed `x`, feature-major; the new keys/values go to `cached`."""
         rows = mask.shape[0]
@@ -148,7 +151,7 @@ class FeatureMajorStep:
         k = rotate(product(attn.k_proj, x), self.kv_heads, *rotary)
         v = product(attn.v_proj, x).view(self.kv_heads, self.head_dim, -1)
         keys, values = cached.update(by_row(k, rows), by_row(v, rows))
-        o = _grouped_attention(by_row(q, rows), keys, values, mask, groups, self.scaling)
+        o = attend_in_groups(self._attend, by_row(q, rows), keys, values, mask, groups)
         out[:, :rows] = o.reshape(rows, -1).t()
         return product(attn.o_proj, out)
 
@@ -193,14 +196,3 @@ def by_row(x: torch.Tensor, rows: int) -> torch.Tensor:
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     gate = product(mlp.gate_proj, x)
     return product(mlp.down_proj, torch.nn.functional.silu(gate).mul_(product(mlp.up_proj, x)))
-
-
-def _grouped_attention(q, keys, values, mask, groups, scaling: float) -> torch.Tensor:
-    """`step_attention` over all rows, or per group (first row, end row, first key) as `Generator` plans them."""
-    if not groups:
-        return step_attention(q, keys, values, mask, scaling)
-    parts = [
-        step_attention(q[a:b], keys[a:b, :, lo:], values[a:b, :, lo:], mask[a:b, :, :, lo:], scaling)
-        for a, b, lo in groups
-    ]
-    return torch.cat(parts, dim=0)

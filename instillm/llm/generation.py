@@ -59,7 +59,7 @@ import torch
 
 from instillm.config import Config, check_min, check_min_int, check_range, one_or_many
 from instillm.errors import ConfigError, DataError, ModelError
-from instillm.llm.attention import DECODE_ATTENTION_ROWS, decode_attention
+from instillm.llm.attention import DECODE_ATTENTION_ROWS, attend_in_groups, decode_attention
 from instillm.llm.feature_major import FeatureMajorStep, unsupported
 from instillm.llm.products import MAX_ROWS, products_for
 
@@ -286,13 +286,11 @@ def _grouped_sdpa(module, query, key, value, attention_mask, *args, instillm_kv_
 
     if query.shape[2] != 1 or args or not _plain(kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-    if not instillm_kv_groups:
-        return _attend(module, query, key, value, attention_mask, kwargs), None
-    outs = []
-    for a, b, lo in instillm_kv_groups:
-        mask = attention_mask[a:b, :, :, lo:] if attention_mask is not None else None
-        outs.append(_attend(module, query[a:b], key[a:b, :, lo:], value[a:b, :, lo:], mask, kwargs))
-    return torch.cat(outs, dim=0), None
+
+    def attend(q, k, v, mask):
+        return _attend(module, q, k, v, mask, kwargs)
+
+    return attend_in_groups(attend, query, key, value, attention_mask, instillm_kv_groups), None
 
 
 def _plain(kwargs: dict[str, Any]) -> bool:

@@ -15,23 +15,31 @@ N_NEW = 10
 ARCHS = ("llama", "qwen2", "mistral")
 
 
+# what the tiny preset's LlamaConfig gives every architecture here (its tokenizer is the tests')
+_SHARED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
+
 def _config(arch: str, **overrides):
-    """A config of `arch` shaped like the tiny preset (same vocabulary and special tokens)."""
+    """A config of `arch` shaped like the tiny preset (`factory.build_config`: same vocabulary and special tokens)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-    shape = dict(
-        vocab_size=2048,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    from instillm.models.factory import build_config, get_preset
+
+    tiny = build_config(get_preset("tiny"))
+    shape = {name: getattr(tiny, name) for name in _SHARED}
     extra = {"mistral": {"sliding_window": None}, "llama": {}, "qwen2": {}}[arch]
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
     config = cls(**{**shape, **extra, **overrides})
