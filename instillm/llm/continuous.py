@@ -12,6 +12,12 @@ slot 0 (left-aligned); each row writes its next key at its own length and attend
 slots (a boolean mask). The buffer is rebuilt (rows dropped, rows appended, sized to what the
 rows can still need) only when rows join or leave.
 
+A decode step goes through `Generator.decode_step`: feature-major where the generator has that
+step (`instillm.llm.feature_major`, which writes the new keys through the same cache layers),
+else through the model's modules. Measured on SmolLM2-135M, fp32, AMD EPYC (2 cores), 64 prompts
+of 64 new tokens at 32 rows: 24.0-24.2 s through the modules, 22.0-22.1 s feature-major, the same
+tokens.
+
 `PrefixCache` keeps the keys/values of recently prefilled prompts: `n` samples of one prompt,
 a repeated prompt, or prompts sharing a long prefix (a few-shot header, a judge template, a
 system prompt) compute the shared part once. Greedy rows give the tokens they give alone
@@ -486,7 +492,7 @@ class ContinuousBatch:
             cache.rows = torch.arange(n, device=lens.device)
         cache.pos, cache.read = lens, read
         mask = torch.arange(cache.read, device=lens.device)[None, :] <= lens[:, None]
-        logits = self.gen.forward_last(tok[:, None], lens[:, None], mask[:, None, None, :], cache)
+        logits = self.gen.decode_step(tok, lens[:, None], mask[:, None, None, :], cache)
         if n == len(self.rows):
             self.logits, self.lens = logits, self.lens + 1
         else:

@@ -97,8 +97,8 @@ class FeatureMajorStep:
     """One decode step of `model` for a `Generator` batch, feature-major; raises `ModelError` if unsupported.
 
     Called with the rows' new tokens `[rows]`, their positions `[rows, 1]`, the boolean mask
-    `[rows, 1, 1, keys]`, the batch's KV cache (a `_SlotCache`, written through its layers'
-    `update`) and the decode-attention groups (None: one); returns the logits `[rows, vocab]`.
+    `[rows, 1, 1, keys]`, the batch's KV cache (a `Generator`'s or a `ContinuousBatch`'s, written
+    through its layers' `update`) and the decode-attention groups (None: one); returns the logits `[rows, vocab]`.
     """
 
     def __init__(self, model: Any) -> None:
@@ -118,7 +118,7 @@ class FeatureMajorStep:
         h = self._embed(ids)
         cos, sin = self._rotary(h, positions, rows)
         out = h.new_zeros(self.heads * self.head_dim, h.shape[1])  # attention outputs; padding stays zero
-        for layer, cached in zip(self.layers, cache.slot_layers):
+        for layer, cached in zip(self.layers, cache.layers):
             x = rms_norm(layer.input_layernorm, h)
             h = h + self._attention(layer.self_attn, x, (cos, sin), mask, cached, groups, out)
             h = h + _mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))

@@ -799,11 +799,16 @@ class Generator:
                 groups = self._groups(live, steps - t - 1)
             slot = width + t
             cache.write, cache.read = (slot, slot + 1), (kv_lo, slot + 1)
-            logits = self._decode(tok, pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
+            logits = self.decode_step(tok, pos0 + t, valid[:, None, None, kv_lo : slot + 1], cache, groups)
 
-    def _decode(self, tok, positions, mask, cache, groups) -> torch.Tensor:
+    def decode_step(self, tok, positions, mask, cache, groups=None) -> torch.Tensor:
         """One decode step of a batch: feature-major where this generator has that step (up to
-        `products.MAX_ROWS` rows), else through the model; the logits `[rows, vocab]`."""
+        `products.MAX_ROWS` rows), else through the model; the logits `[rows, vocab]`.
+
+        `tok` `[rows]` are the new tokens, `positions` `[rows, 1]` their positions, `mask` the
+        boolean `[rows, 1, 1, keys]` of the keys each row attends to; `cache` writes the new keys
+        through its layers' `update` (this generator's slot cache, or `ContinuousBatch`'s).
+        `groups`: decode-attention groups (`plan_kv_groups`), None for one."""
         if self._step is not None and tok.shape[0] <= MAX_ROWS:
             return self._step(tok, positions, mask, cache, groups)
         return self.forward_last(tok[:, None], positions, mask, cache, groups)

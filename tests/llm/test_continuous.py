@@ -191,3 +191,21 @@ def test_a_prompt_the_model_cannot_take_is_refused(generator):
     with pytest.raises(DataError, match="max_length"):
         batch.add([DecodeRow(0, [5] * generator.max_length, 0)])
     assert len(batch) == 0
+
+
+@pytest.mark.parametrize("feature_major", [True, False])
+def test_decode_steps_feature_major_or_through_the_model_equal_solo_outputs(generator, feature_major):
+    """The batch decodes through `Generator.decode_step`: feature-major (its per-row cache written
+    through the same `update`) or through the model's modules; rows joining and leaving give what
+    they give alone through the model's modules."""
+    gen = Generator(generator.model, generator.tokenizer, feature_major=feature_major)
+    reference = Generator(generator.model, generator.tokenizer, feature_major=False)
+    steps: list[int] = []
+    if feature_major:
+        step = gen._step
+        gen._step = lambda ids, *args: steps.append(ids.shape[0]) or step(ids, *args)
+    rows = [DecodeRow(i, _ids(gen, p), 0, options=o, seed=3000 + i) for i, (p, o) in enumerate(MIXED)]
+    _drain(ContinuousBatch(gen), {0: rows[:2], 2: rows[2:4], 5: rows[4:5], 11: rows[5:]})
+    for r in rows:
+        assert r.output == _alone(reference, r.ids, r.options, seed=r.seed), r.index
+    assert (len(steps) > 10 and max(steps) >= 3) if feature_major else not steps

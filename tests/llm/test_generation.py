@@ -127,13 +127,13 @@ def test_greedy_with_early_stops_equals_naive(model, tok, prompts, naive, batch_
 
     gen = Generator(model, tok, feature_major=feature_major)
     decode_rows: list[int] = []
-    decode = gen._decode
+    decode = gen.decode_step
 
     def spy(tokens, *args):
         decode_rows.append(tokens.shape[0])
         return decode(tokens, *args)
 
-    gen._decode = spy
+    gen.decode_step = spy
     opts = GenerateOptions(
         max_new_tokens=N_NEW, batch_size=batch_size, stop_token_ids=(stop,), prefill_tokens=prefill_tokens
     )
