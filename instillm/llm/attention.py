@@ -32,7 +32,7 @@ def decode_attention(query, key, value, mask, scaling: float | None = None) -> t
 
 
 def step_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
-    """A decode step's attention: `decode_attention` on a CPU, torch's SDPA elsewhere; `mask` boolean or None.
+    """A decode step's attention: `decode_attention` on a CPU, torch's SDPA elsewhere; `mask` boolean, additive or None.
 
     On a CPU `decode_attention` was measured as fast or faster than SDPA for 2-16 rows of 60-150
     keys (SmolLM2's 9 query and 3 key/value heads, AMD EPYC, fp32), once SDPA is given the

@@ -117,10 +117,12 @@ class FeatureMajorStep:
         rows = ids.shape[0]
         h = self._embed(ids)
         cos, sin = self._rotary(h, positions, rows)
+        rotary = (cos, signed_sin(sin))
+        bias = additive(mask, h.dtype)  # once a step, not once a layer
         out = h.new_zeros(self.heads * self.head_dim, h.shape[1])  # attention outputs; padding stays zero
         for layer, cached in zip(self.layers, cache.layers):
             x = rms_norm(layer.input_layernorm, h)
-            h = h + self._attention(layer.self_attn, x, (cos, sin), mask, cached, groups, out)
+            h = h + self._attention(layer.self_attn, x, rotary, bias, cached, groups, out)
             h = h + _mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
         return product(self.head, rms_norm(self.final_norm, h))[:, :rows].t()
 
@@ -177,15 +179,30 @@ def product(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def rms_norm(norm: Any, h: torch.Tensor) -> torch.Tensor:
     """`transformers`' RMSNorm (in fp32, then the weight) over the features of feature-major `h`."""
     x = h.to(torch.float32)
-    x = x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + norm.variance_epsilon)
-    return norm.weight[:, None] * x.to(h.dtype)
+    y = (x * x.pow(2).mean(0, keepdim=True).add_(norm.variance_epsilon).rsqrt_()).to(h.dtype)
+    weight = norm.weight[:, None]
+    return y.mul_(weight) if weight.dtype == y.dtype else weight * y
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` `[1, head_dim, columns]` with its first half negated, for `rotate`."""
+    half = sin.shape[1] // 2
+    return torch.cat((-sin[:, :half], sin[:, half:]), dim=1)
 
 
 def rotate(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of feature-major `x` (`[heads * head_dim, columns]` → `[heads, head_dim, columns]`)."""
+    """Rotary embedding of feature-major `x` (`[heads * head_dim, columns]` → `[heads, head_dim, columns]`).
+
+    `sin` is `signed_sin` of the model's: `rotate_half(x) * sin` is `x` rolled by half the head
+    dimension times `sin` with its first half negated (the same products: only signs move).
+    """
     x = x.view(heads, cos.shape[1], -1)
-    half = x.shape[1] // 2
-    return x * cos + torch.cat((-x[:, half:], x[:, :half]), dim=1) * sin
+    return (x * cos).add_(torch.roll(x, x.shape[1] // 2, dims=1).mul_(sin))
+
+
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive one: 0 where attended, -inf elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def by_row(x: torch.Tensor, rows: int) -> torch.Tensor:

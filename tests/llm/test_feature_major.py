@@ -143,7 +143,7 @@ def test_helpers_equal_transformers_operations():
     q = torch.randn(heads * dim, cols)
     cos, sin = torch.randn(cols, 1, dim), torch.randn(cols, 1, dim)  # transformers': [rows, 1, dim]
     want, _ = apply_rotary_pos_emb(fm.by_row(q.view(heads, dim, cols), cols), q.new_zeros(cols, 1, 1, dim), cos, sin)
-    got = fm.rotate(q, heads, cos[:, 0].t()[None], sin[:, 0].t()[None])
+    got = fm.rotate(q, heads, cos[:, 0].t()[None], fm.signed_sin(sin[:, 0].t()[None]))
     torch.testing.assert_close(fm.by_row(got, cols), want, rtol=1e-5, atol=1e-6)
 
 
