@@ -7,15 +7,16 @@ that shape is slow when the rows are few. Asking for `W @ x.T` instead puts the 
 shape MKL handles well there, and transposing the small result back costs little. Measured on
 SmolLM2-135M in fp32 (`benchmarks/decode_products.py`): decode steps 1.8x faster at 2-4 rows and
 1.1-1.2x at 32-64 in `transformers`' own loop; in `Generator`, decoding 4 prompts 1.85x faster,
-12 prompts 1.07x, 32 prompts no faster. Nothing for one row (a matrix-vector product either way),
-and slower for long prefills and in training, which keep torch's product. The kernel works on
-blocks of 8 rows and is slow on a partial one, so the rows are padded with zeros to a whole block
-(`padded_rows`): a step of 31 rows then costs what one of 32 does (134 against 194 ms), and
-`Generator` decodes 64 prompts at batch 32 in 12% less time.
+12 prompts 1.07x, 32 prompts no faster; slower for long prefills and in training, which keep
+torch's product. The kernel works on blocks of 8 rows and is slow on a partial one, so the rows
+are padded with zeros to a whole block (`padded_rows`): a step of 31 rows then costs what one of
+32 does (134 against 194 ms), and `Generator` decodes 64 prompts at batch 32 in 12% less time.
+One row is computed as two: MKL's matrix-vector product is slower than its two-row product
+(SmolLM2's products of a step: 36 against 25 ms).
 
 `TransposedProducts(model)` finds the model's plain `torch.nn.Linear` layers once; `with
 products.active(rows):` swaps their forward for the transposed product while the model runs on
-`rows` rows (2..`max_rows`), and puts torch's back afterwards. Layers that already carry their
+`rows` rows (1..`max_rows`), and puts torch's back afterwards. Layers that already carry their
 own forward (accelerate's offloading hooks, for one) are left alone. `wanted(model)` is the
 default rule: float32 weights on a CPU whose vendor is AMD, the only place it was measured
 faster; elsewhere it stays off until measured.
@@ -55,15 +56,17 @@ def wanted(model: torch.nn.Module) -> bool:
 
 
 def padded_rows(rows: int) -> int:
-    """Rows the transposed product computes for `rows`: above 8, the next multiple of 8; 3 → 4.
+    """Rows the transposed product computes for `rows`: above 8, the next multiple of 8; 3 → 4; 1 → 2.
 
     MKL's kernel for this shape works on blocks of 8 rows (4 below 8) and is slow on a partial
     block: on SmolLM2-135M, AMD EPYC, a decode step of 31 rows took 194 ms and of 32 rows 134 ms;
-    computed as 32 rows (the extra rows zeros, their results dropped) 31 rows took 134 ms.
+    computed as 32 rows (the extra rows zeros, their results dropped) 31 rows took 134 ms. One
+    row is a matrix-vector product, slower than two rows: SmolLM2's products of a decode step
+    took 36 ms for one row (`mm` or `mv`) and 25 ms for two.
     """
     if rows > 8:
         return -(-rows // 8) * 8
-    return 4 if rows == 3 else rows
+    return {1: 2, 3: 4}.get(rows, rows)
 
 
 def transposed_linear(module: torch.nn.Linear, x: torch.Tensor, padded: bool = True) -> torch.Tensor:
@@ -96,8 +99,8 @@ class TransposedProducts:
 
     @contextlib.contextmanager
     def active(self, rows: int) -> Iterator[None]:
-        """Within the block the layers use the transposed product, when 2 <= rows <= max_rows."""
-        if not 2 <= rows <= self.max_rows:
+        """Within the block the layers use the transposed product, when 1 <= rows <= max_rows."""
+        if not 1 <= rows <= self.max_rows:
             yield
             return
         swapped = []

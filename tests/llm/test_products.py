@@ -34,7 +34,7 @@ def test_transposed_linear_equals_linear(bias, shape):
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("rows", "computed"), [(1, 1), (2, 2), (3, 4), (5, 5), (8, 8), (9, 16), (31, 32), (32, 32)])
+@pytest.mark.parametrize(("rows", "computed"), [(1, 2), (2, 2), (3, 4), (5, 5), (8, 8), (9, 16), (31, 32), (32, 32)])
 def test_rows_are_padded_to_whole_blocks(rows, computed):
     assert products.padded_rows(rows) == computed
 
@@ -70,11 +70,17 @@ def test_active_swaps_plain_linears_only_and_restores():
     assert all("forward" not in m.__dict__ for m in net.modules())
 
 
-@pytest.mark.parametrize("rows", [1, products.MAX_ROWS + 1])
-def test_active_leaves_one_row_and_large_batches_to_torch(rows):
+def test_active_leaves_large_batches_to_torch_and_takes_one_row():
     net = _net()
-    with TransposedProducts(net).active(rows):
+    with TransposedProducts(net).active(products.MAX_ROWS + 1):
         assert all("forward" not in m.__dict__ for m in net.modules())
+    shapes = []
+    mm = torch.mm
+    with TransposedProducts(net).active(1), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "mm", lambda a, b: shapes.append(tuple(b.shape)) or mm(a, b))
+        x = torch.randn(1, 16)
+        assert net(x).shape == (1, net[-1].out_features)
+    assert shapes and all(s[1] == 2 for s in shapes)  # one row computed as two (`padded_rows`)
 
 
 def test_a_layer_with_its_own_forward_keeps_it():
