@@ -12,7 +12,7 @@ rounding (tested against the model's forward, and greedy tokens against `generat
 
 Measured on SmolLM2-135M, fp32, AMD EPYC (2 cores), 64 prompts and 64 new tokens
 (`benchmarks/generation_throughput.py --model real`, `instillm_model_decode` timed in the same
-repeats): 22.0 → 19.2 s at batch 32 and 18.7 → 16.9 s at batch 64, the same tokens.
+repeats): 21.2 → 18.5 s at batch 32 and 18.1 → 15.3 s at batch 64, the same tokens.
 
 The rows are padded with zero columns to `products.padded_rows` (MKL is slow on a partial block
 of 8 columns). Every operation but attention works on each column alone and attention reads
