@@ -51,6 +51,7 @@ from instillm.llm.generation import GenerateOptions, Generator  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "generation_throughput.json"
 RESULTS_REAL = REPO / "benchmarks" / "results" / "generation_throughput_real.json"  # --model real
 RESULTS_PREFIX = REPO / "benchmarks" / "results" / "generation_prefix.json"
+RESULTS_PREFIX_REAL = REPO / "benchmarks" / "results" / "generation_prefix_real.json"  # --prefix --model real
 REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -199,12 +200,19 @@ def run_instillm(gen, prompts, options):
 
 def default_out(prefix: bool, real: bool) -> Path:
     """Where results go without --out: --prefix and --model real runs have their own files."""
-    return RESULTS_PREFIX if prefix else RESULTS_REAL if real else RESULTS
+    if prefix:
+        return RESULTS_PREFIX_REAL if real else RESULTS_PREFIX
+    return RESULTS_REAL if real else RESULTS
 
 
 def naive_of(name: str) -> str:
     """The naive loop's key in the same dtype as method `name` ("instillm@bfloat16" -> "naive@bfloat16")."""
     return "naive" + name[name.index("@") :] if "@" in name else "naive"
+
+
+def command_of(argv: list[str] | None) -> str:
+    """The command line of this run, as written to the results."""
+    return "python benchmarks/generation_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def fastest(tps: dict[str, float], base: str) -> str:
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     gens = {d: Generator(m, tok) for d, m in models.items()}
     gen = gens[dtypes[0]]
     if args.prefix:
-        return main_prefix(args, gen, repeats)
+        return main_prefix(args, gen, repeats, argv)
     prompts = gen.render_prompts(conversations(args.n_prompts))
     lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
     eos = sorted(gen.end_ids)
@@ -454,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in idle_seen],
         },
         "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "command": "python benchmarks/generation_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_of(argv),
     }
     for name in methods:
         if name.startswith("instillm_"):
@@ -512,7 +520,7 @@ def run_static(gen: Generator, prompts: list[list[int]], opts: GenerateOptions):
     return out, SimpleNamespace(prefilled_tokens=gen.prefilled_tokens - before)
 
 
-def main_prefix(args: argparse.Namespace, gen: Generator, repeats: int) -> dict:
+def main_prefix(args: argparse.Namespace, gen: Generator, repeats: int, argv: list[str] | None = None) -> dict:
     """Self-Instruct prompts decoded with and without shared-prefix reuse: tokens/s and identical outputs."""
     n = args.n_prompts if args.n_prompts != 64 else 32
     prompts = self_instruct_prompts(gen, n, args.max_new_tokens)
@@ -557,7 +565,7 @@ def main_prefix(args: argparse.Namespace, gen: Generator, repeats: int) -> dict:
             "repeats": repeats,
         },
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-        "command": "python benchmarks/generation_throughput.py --prefix " + " ".join(sys.argv[2:]),
+        "command": command_of(argv),
     }
     print(f"\n{'method':<26}{'tokens/s':>10}{'prefilled':>11}")
     for k in methods:

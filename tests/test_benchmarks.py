@@ -78,6 +78,8 @@ def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> N
     assert gt.default_out(prefix=False, real=True).name == "generation_throughput_real.json"
     assert gt.default_out(prefix=False, real=False).name == "generation_throughput.json"
     assert gt.default_out(prefix=True, real=False).name == "generation_prefix.json"
+    assert gt.default_out(prefix=True, real=True).name == "generation_prefix_real.json"
+    assert gt.command_of(["--model", "real", "--prefix"]).endswith("generation_throughput.py --model real --prefix")
 
 
 def test_generation_prefix_counts_what_the_static_generator_prefilled(tiny_model_dir) -> None:
