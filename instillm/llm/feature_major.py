@@ -98,7 +98,8 @@ class FeatureMajorStep:
 
     Called with the rows' new tokens `[rows]`, their positions `[rows, 1]`, the boolean mask
     `[rows, 1, 1, keys]`, the batch's KV cache (a `Generator`'s or a `ContinuousBatch`'s, written
-    through its layers' `update`) and the decode-attention groups (None: one); returns the logits `[rows, vocab]`.
+    through its layers' `update`) and the decode-attention groups (None: one); returns the
+    logits `[rows, vocab]`.
     """
 
     def __init__(self, model: Any) -> None:
