@@ -236,7 +236,8 @@ def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
 
 
 def run_mode(model: Path, mode: str, args: argparse.Namespace, log: Path) -> list[dict]:
-    with serving(model, MODES[mode], args.threads, log, functools.partial(warm_up_small, args.max_tokens)) as url:
+    warm_up = functools.partial(warm_up_small, args.max_tokens)
+    with serving(model, MODES[mode], args.threads, log, warm_up, "--device", args.device) as url:
         rows = []
         for c in args.concurrency:
             measured = load(url, c, args.requests_per_client, args.max_tokens)
@@ -366,7 +367,7 @@ def hostile_phase(url: str, args: argparse.Namespace) -> tuple[list[float], Host
 def run_hostile(model: Path, args: argparse.Namespace, log: Path) -> dict:
     """Quiet, then hostile; the small requests' latencies of both."""
     warm_up = functools.partial(warm_up_small, args.max_tokens)
-    with serving(model, MODES["batched"], args.threads, log, warm_up) as url:
+    with serving(model, MODES["batched"], args.threads, log, warm_up, "--device", args.device) as url:
         quiet = small_latencies(url, args.clients, args.requests_per_client, args.max_tokens)
         loud, hostile = hostile_phase(url, args)
     ratio = percentile(loud, 0.99) / percentile(quiet, 0.99)
@@ -402,9 +403,25 @@ def cpu_name() -> str:
         return platform.processor()
 
 
-def machine(load_before: tuple) -> dict:
+def gpu_name(device: str) -> str | None:
+    """The CUDA card's name when the servers run on one, else None."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def on_device(path: Path, device: str) -> Path:
+    """A default results file, with `_cuda` before its suffix when the servers run on a CUDA card."""
+    return path.with_name(f"{path.stem}_cuda{path.suffix}") if device == "cuda" else path
+
+
+def machine(load_before: tuple, device: str = "cpu") -> dict:
     return {
         "cpu": cpu_name(),
+        "device": device,
+        "gpu": gpu_name(device),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -416,7 +433,7 @@ def machine(load_before: tuple) -> dict:
 def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
     res = run_hostile(model, args, tmp / "serve-hostile.log")
     print_hostile(res)
-    path = args.out or (RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE)
+    path = args.out or on_device(RESULTS_HOSTILE_QUICK if args.quick else RESULTS_HOSTILE, args.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -431,7 +448,7 @@ def main_hostile(args: argparse.Namespace, model: Path, tmp: Path, load_before: 
                 "max_request_bytes": MAX_REQUEST_BYTES,
                 "max_rows": MAX_ROWS,
                 **res,
-                "machine": machine(load_before),
+                "machine": machine(load_before, args.device),
             },
             indent=1,
         )
@@ -497,7 +514,7 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
     has not seen): the loaded server has every prompt of the workload cached, so there the short
     requests skip their prefill (`short_idle_warm_p50_s`, recorded beside it).
     """
-    with serving(model, 32, args.threads, log, warm_up_mixed, *options) as url:
+    with serving(model, 32, args.threads, log, warm_up_mixed, *options, "--device", args.device) as url:
         loaded = mixed_load(url, args.clients, args.requests_per_client)
         short = [i for i in loaded["results"] if mixed_request(i)["max_tokens"] <= SHORT]
         steady = [i for i in short if i % args.requests_per_client]
@@ -517,7 +534,8 @@ def run_mixed_scheduler(model: Path, name: str, options: list[str], args: argpar
             out["short_idle_warm_p50_s"] = p50(warm.values())
             out["steady_short_idle_warm_p50_s"] = p50(warm[i] for i in steady)
     if name != "static":
-        with serving(model, 32, args.threads, log.with_suffix(".idle.log"), warm_up_mixed, *options) as url:
+        idle_log = log.with_suffix(".idle.log")
+        with serving(model, 32, args.threads, idle_log, warm_up_mixed, *options, "--device", args.device) as url:
             idle = dict(zip(short, idle_short_latencies(url, short)))
         out["short_idle_p50_s"], out["steady_short_idle_p50_s"] = p50(idle.values()), p50(idle[i] for i in steady)
     print(f"  {name:10s} {out['requests_per_s']:.3f} req/s, short p50 {out['short_p50_s']} s", flush=True)
@@ -607,7 +625,7 @@ def print_mixed(res: dict) -> None:
 def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tuple) -> None:
     res = run_mixed(model, args, tmp)
     print_mixed(res)
-    path = args.out or (RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED)
+    path = args.out or on_device(RESULTS_MIXED_QUICK if args.quick else RESULTS_MIXED, args.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "serve_load_mixed",
@@ -620,7 +638,7 @@ def main_mixed(args: argparse.Namespace, model: Path, tmp: Path, load_before: tu
         "server_threads": args.threads,
         "repeats": args.repeats,
         **res,
-        "machine": machine(load_before),
+        "machine": machine(load_before, args.device),
     }
     path.write_text(json.dumps(record, indent=1))
     print(f"→ {path}")
@@ -650,8 +668,17 @@ def parse_args() -> argparse.Namespace:
         "--clients", type=int, default=None, help="--hostile: small-request clients (default 4; --quick 2); --mixed: 32"
     )
     p.add_argument("--repeats", type=int, default=1, help="--mixed: runs of each continuous server (medians reported)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where the servers run their model (auto: CUDA when available; `_cuda` then ends the default file)",
+    )
     p.add_argument("--out", type=Path, default=None, help="the results file (default: by mode, under results/)")
     args = p.parse_args()
+    from instillm.models.loading import resolve_device
+
+    args.device = resolve_device(args.device)
     args.preset = args.preset or ("tiny" if args.quick else "small")
     args.max_tokens = args.max_tokens or (16 if args.quick else 32)
     per_client = (25, 40) if args.hostile else (2, 3) if args.mixed else (3, 4)
@@ -689,7 +716,7 @@ def main() -> None:
         r.pop("texts")
     print_table(rows)
     print(f"identical_outputs (batched == serial, greedy): {identical}")
-    path = args.out or (RESULTS_QUICK if args.quick else RESULTS)
+    path = args.out or on_device(RESULTS_QUICK if args.quick else RESULTS, args.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -702,13 +729,7 @@ def main() -> None:
                 "server_threads": args.threads,
                 "identical_outputs": identical,
                 "results": rows,
-                "machine": {
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                    "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg(),
-                },
+                "machine": machine(load_before, args.device),
             },
             indent=1,
         )

@@ -4,10 +4,17 @@
     .venv/bin/python benchmarks/train_throughput.py --threads 1  # the numbers of record (~12-15 min on 2 busy cores)
         [--threads auto|1|2] [--warmup 2] [--steps 16] [--slow-steps 2] [--no-levers] [--no-compile] [--fp32]
     .venv/bin/python benchmarks/train_throughput.py --model real [--lora] [--quick]
+        [--model DIR] [--random-weights] [--device auto|cpu|cuda] [--data JSONL] [--save-data JSONL]
         # SmolLM2-135M-Instruct (`make real-model`), full fine-tuning or LoRA (r 16, every linear layer
         # but the head) on both sides, in the precision fastest here for both (`dtype`: fp32 without
         # bf16 matmul units); 1 warm-up + 4 measured steps per run, no lever runs (~35 min here);
         # --quick: 4 sequences per step, 1 + 2 steps, no compiled runs (< 5 min)
+
+On a CUDA card (`--device auto` picks it) both sides train there in bf16 (TRL with flash-attention 2
+where that package is installed, else SDPA), and the results file gets `_cuda` in its name. For a
+machine without the weights or ../shared (`benchmarks/gpu_check.sh`): `--random-weights` trains the
+model's architecture and tokenizer from fresh random weights (a step's time does not depend on their
+values; `_random` in the name), `--save-data FILE` writes the T0 sample here and `--data FILE` reads it.
 
 What is compared
   model   the `small` preset (Llama, 27.8M parameters, tied embeddings), built once in a temporary
@@ -40,7 +47,9 @@ Throughput = real (non-padding) input tokens, prompt and response, of the measur
 divided by their wall time (end of the last warm-up step → end of the last measured step, so data
 loading, collation, logging and the optimizer are all inside). `--warmup` steps are excluded.
 On a CPU without bf16 matmul units (AVX2 only) TRL's bf16 runs hit torch's emulated bf16 GEMMs
-(~10 tokens/s): they then use `--slow-steps` measured steps after one warm-up.
+(~10 tokens/s): they then use `--slow-steps` measured steps after one warm-up, and both sides are
+compared in fp32 too (as with --fp32), so that the headline `ratio` is against TRL's fastest
+configuration in any precision.
 
 Interleaving: the comparison alternates instillm and TRL runs (instillm, TRL unpacked, instillm,
 TRL grouped, ...) so that the other jobs on the machine load both sides alike; instillm's number is
@@ -75,11 +84,13 @@ import argparse
 import contextlib
 import dataclasses
 import glob
+import importlib.util
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,6 +114,16 @@ TRL_MODES = ("unpacked", "grouped", "packed", "padding_free")
 TRL_COMPILED_MODES = ("grouped", "packed", "padding_free")  # with TrainingArguments.torch_compile
 REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`: SmolLM2-135M-Instruct from its GGUF
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # --lora: both sides, every linear layer but the LM head
+# what random_weights() copies beside the new weights (the model's own generation settings included)
+TOKENIZER_AND_GENERATION_FILES = (
+    "tokenizer",
+    "special_tokens_map",
+    "chat_template",
+    "vocab",
+    "merges",
+    "generation_config",
+)
+DEVICE = "cpu"  # where both sides train (--device; main() sets it once)
 
 
 def log(msg: str) -> None:
@@ -125,6 +146,20 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """The accelerator both sides train on: {"device": "cpu"}, or the CUDA card's name and memory."""
+    if device != "cuda":
+        return {"device": device}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": "cuda",
+        "gpu": props.name,
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "flash_attn": importlib.util.find_spec("flash_attn") is not None,
     }
 
 
@@ -151,27 +186,31 @@ def versions() -> dict[str, str]:
     return found
 
 
-def matmul_peaks(quick: bool) -> dict[str, Any]:
-    """GFLOP/s of a large torch.matmul, bf16 and fp32, for each operand layout (best = the peak)."""
-    n = 1024 if quick else 2048
-    out: dict[str, Any] = {"shape": [n, n, n]}
+def matmul_peaks(quick: bool, device: str = "cpu") -> dict[str, Any]:
+    """GFLOP/s of a large torch.matmul on `device`, bf16 and fp32, for each operand layout (best = the peak)."""
+    cuda = device == "cuda"
+    n = 8192 if cuda else 1024 if quick else 2048
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out: dict[str, Any] = {"shape": [n, n, n], "device": device}
     layouts = {"row@row": (False, False), "row@col": (False, True), "col@row": (True, False)}
     for dtype in (torch.bfloat16, torch.float32):
         res = {}
         for name, (ta, tb) in layouts.items():
-            a = torch.randn(n, n).to(dtype)
-            b = torch.randn(n, n).to(dtype)
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
             a = a.t() if ta else a
             b = b.t() if tb else b
-            if dtype == torch.bfloat16 and name == "row@row" and not quick:
+            if dtype == torch.bfloat16 and name == "row@row" and not (quick or cuda):
                 a, b = a[:1024, :1024], b[:1024, :1024]  # ~1 GFLOP/s: keep it short
             flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
             a @ b
+            sync()
             best = math.inf
             t_end = time.perf_counter() + (0.3 if quick else 3.0)
             while True:
                 t = time.perf_counter()
                 a @ b
+                sync()
                 best = min(best, time.perf_counter() - t)
                 if time.perf_counter() > t_end:
                     break
@@ -330,7 +369,7 @@ def run_instillm(
     load0 = os.getloadavg()[0]
     fresh_accelerate()
     with contextlib.redirect_stderr(open(os.devnull, "w")):
-        run = L.setup(dataclasses.replace(cfg, compile=compile_decoder))  # TrainConfig.compile
+        run = L.setup(dataclasses.replace(cfg, compile=compile_decoder), DEVICE)  # TrainConfig.compile
     if optimizer != "fused":  # lever: the optimizer implementation instillm used before (per-parameter loop)
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in run.optimizer.param_groups]
         run.optimizer = torch.optim.AdamW(
@@ -391,7 +430,8 @@ def run_instillm(
             "attn_implementation": L.unwrap(run.model).config._attn_implementation,
             "optimizer": optimizer,
             "compile": compile_decoder,
-            "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device("cpu")),
+            "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device(DEVICE)),
+            "device": DEVICE,
         },
     )
 
@@ -532,7 +572,6 @@ def run_trl(
         max_grad_norm=1.0,
         bf16=precision == "bf16",
         fp16=False,
-        activation_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",
@@ -541,10 +580,11 @@ def run_trl(
         seed=SEED,
         data_seed=SEED,
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=DEVICE == "cpu",
         completion_only_loss=True,
         max_length=MAX_LENGTH,
     )
+    kwargs.update(no_checkpointing(SFTConfig))
     if compile:
         kwargs["torch_compile"] = True
     if mode == "grouped":
@@ -554,13 +594,15 @@ def run_trl(
     elif mode == "padding_free":  # TRL refuses max_length here; every example is already ≤ 512 tokens
         kwargs.update(padding_free=True, max_length=None)
     args = SFTConfig(**kwargs)
-    model = load_model(model_dir, dtype=torch.float32)
+    model = load_model(model_dir, dtype=torch.float32, attn_implementation=trl_attention(DEVICE))
 
     class Clock(TrainerCallback):
         ends: list[float] = []
         losses: list[float] = []
 
         def on_step_end(self, args, state, control, **kw):
+            if DEVICE == "cuda":  # the step's kernels finish before its clock stops
+                torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -601,11 +643,45 @@ def run_trl(
             "step_examples": counting.examples[:n],
             "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
             "optim": str(args.optim),
-            "activation_checkpointing": args.activation_checkpointing,
+            "activation_checkpointing": any(getattr(args, k) for k in no_checkpointing(SFTConfig)),
             "torch_compile": bool(args.torch_compile),
             "lora": lora is not None,
+            "attn_implementation": model.config._attn_implementation,
+            "device": DEVICE,
         },
     )
+
+
+def no_checkpointing(config_class: Any) -> dict[str, bool]:
+    """SFTConfig's settings that turn activation checkpointing off (it defaults on): `activation_checkpointing`
+    in newer transformers, `gradient_checkpointing` (its older name, kept as an alias there) in both."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {k: False for k in ("activation_checkpointing", "gradient_checkpointing") if k in names}
+
+
+def trl_attention(device: str) -> str:
+    """TRL's attention: flash-attention 2 on CUDA where the package is installed (its fastest), else SDPA."""
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def random_weights(model_dir: Path, dest: Path, seed: int = SEED) -> Path:
+    """`model_dir`'s architecture and tokenizer with freshly initialised weights, saved in `dest`.
+
+    Only `model_dir`'s config and tokenizer files are read, so the weights need not be there: the GPU
+    check's stand-in for a model whose weights cannot travel (a step's time does not depend on their values).
+    """
+    from transformers import AutoConfig
+
+    from instillm.models.factory import build_model
+
+    model = build_model(AutoConfig.from_pretrained(model_dir), seed=seed)
+    model.save_pretrained(dest)
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and f.name.startswith(TOKENIZER_AND_GENERATION_FILES):
+            shutil.copy2(f, dest / f.name)
+    return dest
 
 
 def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, Any]]:
@@ -731,14 +807,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"skip TRL with torch_compile=True ({', '.join(TRL_COMPILED_MODES)}; never with --quick)",
     )
-    ap.add_argument("--fp32", action="store_true", help="also compare in fp32 (instillm vs the four TRL modes)")
+    ap.add_argument(
+        "--fp32",
+        action="store_true",
+        help="also compare in fp32 (instillm vs the four TRL modes); always on where bf16 matmuls are emulated",
+    )
     ap.add_argument(
         "--model",
-        choices=("small", "real"),
         default="small",
         help="small: the 28M random preset; real: SmolLM2-135M-Instruct (`make real-model`), in the precision "
-        "fastest on this CPU for both sides (fp32 without bf16 matmul units), no lever runs",
+        "fastest on this CPU for both sides (fp32 without bf16 matmul units), no lever runs; or a model "
+        "directory, run as `real` is",
     )
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="train --model's architecture and tokenizer from fresh random weights (its weights need not be there)",
+    )
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where both sides train (auto: CUDA when available); on CUDA both sides run in bf16",
+    )
+    ap.add_argument("--data", type=Path, default=None, help="a canonical JSONL to train on instead of the T0 sample")
+    ap.add_argument("--save-data", type=Path, default=None, help="write the T0 sample (canonical JSONL) here and exit")
     ap.add_argument(
         "--compile-lever",
         action="store_true",
@@ -751,9 +844,17 @@ def main(argv: list[str] | None = None) -> int:
         help="default results/train_throughput.json (--quick: results/train_throughput_quick.json)",
     )
     args = ap.parse_args(argv)
-    q, real = args.quick, args.model == "real"
-    if real and not (REAL_MODEL / "config.json").is_file():
-        sys.exit(f"train_throughput: --model real needs {REAL_MODEL.relative_to(REPO)}: run `make real-model` first")
+    q, real = args.quick, args.model != "small"
+    source = REAL_MODEL if args.model == "real" else Path(args.model)
+    if args.save_data is not None:
+        return save_data(args.save_data, args.rows_per_file or 4)
+    if real and not (source / "config.json").is_file():
+        hint = ": run `make real-model` first" if args.model == "real" else ""
+        sys.exit(f"train_throughput: no model config at {source / 'config.json'}{hint}")
+    global DEVICE
+    from instillm.models.loading import resolve_device
+
+    DEVICE = resolve_device(args.device)
     warmup = args.warmup if args.warmup is not None else (1 if q or real else 2)
     steps = args.steps if args.steps is not None else (2 if q else 4 if real else 16)
     slow = args.slow_steps if args.slow_steps is not None else (1 if q else 2)
@@ -764,21 +865,27 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.perf_counter()
     torch.manual_seed(SEED)
 
-    out = Path(args.out or RESULTS / result_name(real, args.lora, q))
+    out = Path(
+        args.out
+        or RESULTS
+        / result_name(real, args.lora, q, DEVICE, args.random_weights, custom=args.model not in ("small", "real"))
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    emulated_bf16 = not machine_info()["onednn_bf16"]  # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops
+    # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops (a CUDA card multiplies bf16 natively)
+    emulated_bf16 = DEVICE == "cpu" and not machine_info()["onednn_bf16"]
     # the precision both sides are compared in: the small model's record is bf16 (as asked, --fp32 adds fp32);
     # the real model's is the one fastest here for both (fp32 where bf16 matmuls are emulated)
     primary = "fp32" if real and emulated_bf16 else "bf16"
     result: dict[str, Any] = {
         "command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
         "quick": q,
-        "model": "SmolLM2-135M-Instruct" if real else "small preset (random weights)",
+        "model": model_label(args.model, source, args.random_weights),
         "mode": "lora" if args.lora else "full",
         "lora": LORA if args.lora else None,
         "dtype": primary,
+        "device": DEVICE,
         "cpu": machine_info()["cpu"],
-        "machine": machine_info(),
+        "machine": {**machine_info(), **device_info(DEVICE)},
         "versions": versions(),
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
         "busy_processes_start": busy_processes(),
@@ -790,12 +897,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         work = Path(tmp)
-        log("building the small model and the data" if not real else f"the real model: {REAL_MODEL}; the data")
-        model_dir = REAL_MODEL if real else init_model("small", work / "model", seed=SEED)
+        log("building the small model and the data" if not real else f"the model: {source}; the data")
+        model_dir = source if real else init_model("small", work / "model", seed=SEED)
+        if args.random_weights:
+            model_dir = random_weights(model_dir, work / "random-weights")
         base = load_model(model_dir, dtype=torch.float32)
         n_params, matmul_params = count_parameters(base), linear_parameters(base)
         del base
-        data_path, data_info = build_data(work, per_file)
+        if args.data is not None:
+            data_path, data_info = args.data, {"source": str(args.data)}
+        else:
+            data_path, data_info = build_data(work, per_file)
         tokenizer = load_tokenizer(model_dir)
         probe = instillm_config(model_dir, data_path, work / "probe", "bf16", False, False, seqs, 1)
         with contextlib.redirect_stderr(open(os.devnull, "w")):
@@ -827,15 +939,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"{len(items)} examples, mean {mean_len:.0f} tokens; {seqs} sequences or {rows} packed rows per step")
 
-        if args.threads == "auto":
+        if args.threads == "auto" and DEVICE == "cpu":
             cal = calibrate_threads(model_dir, items, tokenizer.pad_token_id, 1 if q else 2)
             threads = cal["best"]
         else:
-            cal, threads = None, int(args.threads)
+            cal, threads = None, torch.get_num_threads() if args.threads == "auto" else int(args.threads)
         torch.set_num_threads(threads)
         result["threads"] = {"used": threads, "calibration": cal}
         log(f"torch threads {threads} ({cal})")
-        result["matmul_peak"] = matmul_peaks(q)
+        result["matmul_peak"] = matmul_peaks(q, DEVICE)
         log(f"matmul GFLOP/s: {result['matmul_peak']}")
 
         def cfg(name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any):
@@ -935,7 +1047,9 @@ def main(argv: list[str] | None = None) -> int:
             "batching": best_label,
             "optimizer": "fused AdamW",
             "packed_attention": "segments (auto)" if best["packing"] else None,
-            "cpu_bf16_matmul": "auto (" + ("fp32 GEMMs" if emulated_bf16 else "native oneDNN bf16") + ")",
+            "cpu_bf16_matmul": "n/a (CUDA)"
+            if DEVICE == "cuda"
+            else "auto (" + ("fp32 GEMMs" if emulated_bf16 else "native oneDNN bf16") + ")",
             "threads": threads,
             "torch_compile": best["compile"],
         }
@@ -945,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- the comparison, interleaved: instillm, TRL mode 1, instillm, TRL mode 2, ...
         comparison: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        precisions = (primary, "fp32") if args.fp32 and primary != "fp32" else (primary,)
+        precisions = compared_precisions(primary, args.fp32, emulated_bf16)
         for prec in precisions:
             comparison[prec] = {"instillm": [], "trl": []}
             modes = [(m, False) for m in (TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",))]
@@ -1050,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
         prof_path = out.parent / (
             "train_profile.txt" if not real else out.stem.replace("throughput", "profile") + ".txt"
         )
-        if not q:
+        if not q and DEVICE == "cpu":  # the profile's table sorts CPU time
             run_instillm(
                 f"{best_label} (profiled)",
                 cfg("prof", primary, best["packing"], best["group"], iw + 1),
@@ -1105,6 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
                         if emulated_bf16 and primary == "bf16"
                         else "Both sides ran in fp32, the fastest precision on this CPU (no bf16 matmul units)."
                         if emulated_bf16
+                        else f"Both sides ran in bf16 on {device_info(DEVICE).get('gpu')}: `mfu` uses its bf16 peak."
+                        if DEVICE == "cuda"
                         else "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
                         "the meaningful utilisation."
                     )
@@ -1168,16 +1284,53 @@ def executed_utilisation(
     }
 
 
-def result_name(real: bool, lora: bool, quick: bool) -> str:
-    """train_throughput[_lora][_quick].json for the small model; train_throughput_real_{full,lora}[_quick].json."""
-    stem = "train_throughput" + (f"_real_{'lora' if lora else 'full'}" if real else "_lora" if lora else "")
+def compared_precisions(primary: str, fp32: bool, emulated_bf16: bool) -> tuple[str, ...]:
+    """The precisions both sides run in: `primary`, and fp32 with --fp32 or where bf16 matmuls are
+    emulated (there TRL's fastest is in fp32, and the headline `ratio` is against the fastest in any)."""
+    return (primary, "fp32") if (fp32 or emulated_bf16) and primary != "fp32" else (primary,)
+
+
+def result_name(
+    real: bool, lora: bool, quick: bool, device: str = "cpu", random_weights: bool = False, custom: bool = False
+) -> str:
+    """train_throughput[_lora][_quick].json for the small model; train_throughput_real_{full,lora}[_quick].json.
+
+    A model directory of the user's is `model` in place of `real`; `_random` marks fresh weights and
+    `_cuda` a run on a CUDA card, so that neither replaces the CPU's files of record.
+    """
+    tag = "model" if custom else "real"
+    stem = "train_throughput" + (f"_{tag}_{'lora' if lora else 'full'}" if real else "_lora" if lora else "")
+    stem += "_random" if random_weights else ""
+    stem += "_cuda" if device == "cuda" else ""
     return stem + ("_quick" if quick else "") + ".json"
+
+
+def model_label(model: str, source: Path, random: bool) -> str:
+    """The `model` of the results: the small preset, SmolLM2-135M-Instruct or the directory given."""
+    if model == "small":
+        return "small preset (random weights)"
+    name = "SmolLM2-135M-Instruct" if model == "real" else str(source)
+    return name + (" architecture, fresh random weights" if random else "")
+
+
+def save_data(path: Path, rows_per_file: int) -> int:
+    """--save-data: the T0 sample the benchmark trains on, as a canonical JSONL at `path` (for a machine
+    without ../shared: `--data path` there)."""
+    if not T0_DIR.is_dir():
+        sys.exit(f"train_throughput: --save-data needs the T0 files at {T0_DIR}")
+    with tempfile.TemporaryDirectory(prefix="train-throughput-data-") as tmp:
+        made, info = build_data(Path(tmp), rows_per_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made, path)
+    print(f"wrote {path}: {info['imported']} examples from {info['rows']} T0 rows ({rows_per_file} per file)")
+    return 0
 
 
 def print_table(r: dict[str, Any]) -> None:
     print(
         f"\nmachine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch threads {r['threads']['used']}, "
-        f"load avg {r['load_avg_start'][0]} → {r['load_avg_end'][0]}"
+        + (f"GPU {r['machine']['gpu']}, " if r["machine"].get("gpu") else "")
+        + f"load avg {r['load_avg_start'][0]} → {r['load_avg_end'][0]}"
     )
     print(f"{r.get('model', 'small preset')}, {r.get('mode', 'full')} fine-tuning")
     print(f"matmul peak GFLOP/s: bf16 {r['matmul_peak']['bf16']}, fp32 {r['matmul_peak']['fp32']}")

@@ -39,6 +39,15 @@ def test_train_throughput_names_its_results_and_counts_the_flops_each_side_execu
     assert tt.result_name(real=False, lora=True, quick=False) == "train_throughput_lora.json"
     assert tt.result_name(real=True, lora=False, quick=False) == "train_throughput_real_full.json"
     assert tt.result_name(real=True, lora=True, quick=True) == "train_throughput_real_lora_quick.json"
+    # the GPU check's files never replace the CPU's files of record
+    assert tt.result_name(True, False, False, device="cuda") == "train_throughput_real_full_cuda.json"
+    assert tt.result_name(True, True, True, "cuda", True) == "train_throughput_real_lora_random_cuda_quick.json"
+    assert tt.result_name(True, False, False, custom=True) == "train_throughput_model_full.json"
+    # the headline ratio is against TRL's fastest in any precision: fp32 runs too where bf16 is emulated
+    assert tt.compared_precisions("bf16", fp32=False, emulated_bf16=True) == ("bf16", "fp32")
+    assert tt.compared_precisions("bf16", fp32=False, emulated_bf16=False) == ("bf16",)
+    assert tt.compared_precisions("bf16", fp32=True, emulated_bf16=False) == ("bf16", "fp32")
+    assert tt.compared_precisions("fp32", fp32=True, emulated_bf16=True) == ("fp32",)
     full = tt.executed_utilisation({"body": 100, "head": 50}, False, 0.1, ins=10.0, trl=5.0, peak=1e4)
     assert full["executed_flops_per_token"] == {"instillm": 630, "trl": 900}  # head only at trained positions
     assert full["mfu_executed"] == 0.63 and full["trl_mfu_executed"] == 0.45
@@ -61,6 +70,74 @@ def test_train_throughput_counts_linear_weights_apart_from_the_head(tiny_model_d
     layers = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
     assert len(layers) == 7 * cfg.num_hidden_layers
     assert counts["body"] == sum(m.weight.numel() for m in layers)
+
+
+def test_train_throughput_random_weights_keep_the_architecture_and_tokenizer_without_the_weights(
+    tiny_model_dir, tmp_path
+) -> None:
+    import shutil
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    from instillm.models.loading import load_model, load_tokenizer
+
+    bare = tmp_path / "bare"  # what travels to the GPU: config and tokenizer, no weights
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    made = [tt.random_weights(bare, tmp_path / f"w{i}", seed=s) for i, s in enumerate((0, 0, 1))]
+    original = load_model(tiny_model_dir, dtype=torch.float32)
+    models = [load_model(d, dtype=torch.float32) for d in made]
+
+    def shape(config) -> dict:
+        return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+    assert shape(models[0].config) == shape(original.config)
+    assert (made[0] / "generation_config.json").read_text() == (tiny_model_dir / "generation_config.json").read_text()
+    assert load_tokenizer(made[0])("a b c").input_ids == load_tokenizer(tiny_model_dir)("a b c").input_ids
+    weights = [dict(m.named_parameters())["model.layers.0.mlp.down_proj.weight"] for m in (original, *models)]
+    assert torch.equal(weights[1], weights[2])  # seeded
+    assert torch.equal(weights[0], weights[1])  # the fixture is instillm's own init with seed 0
+    assert not torch.equal(weights[1], weights[3])
+    assert not (made[0] / "gguf_source.json").exists()
+
+
+def test_train_throughput_turns_checkpointing_off_by_either_name_and_picks_trl_attention() -> None:
+    import dataclasses
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    @dataclasses.dataclass
+    class Older:  # transformers 5.17's TrainingArguments: one name
+        gradient_checkpointing: bool = True
+
+    @dataclasses.dataclass
+    class Newer(Older):  # transformers 5.25: the new name, the old one kept as an alias
+        activation_checkpointing: bool = True
+
+    assert tt.no_checkpointing(Older) == {"gradient_checkpointing": False}
+    assert tt.no_checkpointing(Newer) == {"activation_checkpointing": False, "gradient_checkpointing": False}
+    assert tt.trl_attention("cpu") == "sdpa"
+    assert tt.device_info("cpu") == {"device": "cpu"}
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "t0_multitask").is_dir(), reason="needs ../shared/data")
+def test_train_throughput_saves_the_t0_sample_it_trains_on(tmp_path) -> None:
+    import json
+
+    path = tmp_path / "sample" / "t0.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--save-data", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert f"wrote {path}: {len(rows)} examples from 1132 T0 rows (4 per file)" in proc.stdout
+    assert len(rows) == 1104 and all(r["messages"] for r in rows)
 
 
 def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:
@@ -153,3 +230,13 @@ def test_serve_load_mixed_reports_the_median_of_ratios_taken_within_each_repeat(
     assert "texts" not in got and all("texts" not in r for r in got["runs"])
     runs[1]["texts"][greedy] = "changed"
     assert sl.combine(runs, static)[1]["identical_greedy_outputs"] is False
+
+
+def test_serve_load_names_a_cuda_run_apart_and_records_the_device(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_load as sl
+
+    assert sl.on_device(sl.RESULTS_MIXED, "cuda").name == "serve_load_mixed_cuda.json"
+    assert sl.on_device(sl.RESULTS_MIXED, "cpu") == sl.RESULTS_MIXED
+    got = sl.machine((0.0, 0.0, 0.0), "cpu")
+    assert got["device"] == "cpu" and got["gpu"] is None
