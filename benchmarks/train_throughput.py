@@ -786,7 +786,6 @@ def calibrate_threads(model_dir: Path, items: list, pad_id: int, rounds: int) ->
 def main(argv: list[str] | None = None) -> int:
     from _deps import require
 
-    require("trl")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run (< 3 min): 2 sequences per step, fewer runs")
     ap.add_argument("--threads", default="auto", choices=("auto", "1", "2"))
@@ -846,8 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     q, real = args.quick, args.model != "small"
     source = REAL_MODEL if args.model == "real" else Path(args.model)
-    if args.save_data is not None:
+    if args.save_data is not None:  # instillm's importer alone: no TRL needed
         return save_data(args.save_data, args.rows_per_file or 4)
+    require("trl")
     if real and not (source / "config.json").is_file():
         hint = ": run `make real-model` first" if args.model == "real" else ""
         sys.exit(f"train_throughput: no model config at {source / 'config.json'}{hint}")
@@ -978,8 +978,9 @@ def main(argv: list[str] | None = None) -> int:
             top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
             best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
             bl = "packed" if best["packing"] else "length-grouped"
-            result["optimizer_step_ms"] = optimizer_step_ms(model_dir, 3 if q else 7)
-            log(f"AdamW step, ms: {result['optimizer_step_ms']}")
+            if DEVICE == "cpu":  # the CPU implementations of AdamW, timed on the CPU
+                result["optimizer_step_ms"] = optimizer_step_ms(model_dir, 3 if q else 7)
+                log(f"AdamW step, ms: {result['optimizer_step_ms']}")
             if not q:
                 if best["packing"]:  # the packed lever above attends per example (packed_attention: auto)
                     levers.append(
@@ -997,32 +998,35 @@ def main(argv: list[str] | None = None) -> int:
                         optimizer="for-loop",
                     )
                 )
-                other = 2 if threads == 1 else 1
-                torch.set_num_threads(other)
-                levers.append(
-                    run_instillm(
-                        f"{bl}, {other} thread(s) (4 measured steps)",
-                        cfg("t", "bf16", best["packing"], best["group"], 1 + 4),
-                        1,
-                    )
-                )
-                torch.set_num_threads(threads)
-                if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
+                if DEVICE == "cpu":  # CPU levers: the other thread count, the CPU's bf16 kernels
+                    other = 2 if threads == 1 else 1
+                    torch.set_num_threads(other)
                     levers.append(
                         run_instillm(
-                            f"{bl}, native bf16 kernels",
-                            cfg("n", "bf16", best["packing"], best["group"], 1 + slow, cpu_bf16_matmul="native"),
+                            f"{bl}, {other} thread(s) (4 measured steps)",
+                            cfg("t", "bf16", best["packing"], best["group"], 1 + 4),
                             1,
                         )
                     )
-                else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
-                    levers.append(
-                        run_instillm(
-                            f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
-                            cfg("f", "bf16", best["packing"], best["group"], warmup + steps, cpu_bf16_matmul="fp32"),
-                            warmup,
+                    torch.set_num_threads(threads)
+                    if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
+                        levers.append(
+                            run_instillm(
+                                f"{bl}, native bf16 kernels",
+                                cfg("n", "bf16", best["packing"], best["group"], 1 + slow, cpu_bf16_matmul="native"),
+                                1,
+                            )
                         )
-                    )
+                    else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
+                        levers.append(
+                            run_instillm(
+                                f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
+                                cfg(
+                                    "f", "bf16", best["packing"], best["group"], warmup + steps, cpu_bf16_matmul="fp32"
+                                ),
+                                warmup,
+                            )
+                        )
                 if not args.no_compile:
                     cprec = "fp32" if emulated_bf16 else "bf16"
                     levers += compile_lever(
