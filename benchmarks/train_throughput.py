@@ -684,6 +684,24 @@ def random_weights(model_dir: Path, dest: Path, seed: int = SEED) -> Path:
     return dest
 
 
+def guarded(run: Any, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`run(name, ...)`'s row, or a row with the error if it raised: one TRL configuration that fails
+    (a missing kernel, say) does not cost the runs around it (a lent GPU's minutes are few)."""
+    try:
+        return run(name, *args, **kwargs)
+    except Exception as e:  # report why, keep going
+        log(f"{name} failed: {type(e).__name__}: {e}")
+        return {"name": name, "mode": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
+def measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that ran (no `error`); stops with the errors when none did."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        sys.exit("train_throughput: every TRL configuration failed: " + "; ".join(r["error"] for r in rows))
+    return ok
+
+
 def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, Any]]:
     """instillm with torch.compile(decoder), then eager, on the same steps (3 warm-up: compilation)."""
     rows: list[dict[str, Any]] = []
@@ -1081,7 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
                 slow_bf16 = prec == "bf16" and emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
                 w, m = (1, slow) if slow_bf16 else (3 if trl_compile else warmup, steps)
                 comparison[prec]["trl"].append(
-                    run_trl(
+                    guarded(
+                        run_trl,
                         mode + ("-compiled" if trl_compile else ""),
                         mode,
                         prec,
@@ -1097,25 +1116,26 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
         result["comparison"] = comparison
+        trl_ok = {prec: measured(comparison[prec]["trl"]) for prec in precisions}
 
         def med(rs: list[dict[str, Any]]) -> float:
             return statistics.median(r["tokens_per_s"] for r in rs)
 
         summary: dict[str, Any] = {}
         for prec in precisions:
-            trl_best = max(comparison[prec]["trl"], key=lambda r: r["tokens_per_s"])
+            trl_best = max(trl_ok[prec], key=lambda r: r["tokens_per_s"])
             summary[prec] = {
                 "instillm": med(comparison[prec]["instillm"]),
                 "trl_best": trl_best["tokens_per_s"],
                 "trl_best_config": trl_best["mode"],
-                "trl": {r["mode"]: r["tokens_per_s"] for r in comparison[prec]["trl"]},
+                "trl": {r["mode"]: r["tokens_per_s"] for r in trl_ok[prec]},
             }
             summary[prec]["ratio"] = round(summary[prec]["instillm"] / summary[prec]["trl_best"], 3)
 
         # ---- loss check: instillm replays TRL's best run example for example (bf16, and fp32)
         loss_checks: dict[str, dict[str, Any]] = {}
         for prec in precisions:
-            trl_best_run = max(comparison[prec]["trl"], key=lambda r: r["tokens_per_s"])
+            trl_best_run = max(trl_ok[prec], key=lambda r: r["tokens_per_s"])
             replay = trl_best_run["step_examples"]
             rep = run_instillm(
                 f"replay of TRL {trl_best_run['mode']}",
@@ -1142,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         if primary == "bf16" and "fp32" not in precisions:
             # bf16 trajectories drift apart over steps (rounding, amplified by the updates): measure how far
             # each bf16 run is from fp32 arithmetic, and check the fp32 equivalence itself against TRL in fp32
-            trl_best_run = max(comparison["bf16"]["trl"], key=lambda r: r["tokens_per_s"])
+            trl_best_run = max(trl_ok["bf16"], key=lambda r: r["tokens_per_s"])
             loss_checks["fp32_reference"] = fp32_reference(
                 trl_best_run,
                 loss_checks["bf16"],
@@ -1352,6 +1372,8 @@ def print_table(r: dict[str, Any]) -> None:
         )
         for mode, v in s["trl"].items():
             print(f"| TRL | {prec} | {mode} | {v:.1f} | 1 |")
+        for failed in (x for x in r["comparison"][prec]["trl"] if "error" in x):
+            print(f"| TRL | {prec} | {failed['mode']} | failed: {failed['error'][:100]} | 1 |")
     for lv in r["levers"]:
         print(
             f"| instillm lever | {lv.get('precision', '')} | {lv['name']} | {lv.get('tokens_per_s', lv.get('error'))}"

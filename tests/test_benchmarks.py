@@ -123,6 +123,22 @@ def test_train_throughput_turns_checkpointing_off_by_either_name_and_picks_trl_a
     assert tt.device_info("cpu") == {"device": "cpu"}
 
 
+def test_train_throughput_keeps_going_past_a_failed_trl_configuration() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    def run(name: str, fast: bool) -> dict:
+        if not fast:
+            raise RuntimeError("no flash-attention kernel")
+        return {"name": name, "mode": name, "tokens_per_s": 10.0}
+
+    rows = [tt.guarded(run, "packed", False), tt.guarded(run, "grouped", fast=True)]
+    assert rows[0] == {"name": "packed", "mode": "packed", "error": "RuntimeError: no flash-attention kernel"}
+    assert tt.measured(rows) == [rows[1]]
+    with pytest.raises(SystemExit, match="every TRL configuration failed: RuntimeError: no flash"):
+        tt.measured(rows[:1])
+
+
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "t0_multitask").is_dir(), reason="needs ../shared/data")
 def test_train_throughput_saves_the_t0_sample_it_trains_on(tmp_path) -> None:
     import json
