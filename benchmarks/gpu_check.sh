@@ -4,7 +4,7 @@
 # package is there, else SDPA), and `serve` under the mixed load, each recorded with the card's name.
 #
 #   here, once:   benchmarks/gpu_check.sh prepare
-#                 → .gpu/ (ignored, ~15 MB): wheels of the packages the device's image lacks, the T0
+#                 → .gpu/ (ignored, ~10 MB): wheels of the packages the device's image lacks, the T0
 #                   sample of the training benchmark, and SmolLM2-135M-Instruct's config and tokenizer
 #                   (its weights, 98 MB as GGUF, are over what travels: the check trains that
 #                   architecture from fresh random weights; a step's time does not depend on them)
