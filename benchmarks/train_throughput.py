@@ -584,7 +584,8 @@ def run_trl(
         completion_only_loss=True,
         max_length=MAX_LENGTH,
     )
-    kwargs.update(no_checkpointing(SFTConfig))
+    checkpointing_off = no_checkpointing(SFTConfig)
+    kwargs.update(checkpointing_off)
     if compile:
         kwargs["torch_compile"] = True
     if mode == "grouped":
@@ -643,7 +644,7 @@ def run_trl(
             "step_examples": counting.examples[:n],
             "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
             "optim": str(args.optim),
-            "activation_checkpointing": any(getattr(args, k) for k in no_checkpointing(SFTConfig)),
+            "activation_checkpointing": any(getattr(args, k) for k in checkpointing_off),
             "torch_compile": bool(args.torch_compile),
             "lora": lora is not None,
             "attn_implementation": model.config._attn_implementation,
@@ -890,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops (a CUDA card multiplies bf16 natively)
-    emulated_bf16 = DEVICE == "cpu" and not machine_info()["onednn_bf16"]
+    machine = {**machine_info(), **device_info(DEVICE)}
+    emulated_bf16 = DEVICE == "cpu" and not machine["onednn_bf16"]
     # the precision both sides are compared in: the small model's record is bf16 (as asked, --fp32 adds fp32);
     # the real model's is the one fastest here for both (fp32 where bf16 matmuls are emulated)
     primary = "fp32" if real and emulated_bf16 else "bf16"
@@ -902,8 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         "lora": LORA if args.lora else None,
         "dtype": primary,
         "device": DEVICE,
-        "cpu": machine_info()["cpu"],
-        "machine": {**machine_info(), **device_info(DEVICE)},
+        "cpu": machine["cpu"],
+        "machine": machine,
         "versions": versions(),
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
         "busy_processes_start": busy_processes(),
@@ -1243,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
                         if emulated_bf16 and primary == "bf16"
                         else "Both sides ran in fp32, the fastest precision on this CPU (no bf16 matmul units)."
                         if emulated_bf16
-                        else f"Both sides ran in bf16 on {device_info(DEVICE).get('gpu')}: `mfu` uses its bf16 peak."
+                        else f"Both sides ran in bf16 on {machine.get('gpu')}: `mfu` uses its bf16 peak."
                         if DEVICE == "cuda"
                         else "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
                         "the meaningful utilisation."
