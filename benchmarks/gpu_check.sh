@@ -23,10 +23,10 @@ WHEELS="trl datasets dill multiprocess fastapi starlette pydantic pydantic-core 
 opentelemetry-api uvicorn"
 
 prepare() {
-    rm -rf "$G"
-    mkdir -p "$G/whl" "$G/smollm2"
     local src=.cache/smollm2-135m-instruct
     [ -f "$src/config.json" ] || { echo "gpu_check: no $src/config.json: run \`make real-model\` first" >&2; exit 1; }
+    rm -rf "$G"
+    mkdir -p "$G/whl" "$G/smollm2"
     for f in "$src"/*; do
         case "$(basename "$f")" in *.safetensors | gguf_source.json) ;; *) cp "$f" "$G/smollm2/" ;; esac
     done
@@ -43,6 +43,8 @@ prepare() {
 
 run() {
     local out=${OUT:-$G/out} py=${PYTHON:-python3} dev=${DEVICE:-cuda}
+    compgen -G "$G/whl/*.whl" >/dev/null && [ -f "$G/t0_sample.jsonl" ] ||
+        { echo "gpu_check: no $G/ here: run \`benchmarks/gpu_check.sh prepare\` first, and carry .gpu" >&2; exit 1; }
     mkdir -p "$out"
     exec > >(tee "$out/gpu_check.log") 2>&1
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$G"/whl/*.whl

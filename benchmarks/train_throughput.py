@@ -1344,6 +1344,10 @@ def save_data(path: Path, rows_per_file: int) -> int:
     without ../shared: `--data path` there)."""
     if not T0_DIR.is_dir():
         sys.exit(f"train_throughput: --save-data needs the T0 files at {T0_DIR}")
+    if path.resolve().is_relative_to(T0_DIR.resolve()):
+        sys.exit(
+            f"train_throughput: --save-data {path} is inside the T0 files it reads ({T0_DIR}): choose another path"
+        )
     with tempfile.TemporaryDirectory(prefix="train-throughput-data-") as tmp:
         made, info = build_data(Path(tmp), rows_per_file)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1404,4 +1408,9 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from instillm.errors import InstillmError
+
+    try:
+        sys.exit(main())
+    except InstillmError as e:  # a bad --data or --model: one line naming it, no traceback
+        sys.exit(f"train_throughput: {e}")

@@ -154,6 +154,45 @@ def test_train_throughput_saves_the_t0_sample_it_trains_on(tmp_path) -> None:
     assert len(rows) == 1104 and all(r["messages"] for r in rows)
 
 
+def test_train_throughput_never_saves_the_sample_over_the_t0_files_it_reads(tmp_path, monkeypatch) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    t0 = tmp_path / "t0_multitask"  # stands in for ../shared's files: a broken guard writes here, not there
+    t0.mkdir()
+    (t0 / "task_template.jsonl").write_text('{"prompt": "Say hi.", "completion": "hi<|endoftext|>"}\n')
+    monkeypatch.setattr(tt, "T0_DIR", t0)
+    target = t0 / "sample.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        tt.save_data(target, 4)
+    assert (
+        str(stop.value)
+        == f"train_throughput: --save-data {target} is inside the T0 files it reads ({t0}): choose another path"
+    )
+    assert sorted(f.name for f in t0.iterdir()) == ["task_template.jsonl"]
+    assert tt.save_data(tmp_path / "out" / "sample.jsonl", 4) == 0  # elsewhere it writes
+    assert len((tmp_path / "out" / "sample.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [(None, "does not exist"), ("", "holds no examples"), ('{"messages": [\n', ":1: malformed_json")],
+    ids=["missing", "empty", "malformed"],
+)
+def test_train_throughput_bad_data_is_one_line_naming_it(tiny_model_dir, tmp_path, content, expected) -> None:
+    pytest.importorskip("trl")  # the run asks for TRL before it reads --data
+    data = tmp_path / "data.jsonl"
+    if content is not None:
+        data.write_text(content, encoding="utf-8")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model", str(tiny_model_dir)]
+    cmd += ["--quick", "--device", "cpu", "--data", str(data), "--out", str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_throughput: ") and str(data) in last and expected in last
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import generation_throughput as gt
