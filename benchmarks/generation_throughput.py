@@ -37,8 +37,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -277,7 +280,7 @@ def timed(fn):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--quick", action="store_true", help="3 repeats: about 3 min with 2 threads, 4 with one (64 prompts)"
@@ -318,11 +321,63 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dtype == "best" and (args.ablations or args.prefix):
         ap.error("--ablations and --prefix run in one --dtype")
     args.out = args.out or default_out(args.prefix, args.model == REAL_MODEL)
-    repeats = args.repeats or (3 if args.quick else 5)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # and the caller's grad mode stays as it was
+        return measure(args, argv)
 
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The prompts, the methods, their timed repeats and the results file."""
+    models, tok = load_models(args)
+    gens = {d: Generator(m, tok) for d, m in models.items()}
+    if args.prefix:
+        return main_prefix(args, next(iter(gens.values())), args.repeats, argv)
+    prompts = next(iter(gens.values())).render_prompts(conversations(args.n_prompts))
+    lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
+    n_params = sum(p.numel() for p in next(iter(models.values())).parameters())
+    print(
+        f"model: {args.model or 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
+        f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
+        f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    methods = generation_methods(args, models, gens, tok, prompts)
+    eos = sorted(next(iter(gens.values())).end_ids)
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    # warm-up (untimed): allocator, kernels, lazy imports
+    for m in models.values():
+        run_naive(m, tok, prompts, args.max_new_tokens, eos, limit=2)
+    for name, fn in methods.items():
+        if not name.startswith("naive"):
+            fn()
+    timing = time_repeats(methods, args.repeats, args.wait_idle)
+    result = throughput_result(args, timing, list(models), n_params, lens, eos)
+    result["machine"] = {
+        **machine_info(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in timing.idle_seen],
+    }
+    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    result["command"] = command_of(argv)
+    print_throughput(result, timing)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return result
+
+
+def load_models(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The model in each dtype asked (--model, or the `small` preset built in a temporary directory)
+    with SDPA attention, and its tokenizer."""
     from instillm.models.loading import load_model, load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="instillm-bench-") as tmp:
@@ -333,92 +388,95 @@ def main(argv: list[str] | None = None) -> dict:
             model_dir = init_model(preset="small", output_dir=Path(tmp) / "small", seed=0)
         dtypes = list(DTYPES) if args.dtype == "best" else [args.dtype]
         models = {d: load_model(model_dir, dtype=DTYPES[d], attn_implementation="sdpa") for d in dtypes}
-        tok = load_tokenizer(model_dir)
+        return models, load_tokenizer(model_dir)
 
-    model = models[dtypes[0]]
-    gens = {d: Generator(m, tok) for d, m in models.items()}
-    gen = gens[dtypes[0]]
-    if args.prefix:
-        return main_prefix(args, gen, repeats, argv)
-    prompts = gen.render_prompts(conversations(args.n_prompts))
-    lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
-    eos = sorted(gen.end_ids)
+
+def generation_methods(
+    args: argparse.Namespace, models: dict[str, Any], gens: dict[str, Generator], tok: Any, prompts: list[str]
+) -> dict[str, Callable[[], list[list[int]]]]:
+    """The timed methods: naive, HF batched and instillm in each dtype (one dtype: today's keys), instillm's
+    variants (torch's own products, decode through the model's modules) and with --ablations its options."""
+    eos = sorted(next(iter(gens.values())).end_ids)
     opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model: {model_dir if args.model else 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
-        f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
-        f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
-        flush=True,
-    )
-
-    methods = {}
+    new, bs = args.max_new_tokens, args.batch_size
+    methods: dict[str, Callable[[], list[list[int]]]] = {}
     for d, m in models.items():
-        at = "" if len(models) == 1 else f"@{d}"  # one dtype: today's keys
-        g = gens[d]
-        methods[f"naive{at}"] = lambda m=m: run_naive(m, tok, prompts, args.max_new_tokens, eos)
-        methods[f"hf_batched{at}"] = lambda m=m: run_hf_batched(
-            m, tok, prompts, args.max_new_tokens, eos, args.batch_size
-        )
-        methods[f"instillm{at}"] = lambda g=g: run_instillm(g, prompts, opts)
-    if len(models) == 1 and gen.transposed_products:  # the default here: also time torch's own products
+        at = "" if len(models) == 1 else f"@{d}"
+        methods[f"naive{at}"] = lambda m=m: run_naive(m, tok, prompts, new, eos)
+        methods[f"hf_batched{at}"] = lambda m=m: run_hf_batched(m, tok, prompts, new, eos, bs)
+        methods[f"instillm{at}"] = lambda g=gens[d]: run_instillm(g, prompts, opts)
+    if len(models) > 1:
+        return methods
+    model, gen = next(iter(models.values())), next(iter(gens.values()))
+    if gen.transposed_products:  # the default here: also time torch's own products
         plain = Generator(model, tok, transposed_products=False)
         methods["instillm_torch_products"] = lambda: run_instillm(plain, prompts, opts)
-    if len(models) == 1 and gen.feature_major:  # likewise: also time decode steps through the model's modules
+    if gen.feature_major:  # likewise: also time decode steps through the model's modules
         modules = Generator(model, tok, feature_major=False)
         methods["instillm_model_decode"] = lambda: run_instillm(modules, prompts, opts)
     if args.ablations:
-        big = 1 << 30
-        methods["instillm_padded_prefill"] = lambda: run_instillm(
-            gen,
-            prompts,
-            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, prefill_tokens=big),
-        )
-        methods["instillm_no_shared_prefix"] = lambda: run_instillm(
-            gen,
-            prompts,
-            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, min_shared_prefix=0),
-        )
-        methods["instillm_prefill_1_prompt"] = lambda: run_instillm(
-            gen,
-            prompts,
-            GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, prefill_tokens=1),
-        )
+        for name, option in (
+            ("instillm_padded_prefill", {"prefill_tokens": 1 << 30}),
+            ("instillm_no_shared_prefix", {"min_shared_prefix": 0}),
+            ("instillm_prefill_1_prompt", {"prefill_tokens": 1}),
+        ):
+            variant = GenerateOptions(max_new_tokens=new, batch_size=bs, **option)
+            methods[name] = lambda v=variant: run_instillm(gen, prompts, v)
+    return methods
 
-    load_before = os.getloadavg()
-    t_start = time.perf_counter()
-    # warm-up (untimed): allocator, kernels, lazy imports
-    for m in models.values():
-        run_naive(m, tok, prompts, args.max_new_tokens, eos, limit=2)
-    for name, fn in methods.items():
-        if not name.startswith("naive"):
-            fn()
-    outputs: dict[str, list] = {}
-    seconds: dict[str, list[float]] = {name: [] for name in methods}
-    cpu_seconds: dict[str, list[float]] = {name: [] for name in methods}
-    idle_seen = []
+
+@dataclass
+class Timing:
+    """The timed repeats: each method's outputs (the same in every repeat), wall and CPU seconds."""
+
+    outputs: dict[str, list] = field(default_factory=dict)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    cpu_seconds: dict[str, list[float]] = field(default_factory=dict)
+    idle_seen: list[float | None] = field(default_factory=list)
+
+    def tokens(self, name: str) -> int:
+        return sum(len(x) for x in self.outputs[name])
+
+    def tokens_per_s(self) -> dict[str, float]:
+        return {name: self.tokens(name) / statistics.median(self.seconds[name]) for name in self.seconds}
+
+    def identical_to_naive(self) -> dict[str, bool]:
+        """Each method's greedy outputs against the naive loop's in the same dtype."""
+        return {name: self.outputs[name] == self.outputs[naive_of(name)] for name in self.seconds}
+
+    def best_of_each(self) -> dict[str, str]:
+        """naive, hf_batched, instillm: the key of each one's fastest dtype."""
+        tps = self.tokens_per_s()
+        return {base: fastest(tps, base) for base in ("naive", "hf_batched", "instillm")}
+
+
+def time_repeats(methods: dict[str, Callable[[], list[list[int]]]], repeats: int, wait_idle_s: float) -> Timing:
+    """Each method once per repeat, in turn; greedy outputs must not change between repeats."""
+    t = Timing(seconds={name: [] for name in methods}, cpu_seconds={name: [] for name in methods})
     for r in range(repeats):
-        idle_seen.append(wait_idle(args.wait_idle) if args.wait_idle else cpu_idle_fraction(0.5))
+        t.idle_seen.append(wait_idle(wait_idle_s) if wait_idle_s else cpu_idle_fraction(0.5))
         for name, fn in methods.items():
             out, dt, cpu = timed(fn)
-            seconds[name].append(dt)
-            cpu_seconds[name].append(cpu)
-            if name in outputs and outputs[name] != out:
+            t.seconds[name].append(dt)
+            t.cpu_seconds[name].append(cpu)
+            if name in t.outputs and t.outputs[name] != out:
                 raise SystemExit(f"{name}: greedy outputs changed between repeats")
-            outputs[name] = out
-        idle = f" (CPU idle before: {idle_seen[-1]:.0%})" if idle_seen[-1] is not None else ""
+            t.outputs[name] = out
+        idle = f" (CPU idle before: {t.idle_seen[-1]:.0%})" if t.idle_seen[-1] is not None else ""
         print(
-            f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()) + idle,
+            f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.seconds.items()) + idle,
             flush=True,
         )
-    load_after = os.getloadavg()
+    return t
 
-    tokens = {name: sum(len(x) for x in out) for name, out in outputs.items()}
-    tps = {name: tokens[name] / statistics.median(seconds[name]) for name in methods}
-    same = {name: outputs[name] == outputs[naive_of(name)] for name in methods}
-    best = {base: fastest(tps, base) for base in ("naive", "hf_batched", "instillm")}
-    naive = outputs[best["naive"]]
-    result = {
+
+def throughput_result(
+    args: argparse.Namespace, t: Timing, dtypes: list[str], n_params: int, lens: list[int], eos: list[int]
+) -> dict[str, Any]:
+    """The results' keys: each method headlined in its fastest dtype, identical outputs within a dtype."""
+    methods, tps, same, best = list(t.seconds), t.tokens_per_s(), t.identical_to_naive(), t.best_of_each()
+    opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    result: dict[str, Any] = {
         "naive_tokens_per_s": round(tps[best["naive"]], 1),
         "hf_batched_tokens_per_s": round(tps[best["hf_batched"]], 1),
         "instillm_tokens_per_s": round(tps[best["instillm"]], 1),
@@ -430,17 +488,17 @@ def main(argv: list[str] | None = None) -> dict:
         "hf_batched_identical_outputs": all(same[k] for k in methods if k.partition("@")[0] == "hf_batched"),
         "dtype_of": {base: key.partition("@")[2] or dtypes[0] for base, key in best.items()},
         "tokens_per_s_by_method": {k: round(v, 1) for k, v in tps.items()},
-        "generated_tokens": tokens,
-        "tokens_per_cpu_s": {k: round(tokens[k] / statistics.median(cpu_seconds[k]), 1) for k in methods},
-        "n_stopped_early": sum(len(x) < args.max_new_tokens for x in naive),
-        "seconds": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
-        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu_seconds.items()},
+        "generated_tokens": {k: t.tokens(k) for k in methods},
+        "tokens_per_cpu_s": {k: round(t.tokens(k) / statistics.median(t.cpu_seconds[k]), 1) for k in methods},
+        "n_stopped_early": sum(len(x) < args.max_new_tokens for x in t.outputs[best["naive"]]),
+        "seconds": {k: [round(x, 3) for x in v] for k, v in t.seconds.items()},
+        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in t.cpu_seconds.items()},
         "settings": {
             "model": str(args.model) if args.model else "small preset, seed 0 (random init)",
             "n_params": n_params,
             "dtype": args.dtype,
             "attn_implementation": "sdpa",
-            "n_prompts": len(prompts),
+            "n_prompts": len(lens),
             "prompt_tokens": {
                 "min": min(lens),
                 "median": statistics.median(lens),
@@ -450,29 +508,25 @@ def main(argv: list[str] | None = None) -> dict:
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "stop_token_ids": eos,
-            "repeats": repeats,
+            "repeats": args.repeats,
             "statistic": "median of the timed repeats (warm-up excluded)",
             "quick": args.quick,
-            "instillm_options": {k: v for k, v in vars(opts).items()},
+            "instillm_options": dict(vars(opts)),
         },
-        "machine": {
-            **machine_info(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in load_after],
-            "cpu_idle_before_repeats": [None if x is None else round(x, 2) for x in idle_seen],
-        },
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "command": command_of(argv),
     }
     for name in methods:
         if name.startswith("instillm_"):
             result[f"{name}_tokens_per_s"] = round(tps[name], 1)
             result[f"{name}_identical_outputs"] = same[name]
+    return result
 
+
+def print_throughput(result: dict[str, Any], t: Timing) -> None:
+    tps, best, same = t.tokens_per_s(), t.best_of_each(), t.identical_to_naive()
     print()
     print(f"{'method':<28}{'tokens/s':>10}{'median s':>10}{'CPU s':>8}{'vs naive':>10}  identical to naive")
-    for name in methods:
-        med, cpu = statistics.median(seconds[name]), statistics.median(cpu_seconds[name])
+    for name in t.seconds:
+        med, cpu = statistics.median(t.seconds[name]), statistics.median(t.cpu_seconds[name])
         vs = tps[name] / tps[best["naive"]]
         print(f"{name:<28}{tps[name]:>10.1f}{med:>10.2f}{cpu:>8.2f}{vs:>9.2f}x  {'yes' if same[name] else 'NO'}")
     print(f"fastest of each: {best}")
@@ -480,10 +534,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"\ninstillm vs HF batched generate: {result['speedup_vs_hf_batched']:.2f}x; "
         f"load average before/after: {result['machine']['loadavg_before'][0]} / {result['machine']['loadavg_after'][0]}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,6 +574,11 @@ def main_prefix(args: argparse.Namespace, gen: Generator, repeats: int, argv: li
     """Self-Instruct prompts decoded with and without shared-prefix reuse: tokens/s and identical outputs."""
     n = args.n_prompts if args.n_prompts != 64 else 32
     prompts = self_instruct_prompts(gen, n, args.max_new_tokens)
+    if not prompts:
+        sys.exit(
+            f"generation_throughput: no Self-Instruct prompt and {args.max_new_tokens} new tokens fit the model's "
+            f"{gen.max_length} positions: lower --max-new-tokens or use a model with a longer context"
+        )
     opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     lens = [len(p) for p in prompts]
     print(f"{len(prompts)} Self-Instruct prompts, {min(lens)}-{max(lens)} tokens; {args.max_new_tokens} new tokens")

@@ -362,78 +362,88 @@ def run_instillm(
     replay: the example indices of each step (another run's), trained in that order instead of
     instillm's own batches (packed into rows when cfg.packing).
     """
-    from instillm.data.pack import pack_lengths
     from instillm.train import loop as L
-    from instillm.train.batching import collate, epoch_micro_batches
 
     load0 = os.getloadavg()[0]
     fresh_accelerate()
     with contextlib.redirect_stderr(open(os.devnull, "w")):
         run = L.setup(dataclasses.replace(cfg, compile=compile_decoder), DEVICE)  # TrainConfig.compile
     if optimizer != "fused":  # lever: the optimizer implementation instillm used before (per-parameter loop)
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in run.optimizer.param_groups]
-        run.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=optimizer == "foreach"
-        )
-        run.scheduler = L.build_scheduler(run.optimizer, cfg, run.plan)
-    items, pad = run.data.train, run.tokenizer.pad_token_id
-    lengths = [len(r) for r in items]
+        replace_optimizer(run, cfg, foreach=optimizer == "foreach")
     tokens, losses, trained, ends = [], [], [], []
-    epoch_batches, cached = [], -1
-    prof = None
+    prof, t_prof = None, 0.0
     t_start = time.perf_counter()
-    for step in range(cfg.max_steps):
+    for step, batches in enumerate(instillm_batches(run, cfg, replay)):
         if profile_to is not None and step == cfg.max_steps - 1:
-            from torch.profiler import ProfilerActivity, profile
-
-            prof = profile(activities=[ProfilerActivity.CPU])
-            prof.__enter__()
-            t_prof = time.perf_counter()
-        if replay is not None:
-            ids = replay[step]
-            if cfg.packing:
-                rows = [tuple(ids[j] for j in b) for b in pack_lengths([lengths[i] for i in ids], cfg.max_length)]
-            else:
-                rows = [(i,) for i in ids]
-            batches = [collate(items, rows, pad, cfg.packing)]
-        else:
-            epoch = step // run.plan.steps_per_epoch
-            if epoch != cached:
-                epoch_batches = epoch_micro_batches(
-                    lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
-                )
-                cached = epoch
-            batches = L.step_batches(run, epoch_batches, step)
+            prof, t_prof = start_profile(), time.perf_counter()
         stats = L.train_step(run.loss_module, batches, run.optimizer, run.scheduler, run.accelerator, cfg)
         ends.append(time.perf_counter())
         tokens.append(stats.tokens)
         trained.append(stats.trained_tokens)
         losses.append(stats.loss)
-    if prof is not None:
+    if prof is not None and profile_to is not None:
         prof.__exit__(None, None, None)
         write_profile(profile_to, prof, name, cfg, ends[-1] - t_prof, tokens[-1])
-    return summarize(
-        name,
-        "instillm",
-        cfg.precision,
-        ends,
-        t_start,
-        tokens,
-        losses,
-        trained,
-        warmup,
-        (load0, os.getloadavg()[0]),
-        {
-            "packing": cfg.packing,
-            "group_by_length": cfg.group_by_length,
-            "batch_size": cfg.batch_size,
-            "attn_implementation": L.unwrap(run.model).config._attn_implementation,
-            "optimizer": optimizer,
-            "compile": compile_decoder,
-            "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device(DEVICE)),
-            "device": DEVICE,
-        },
+    extra = {
+        "packing": cfg.packing,
+        "group_by_length": cfg.group_by_length,
+        "batch_size": cfg.batch_size,
+        "attn_implementation": L.unwrap(run.model).config._attn_implementation,
+        "optimizer": optimizer,
+        "compile": compile_decoder,
+        "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device(DEVICE)),
+        "device": DEVICE,
+    }
+    load = (load0, os.getloadavg()[0])
+    return summarize(name, "instillm", cfg.precision, ends, t_start, tokens, losses, trained, warmup, load, extra)
+
+
+def replace_optimizer(run: Any, cfg: Any, foreach: bool) -> None:
+    """torch's AdamW without `fused` (the per-parameter loop, or foreach) in place of the run's fused one."""
+    from instillm.train import loop as L
+
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in run.optimizer.param_groups]
+    run.optimizer = torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=foreach
     )
+    run.scheduler = L.build_scheduler(run.optimizer, cfg, run.plan)
+
+
+def instillm_batches(run: Any, cfg: Any, replay: list[list[int]] | None) -> Any:
+    """Each optimizer step's micro-batches, made when the step starts (inside its time): instillm's own
+    epochs, or `replay`'s examples step by step (packed into rows when cfg.packing)."""
+    from instillm.data.pack import pack_lengths
+    from instillm.train import loop as L
+    from instillm.train.batching import collate, epoch_micro_batches
+
+    items, pad = run.data.train, run.tokenizer.pad_token_id
+    lengths = [len(r) for r in items]
+    epoch_batches, cached = [], -1
+    for step in range(cfg.max_steps):
+        if replay is not None:
+            ids = replay[step]
+            packs = pack_lengths([lengths[i] for i in ids], cfg.max_length) if cfg.packing else None
+            rows = [tuple(ids[j] for j in p) for p in packs] if packs is not None else [(i,) for i in ids]
+            yield [collate(items, rows, pad, cfg.packing)]
+            continue
+        epoch = step // run.plan.steps_per_epoch
+        if epoch != cached:
+            epoch_batches, cached = (
+                epoch_micro_batches(
+                    lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
+                ),
+                epoch,
+            )
+        yield L.step_batches(run, epoch_batches, step)
+
+
+def start_profile() -> Any:
+    """torch.profiler over the CPU, entered (the caller exits it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU])
+    prof.__enter__()
+    return prof
 
 
 def write_profile(path: Path, prof: Any, name: str, cfg: Any, seconds: float, tokens: int) -> None:
@@ -543,26 +553,69 @@ def run_trl(
     """
     if mode not in TRL_MODES:
         raise ValueError(f"TRL mode {mode!r} is not one of {TRL_MODES}")
-    import datasets
-    from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from instillm.data.render import IGNORE_INDEX
     from instillm.models.loading import load_model
 
     load0 = os.getloadavg()[0]
     fresh_accelerate()
+    ds = trl_dataset(items)
+    checkpointing_off = no_checkpointing(SFTConfig)
+    args = SFTConfig(**sft_settings(name, mode, precision, work, batch, warmup + steps, compile, checkpointing_off))
+    model = load_model(model_dir, dtype=torch.float32, attn_implementation=trl_attention(DEVICE))
+    clock = step_clock()
+    with contextlib.redirect_stdout(sys.stderr):
+        if lora is not None:
+            from instillm.train.loop import add_lora
+
+            model = add_lora(model, lora)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[clock])
+        counting = _CountingCollator(trainer.data_collator, {tuple(r.input_ids): i for i, r in enumerate(items)})
+        trainer.data_collator = counting
+        t_start = time.perf_counter()
+        trainer.train()
+    n = len(clock.ends)
+    examples = counting.examples[:n]
+    extra = {
+        "mode": mode + (" + torch_compile" if compile else ""),
+        "per_device_train_batch_size": batch,
+        "step_examples": examples,
+        "unmatched_examples": sum(i < 0 for ids in examples for i in ids),
+        "optim": str(args.optim),
+        "activation_checkpointing": any(getattr(args, k) for k in checkpointing_off),
+        "torch_compile": bool(args.torch_compile),
+        "lora": lora is not None,
+        "attn_implementation": model.config._attn_implementation,
+        "device": DEVICE,
+    }
+    load = (load0, os.getloadavg()[0])
+    tokens, losses, trained = counting.tokens[:n], clock.losses[:n], trl_trained(items, examples)
+    return summarize(name, "trl", precision, clock.ends, t_start, tokens, losses, trained, warmup, load, extra)
+
+
+def trl_dataset(items: list) -> Any:
+    """instillm's rendered examples as TRL's pre-tokenized dataset: input_ids and completion_mask."""
+    import datasets
+    from datasets import Dataset
+
+    from instillm.data.render import IGNORE_INDEX
+
     datasets.disable_progress_bars()
-    ds = Dataset.from_dict(
+    return Dataset.from_dict(
         {
             "input_ids": [list(r.input_ids) for r in items],
             "completion_mask": [[int(x != IGNORE_INDEX) for x in r.labels] for r in items],
         }
     )
+
+
+def sft_settings(
+    name: str, mode: str, precision: str, work: Path, batch: int, total: int, compile: bool, off: dict[str, bool]
+) -> dict[str, Any]:
+    """SFTConfig's settings for one TRL run in `mode` (`off`: the checkpointing switches, all off)."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(work / f"trl-{name}"),
-        max_steps=warmup + steps,
+        max_steps=total,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         learning_rate=LR,
@@ -583,9 +636,8 @@ def run_trl(
         use_cpu=DEVICE == "cpu",
         completion_only_loss=True,
         max_length=MAX_LENGTH,
+        **off,
     )
-    checkpointing_off = no_checkpointing(SFTConfig)
-    kwargs.update(checkpointing_off)
     if compile:
         kwargs["torch_compile"] = True
     if mode == "grouped":
@@ -594,12 +646,17 @@ def run_trl(
         kwargs.update(packing=True, packing_strategy="bfd")
     elif mode == "padding_free":  # TRL refuses max_length here; every example is already ≤ 512 tokens
         kwargs.update(padding_free=True, max_length=None)
-    args = SFTConfig(**kwargs)
-    model = load_model(model_dir, dtype=torch.float32, attn_implementation=trl_attention(DEVICE))
+    return kwargs
+
+
+def step_clock() -> Any:
+    """A TrainerCallback that records when each optimizer step ends (`ends`) and its logged `losses`."""
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        ends: list[float] = []
-        losses: list[float] = []
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.losses: list[float] = []
 
         def on_step_end(self, args, state, control, **kw):
             if DEVICE == "cuda":  # the step's kernels finish before its clock stops
@@ -610,47 +667,16 @@ def run_trl(
             if logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
-    clock = Clock()
-    clock.ends, clock.losses = [], []
-    with contextlib.redirect_stdout(sys.stderr):
-        if lora is not None:
-            from instillm.train.loop import add_lora
+    return Clock()
 
-            model = add_lora(model, lora)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[clock])
-        index = {tuple(r.input_ids): i for i, r in enumerate(items)}
-        counting = _CountingCollator(trainer.data_collator, index)
-        trainer.data_collator = counting
-        t_start = time.perf_counter()
-        trainer.train()
-    n = len(clock.ends)
-    trained = []
-    for ids in counting.examples[:n]:
-        trained.append(sum(items[i].n_trained - (items[i].labels[0] != IGNORE_INDEX) for i in ids if i >= 0))
-    return summarize(
-        name,
-        "trl",
-        precision,
-        clock.ends,
-        t_start,
-        counting.tokens[:n],
-        clock.losses[:n],
-        trained,
-        warmup,
-        (load0, os.getloadavg()[0]),
-        {
-            "mode": mode + (" + torch_compile" if compile else ""),
-            "per_device_train_batch_size": batch,
-            "step_examples": counting.examples[:n],
-            "unmatched_examples": sum(i < 0 for ids in counting.examples[:n] for i in ids),
-            "optim": str(args.optim),
-            "activation_checkpointing": any(getattr(args, k) for k in checkpointing_off),
-            "torch_compile": bool(args.torch_compile),
-            "lora": lora is not None,
-            "attn_implementation": model.config._attn_implementation,
-            "device": DEVICE,
-        },
-    )
+
+def trl_trained(items: list, step_examples: list[list[int]]) -> list[int]:
+    """The tokens TRL trains per step: its shifted labels drop each example's first position."""
+    from instillm.data.render import IGNORE_INDEX
+
+    return [
+        sum(items[i].n_trained - (items[i].labels[0] != IGNORE_INDEX) for i in ids if i >= 0) for ids in step_examples
+    ]
 
 
 def no_checkpointing(config_class: Any) -> dict[str, bool]:
@@ -802,9 +828,7 @@ def calibrate_threads(model_dir: Path, items: list, pad_id: int, rounds: int) ->
 # main
 
 
-def main(argv: list[str] | None = None) -> int:
-    from _deps import require
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run (< 3 min): 2 sequences per step, fewer runs")
     ap.add_argument("--threads", default="auto", choices=("auto", "1", "2"))
@@ -861,8 +885,57 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="default results/train_throughput.json (--quick: results/train_throughput_quick.json)",
     )
-    args = ap.parse_args(argv)
-    q, real = args.quick, args.model != "small"
+    return ap.parse_args(argv)
+
+
+@dataclasses.dataclass
+class Bench:
+    """One benchmark's settings and shared state: what every run of either side is built from."""
+
+    args: argparse.Namespace
+    work: Path
+    model_dir: Path
+    data_path: Path
+    warmup: int  # warm-up optimizer steps of a run
+    steps: int  # measured optimizer steps of a run
+    slow: int  # measured steps of a run on emulated bf16 matmuls
+    seqs: int  # sequences per optimizer step (unpacked sides)
+    primary: str  # the precision of record
+    emulated_bf16: bool
+    rows: int = 0  # packed rows per optimizer step (the same real tokens as `seqs` sequences)
+    items: list[Any] = dataclasses.field(default_factory=list)  # instillm's rendered examples
+    tokenizer: Any = None
+    threads: int = 1
+    matmul_params: dict[str, int] = dataclasses.field(default_factory=dict)  # linear_parameters()
+
+    @property
+    def quick(self) -> bool:
+        return bool(self.args.quick)
+
+    def cfg(self, name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any) -> Any:
+        """instillm's train config for one run of `total` optimizer steps."""
+        from instillm.train.config import LoraSettings
+
+        if self.args.lora:
+            extra["lora"] = LoraSettings(**LORA)
+        work = self.work / f"i-{name}-{time.perf_counter_ns()}"
+        batch = self.rows if packing else self.seqs
+        return instillm_config(self.model_dir, self.data_path, work, precision, packing, group, batch, total, **extra)
+
+    def best_cfg(self, name: str, precision: str, best: dict[str, bool], total: int, **extra: Any) -> Any:
+        """The config of instillm's best batching (`best`: packing, group) for one run."""
+        return self.cfg(name, precision, best["packing"], best["group"], total, **extra)
+
+    def trl_lora(self, precision: str) -> Any:
+        """The LoRA config TRL's model gets its adapters from (instillm's `add_lora`), or None."""
+        return self.cfg(f"trl-lora-{precision}", precision, False, False, 1) if self.args.lora else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _deps import require
+
+    args = parse_args(argv)
+    real = args.model != "small"
     source = REAL_MODEL if args.model == "real" else Path(args.model)
     if args.save_data is not None:  # instillm's importer alone: no TRL needed
         return save_data(args.save_data, args.rows_per_file or 4)
@@ -874,412 +947,463 @@ def main(argv: list[str] | None = None) -> int:
     from instillm.models.loading import resolve_device
 
     DEVICE = resolve_device(args.device)
-    warmup = args.warmup if args.warmup is not None else (1 if q or real else 2)
-    steps = args.steps if args.steps is not None else (2 if q else 4 if real else 16)
-    slow = args.slow_steps if args.slow_steps is not None else (1 if q else 2)
-    seqs = args.seqs if args.seqs is not None else (2 if q and not real else 4 if q else 8)
-    per_file = args.rows_per_file if args.rows_per_file is not None else (2 if q else 4)
     # a real-model step takes ~15 s here: the levers ran on the small model
     args.no_levers = args.no_levers or real or args.compile_lever
     t_begin = time.perf_counter()
     torch.manual_seed(SEED)
-
-    out = Path(
-        args.out
-        or RESULTS
-        / result_name(real, args.lora, q, DEVICE, args.random_weights, custom=args.model not in ("small", "real"))
-    )
+    custom = args.model not in ("small", "real")
+    out = Path(args.out or RESULTS / result_name(real, args.lora, args.quick, DEVICE, args.random_weights, custom))
     out.parent.mkdir(parents=True, exist_ok=True)
-    # no AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops (a CUDA card multiplies bf16 natively)
     machine = {**machine_info(), **device_info(DEVICE)}
-    emulated_bf16 = DEVICE == "cpu" and not machine["onednn_bf16"]
-    # the precision both sides are compared in: the small model's record is bf16 (as asked, --fp32 adds fp32);
-    # the real model's is the one fastest here for both (fp32 where bf16 matmuls are emulated)
-    primary = "fp32" if real and emulated_bf16 else "bf16"
-    result: dict[str, Any] = {
-        "command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
-        "quick": q,
-        "model": model_label(args.model, source, args.random_weights),
-        "mode": "lora" if args.lora else "full",
-        "lora": LORA if args.lora else None,
-        "dtype": primary,
-        "device": DEVICE,
-        "cpu": machine["cpu"],
-        "machine": machine,
-        "versions": versions(),
-        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-        "busy_processes_start": busy_processes(),
-    }
-    from instillm.models.factory import init_model
-    from instillm.models.loading import count_parameters, load_model, load_tokenizer
-    from instillm.train.config import LoraSettings
-    from instillm.train.loop import prepare_data
-
+    result = start_result(args, source, machine)
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
-        work = Path(tmp)
-        log("building the small model and the data" if not real else f"the model: {source}; the data")
-        model_dir = source if real else init_model("small", work / "model", seed=SEED)
-        if args.random_weights:
-            model_dir = random_weights(model_dir, work / "random-weights")
-        base = load_model(model_dir, dtype=torch.float32)
-        n_params, matmul_params = count_parameters(base), linear_parameters(base)
-        del base
-        if args.data is not None:
-            data_path, data_info = args.data, {"source": str(args.data)}
-        else:
-            data_path, data_info = build_data(work, per_file)
-        tokenizer = load_tokenizer(model_dir)
-        probe = instillm_config(model_dir, data_path, work / "probe", "bf16", False, False, seqs, 1)
-        with contextlib.redirect_stderr(open(os.devnull, "w")):
-            td = prepare_data(probe, tokenizer)
-        items = td.train
-        lengths = [len(r) for r in items]
-        mean_len = sum(lengths) / len(lengths)
-        rows = max(1, round(seqs * mean_len / MAX_LENGTH))
-        data_info.update(
-            {
-                "examples": len(items),
-                "dropped_over_512": dict(td.render_stats.dropped),
-                "mean_tokens": round(mean_len, 1),
-                "trained_fraction": round(sum(r.n_trained for r in items) / sum(lengths), 4),
-            }
-        )
-        result.update(
-            {
-                "params": n_params,
-                "data": data_info,
-                "batch": {
-                    "sequences_per_step": seqs,
-                    "packed_rows_per_step": rows,
-                    "approx_tokens_per_step": round(seqs * mean_len),
-                    "note": "same real tokens per optimizer step on every side",
-                },
-                "optimizer": {"lr": LR, "schedule": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0},
-            }
-        )
-        log(f"{len(items)} examples, mean {mean_len:.0f} tokens; {seqs} sequences or {rows} packed rows per step")
-
-        if args.threads == "auto" and DEVICE == "cpu":
-            cal = calibrate_threads(model_dir, items, tokenizer.pad_token_id, 1 if q else 2)
-            threads = cal["best"]
-        else:
-            cal, threads = None, torch.get_num_threads() if args.threads == "auto" else int(args.threads)
-        torch.set_num_threads(threads)
-        result["threads"] = {"used": threads, "calibration": cal}
-        log(f"torch threads {threads} ({cal})")
-        result["matmul_peak"] = matmul_peaks(q, DEVICE)
+        b = prepare_bench(args, source, Path(tmp), result)
+        set_threads(b, result)
+        result["matmul_peak"] = matmul_peaks(b.quick, DEVICE)
         log(f"matmul GFLOP/s: {result['matmul_peak']}")
-
-        def cfg(name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any):
-            if args.lora:
-                extra["lora"] = LoraSettings(**LORA)
-            return instillm_config(
-                model_dir,
-                data_path,
-                work / f"i-{name}-{time.perf_counter_ns()}",
-                precision,
-                packing,
-                group,
-                rows if packing else seqs,
-                total,
-                **extra,
-            )
-
-        # ---- instillm levers (bf16 unless named): batching, optimizer, threads, native bf16, compile
-        levers: list[dict[str, Any]] = []
-        best = {"packing": True, "group": False, "compile": False}
-        if not args.no_levers:
-            for label, packing, group in (("packed", True, False), ("length-grouped", False, True)):
-                levers.append(run_instillm(f"{label}", cfg(label, "bf16", packing, group, warmup + steps), warmup))
-            if not q:
-                levers.append(
-                    run_instillm("unpacked (random order)", cfg("u", "bf16", False, False, warmup + steps), warmup)
-                )
-            top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
-            best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
-            bl = "packed" if best["packing"] else "length-grouped"
-            if DEVICE == "cpu":  # the CPU implementations of AdamW, timed on the CPU
-                result["optimizer_step_ms"] = optimizer_step_ms(model_dir, 3 if q else 7)
-                log(f"AdamW step, ms: {result['optimizer_step_ms']}")
-            if not q:
-                if best["packing"]:  # the packed lever above attends per example (packed_attention: auto)
-                    levers.append(
-                        run_instillm(
-                            "packed, block-diagonal mask over whole rows (packed_attention: mask)",
-                            cfg("m", "bf16", True, False, warmup + steps, packed_attention="mask"),
-                            warmup,
-                        )
-                    )
-                levers.append(
-                    run_instillm(
-                        f"{bl}, per-parameter AdamW (old default)",
-                        cfg("o", "bf16", best["packing"], best["group"], warmup + steps),
-                        warmup,
-                        optimizer="for-loop",
-                    )
-                )
-                if DEVICE == "cpu":  # CPU levers: the other thread count, the CPU's bf16 kernels
-                    other = 2 if threads == 1 else 1
-                    torch.set_num_threads(other)
-                    levers.append(
-                        run_instillm(
-                            f"{bl}, {other} thread(s) (4 measured steps)",
-                            cfg("t", "bf16", best["packing"], best["group"], 1 + 4),
-                            1,
-                        )
-                    )
-                    torch.set_num_threads(threads)
-                    if emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
-                        levers.append(
-                            run_instillm(
-                                f"{bl}, native bf16 kernels",
-                                cfg("n", "bf16", best["packing"], best["group"], 1 + slow, cpu_bf16_matmul="native"),
-                                1,
-                            )
-                        )
-                    else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
-                        levers.append(
-                            run_instillm(
-                                f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)",
-                                cfg(
-                                    "f", "bf16", best["packing"], best["group"], warmup + steps, cpu_bf16_matmul="fp32"
-                                ),
-                                warmup,
-                            )
-                        )
-                if not args.no_compile:
-                    cprec = "fp32" if emulated_bf16 else "bf16"
-                    levers += compile_lever(
-                        lambda tag: cfg(tag, cprec, best["packing"], best["group"], 3 + steps), bl, cprec
-                    )
-                    comp, eager = levers[-2], levers[-1]
-                    # adopted when it measured faster (bf16 only: the comparison is in bf16)
-                    best["compile"] = (
-                        cprec == "bf16" and "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
-                    )
-        result["levers"] = levers
         if args.compile_lever:  # the real model's compile lever alone: compiled vs eager, same steps
-            cprec = "fp32" if emulated_bf16 else primary  # compile is refused on emulated bf16
-            result["levers"] = compile_lever(lambda tag: cfg(tag, cprec, True, False, 3 + steps), "packed", cprec)
-            out = out.with_name(out.stem + "_compile_lever.json")
-            out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            print("\n".join(f"{r['name']}: {r.get('tokens_per_s', r.get('error'))} tokens/s" for r in result["levers"]))
-            print(f"wrote {out}")
-            return 0
-        best_label = "packed" if best["packing"] else "length-grouped"
-        result["instillm_best_setting"] = {
-            "batching": best_label,
-            "optimizer": "fused AdamW",
-            "packed_attention": "segments (auto)" if best["packing"] else None,
-            "cpu_bf16_matmul": "n/a (CUDA)"
-            if DEVICE == "cuda"
-            else "auto (" + ("fp32 GEMMs" if emulated_bf16 else "native oneDNN bf16") + ")",
-            "threads": threads,
-            "torch_compile": best["compile"],
-        }
-        if best["compile"]:
-            best_label += " + torch.compile"
-        iw = 3 if best["compile"] else warmup  # compiled: the first steps compile (and recompile once)
-
-        # ---- the comparison, interleaved: instillm, TRL mode 1, instillm, TRL mode 2, ...
-        comparison: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        precisions = compared_precisions(primary, args.fp32, emulated_bf16)
-        for prec in precisions:
-            comparison[prec] = {"instillm": [], "trl": []}
-            modes = [(m, False) for m in (TRL_MODES if not (q and prec == "bf16" and emulated_bf16) else ("unpacked",))]
-            if not (q or args.no_trl_compile or (prec == "bf16" and emulated_bf16)):
-                modes += [(m, True) for m in TRL_COMPILED_MODES]
-            for mode, trl_compile in modes:
-                comparison[prec]["instillm"].append(
-                    run_instillm(
-                        f"{best_label}",
-                        cfg(f"cmp-{prec}", prec, best["packing"], best["group"], iw + steps),
-                        iw,
-                        compile_decoder=best["compile"] and prec == "bf16",
-                    )
-                )
-                slow_bf16 = prec == "bf16" and emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
-                w, m = (1, slow) if slow_bf16 else (3 if trl_compile else warmup, steps)
-                comparison[prec]["trl"].append(
-                    guarded(
-                        run_trl,
-                        mode + ("-compiled" if trl_compile else ""),
-                        mode,
-                        prec,
-                        items,
-                        tokenizer,
-                        model_dir,
-                        work,
-                        rows if mode == "packed" else seqs,
-                        w,
-                        m,
-                        compile=trl_compile,
-                        lora=cfg(f"trl-lora-{prec}", prec, False, False, 1) if args.lora else None,
-                    )
-                )
-        result["comparison"] = comparison
-        trl_ok = {prec: measured(comparison[prec]["trl"]) for prec in precisions}
-
-        def med(rs: list[dict[str, Any]]) -> float:
-            return statistics.median(r["tokens_per_s"] for r in rs)
-
-        summary: dict[str, Any] = {}
-        for prec in precisions:
-            trl_best = max(trl_ok[prec], key=lambda r: r["tokens_per_s"])
-            summary[prec] = {
-                "instillm": med(comparison[prec]["instillm"]),
-                "trl_best": trl_best["tokens_per_s"],
-                "trl_best_config": trl_best["mode"],
-                "trl": {r["mode"]: r["tokens_per_s"] for r in trl_ok[prec]},
-            }
-            summary[prec]["ratio"] = round(summary[prec]["instillm"] / summary[prec]["trl_best"], 3)
-
-        # ---- loss check: instillm replays TRL's best run example for example (bf16, and fp32)
-        loss_checks: dict[str, dict[str, Any]] = {}
-        for prec in precisions:
-            trl_best_run = max(trl_ok[prec], key=lambda r: r["tokens_per_s"])
-            replay = trl_best_run["step_examples"]
-            rep = run_instillm(
-                f"replay of TRL {trl_best_run['mode']}",
-                cfg(f"replay-{prec}", prec, best["packing"], best["group"], len(replay)),
-                0,
-                replay=replay,
-                compile_decoder=best["compile"] and prec == "bf16",
-            )
-            n_ex = [len(ids) for ids in replay]
-            trl_tail = tail_loss(trl_best_run["losses"], trl_best_run["trained_tokens_per_step"], n_ex)
-            ins_tail = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
-            loss_checks[prec] = {
-                "trl_config": trl_best_run["mode"],
-                "steps": len(replay),
-                "examples": sum(n_ex),
-                "trl_losses": trl_best_run["losses"],
-                "instillm_losses": rep["losses"],
-                "trl_trained_tokens": trl_best_run["trained_tokens_per_step"],
-                "instillm_trained_tokens": rep["trained_tokens_per_step"],
-                "trl_tail_loss": trl_tail,
-                "instillm_tail_loss": ins_tail,
-                "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6),
-            }
-        if primary == "bf16" and "fp32" not in precisions:
-            # bf16 trajectories drift apart over steps (rounding, amplified by the updates): measure how far
-            # each bf16 run is from fp32 arithmetic, and check the fp32 equivalence itself against TRL in fp32
-            trl_best_run = max(trl_ok["bf16"], key=lambda r: r["tokens_per_s"])
-            loss_checks["fp32_reference"] = fp32_reference(
-                trl_best_run,
-                loss_checks["bf16"],
-                lambda name, steps: cfg(name, "fp32", best["packing"], best["group"], steps),
-                lambda n: run_trl(
-                    "fp32-check",
-                    trl_best_run["mode"].removesuffix(" + torch_compile"),
-                    "fp32",
-                    items,
-                    tokenizer,
-                    model_dir,
-                    work,
-                    trl_best_run["per_device_train_batch_size"],
-                    0,
-                    n,
-                    lora=cfg("trl-lora-fp32", "fp32", False, False, 1) if args.lora else None,
-                ),
-            )
-        result["loss_check"] = loss_checks
-        loss_rel_diff = loss_checks[primary]["rel_diff"]
-
-        # ---- one profiled instillm step in the compared precision
-        prof_path = out.parent / (
-            "train_profile.txt" if not real else out.stem.replace("throughput", "profile") + ".txt"
-        )
-        if not q and DEVICE == "cpu":  # the profile's table sorts CPU time
-            run_instillm(
-                f"{best_label} (profiled)",
-                cfg("prof", primary, best["packing"], best["group"], iw + 1),
-                iw,
-                profile_to=prof_path,
-                compile_decoder=best["compile"],
-            )
-            if best["compile"]:  # and the eager step, to show what compilation changed
-                run_instillm(
-                    f"{best_label.replace(' + torch.compile', '')} eager (profiled)",
-                    cfg("prof-e", "bf16", best["packing"], best["group"], 2),
-                    1,
-                    profile_to=prof_path.with_name("train_profile_eager.txt"),
-                )
-
-        peak = result["matmul_peak"][f"{primary}_peak_gflops"] * 1e9
-        peak_fp32 = result["matmul_peak"]["fp32_peak_gflops"] * 1e9
-        # matmul FLOPs per token: forward 2N, backward 4N (input and weight gradients); LoRA's frozen base
-        # skips the weight gradients, 4N (the adapters' own FLOPs are <1% at r=16)
-        flops_per_token = (4 if args.lora else 6) * n_params
-        ins = summary[primary]["instillm"]
-        best_any_trl = max(summary[p]["trl_best"] for p in precisions)
-        best_any_ins = max(summary[p]["instillm"] for p in precisions)
-        trl_prec = max(precisions, key=lambda p: summary[p]["trl_best"])
-        ins_prec = max(precisions, key=lambda p: summary[p]["instillm"])
-        result.update(
-            {
-                "instillm_tokens_per_s": ins,
-                "trl_best_tokens_per_s": summary[primary]["trl_best"],
-                "trl_best_config": summary[primary]["trl_best_config"],
-                # the headline: each side in its fastest precision on this machine
-                "ratio": round(best_any_ins / best_any_trl, 3),
-                "ratio_precisions": {"instillm": ins_prec, "trl": trl_prec},
-                "ratio_bf16": summary["bf16"]["ratio"] if "bf16" in summary else None,
-                "loss_rel_diff": round(loss_rel_diff, 6),
-                "mfu": round(flops_per_token * ins / peak, 4),
-                "mfu_peak_dtype": primary,
-                "flops_per_token": flops_per_token,
-                "mfu_vs_fp32_peak": round(flops_per_token * ins / peak_fp32, 4),
-                "trl_mfu": round(flops_per_token * summary[primary]["trl_best"] / peak, 4),
-                **executed_utilisation(
-                    matmul_params, args.lora, data_info["trained_fraction"], ins, summary[primary]["trl_best"], peak
-                ),
-                "mfu_note": (
-                    f"{flops_per_token // n_params}·params·tokens/s over the measured {primary} matmul peak (one large "
-                    "torch.matmul, best operand layout, same threads). It counts the LM head at every token, while "
-                    "instillm projects only trained positions, so it overstates the matmul FLOPs instillm executes; "
-                    "attention FLOPs are not counted. "
-                    + (
-                        "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 "
-                        "kernels (cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
-                        if emulated_bf16 and primary == "bf16"
-                        else "Both sides ran in fp32, the fastest precision on this CPU (no bf16 matmul units)."
-                        if emulated_bf16
-                        else f"Both sides ran in bf16 on {machine.get('gpu')}: `mfu` uses its bf16 peak."
-                        if DEVICE == "cuda"
-                        else "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is "
-                        "the meaningful utilisation."
-                    )
-                ),
-                "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary[primary]["trl"].items()},
-                "ratio_best_any_precision": round(best_any_ins / best_any_trl, 3),
-                "summary": summary,
-                "emulated_bf16": emulated_bf16,
-                "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-                "busy_processes_end": busy_processes(),
-                "wall_seconds": round(time.perf_counter() - t_begin, 1),
-            }
-        )
-        if "fp32_reference" in loss_checks:
-            ref = loss_checks["fp32_reference"]
-            result["loss_rel_diff_fp32"] = ref["rel_diff_fp32"]
-            result["loss_rel_diff_vs_fp32"] = {
-                "trl_bf16": ref["trl_bf16_rel_diff_vs_fp32"],
-                "instillm_bf16": ref["instillm_bf16_rel_diff_vs_fp32"],
-            }
-        if "fp32" in summary:
-            result["loss_rel_diff_fp32"] = loss_checks["fp32"]["rel_diff"]
-            result["fp32"] = {
-                "instillm_tokens_per_s": summary["fp32"]["instillm"],
-                "trl_best_tokens_per_s": summary["fp32"]["trl_best"],
-                "trl_best_config": summary["fp32"]["trl_best_config"],
-                "ratio": summary["fp32"]["ratio"],
-                "mfu_vs_fp32_peak": round(flops_per_token * summary["fp32"]["instillm"] / peak_fp32, 4),
-            }
+            return write_compile_lever(b, result, out)
+        result["levers"], best = run_levers(b, result)
+        compare(b, best, result, out, real)
+        result.update(load_avg_end=load_avg(), busy_processes_end=busy_processes())
+        result["wall_seconds"] = round(time.perf_counter() - t_begin, 1)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)
     print(f"\nwrote {out}")
     return 0
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def start_result(args: argparse.Namespace, source: Path, machine: dict[str, Any]) -> dict[str, Any]:
+    """The result's header: the command, the model, the mode, the precision of record and the machine."""
+    return {
+        "command": "python " + " ".join(["benchmarks/train_throughput.py", *sys.argv[1:]]),
+        "quick": args.quick,
+        "model": model_label(args.model, source, args.random_weights),
+        "mode": "lora" if args.lora else "full",
+        "lora": LORA if args.lora else None,
+        "dtype": primary_precision(args.model != "small", machine),
+        "device": DEVICE,
+        "cpu": machine["cpu"],
+        "machine": machine,
+        "versions": versions(),
+        "load_avg_start": load_avg(),
+        "busy_processes_start": busy_processes(),
+    }
+
+
+def emulates_bf16(machine: dict[str, Any]) -> bool:
+    """No AVX512-BF16/AMX: torch's bf16 GEMMs are slow loops (a CUDA card multiplies bf16 natively)."""
+    return DEVICE == "cpu" and not machine["onednn_bf16"]
+
+
+def primary_precision(real: bool, machine: dict[str, Any]) -> str:
+    """The precision both sides are compared in: the small model's record is bf16 (as asked, --fp32 adds
+    fp32); the real model's is the one fastest here for both (fp32 where bf16 matmuls are emulated)."""
+    return "fp32" if real and emulates_bf16(machine) else "bf16"
+
+
+def prepare_bench(args: argparse.Namespace, source: Path, work: Path, result: dict[str, Any]) -> Bench:
+    """The model (built, given or freshly initialised), the data rendered once by instillm, the batch."""
+    from instillm.models.factory import init_model
+
+    q, real = args.quick, args.model != "small"
+    log("building the small model and the data" if not real else f"the model: {source}; the data")
+    model_dir = source if real else init_model("small", work / "model", seed=SEED)
+    if args.random_weights:
+        model_dir = random_weights(model_dir, work / "random-weights")
+    if args.data is not None:
+        data_path, data_info = args.data, {"source": str(args.data)}
+    else:
+        data_path, data_info = build_data(work, args.rows_per_file if args.rows_per_file is not None else 2 if q else 4)
+    b = Bench(
+        args,
+        work,
+        model_dir,
+        data_path,
+        warmup=args.warmup if args.warmup is not None else (1 if q or real else 2),
+        steps=args.steps if args.steps is not None else (2 if q else 4 if real else 16),
+        slow=args.slow_steps if args.slow_steps is not None else (1 if q else 2),
+        seqs=args.seqs if args.seqs is not None else (2 if q and not real else 4 if q else 8),
+        primary=result["dtype"],
+        emulated_bf16=emulates_bf16(result["machine"]),
+    )
+    result.update(render_data(b, data_info))
+    return b
+
+
+def render_data(b: Bench, data_info: dict[str, Any]) -> dict[str, Any]:
+    """Render the data once (instillm's chatml, max_length 512) and size the batch: sets b.items,
+    b.tokenizer and b.rows; returns the result's params, data, batch and optimizer entries."""
+    from instillm.models.loading import count_parameters, load_model, load_tokenizer
+    from instillm.train.loop import prepare_data
+
+    base = load_model(b.model_dir, dtype=torch.float32)
+    n_params, b.matmul_params = count_parameters(base), linear_parameters(base)
+    del base
+    b.tokenizer = load_tokenizer(b.model_dir)
+    probe = instillm_config(b.model_dir, b.data_path, b.work / "probe", "bf16", False, False, b.seqs, 1)
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        td = prepare_data(probe, b.tokenizer)
+    b.items = td.train
+    lengths = [len(r) for r in b.items]
+    mean_len = sum(lengths) / len(lengths)
+    b.rows = max(1, round(b.seqs * mean_len / MAX_LENGTH))
+    data_info.update(
+        {
+            "examples": len(b.items),
+            "dropped_over_512": dict(td.render_stats.dropped),
+            "mean_tokens": round(mean_len, 1),
+            "trained_fraction": round(sum(r.n_trained for r in b.items) / sum(lengths), 4),
+        }
+    )
+    log(f"{len(b.items)} examples, mean {mean_len:.0f} tokens; {b.seqs} sequences or {b.rows} packed rows per step")
+    return {
+        "params": n_params,
+        "data": data_info,
+        "batch": {
+            "sequences_per_step": b.seqs,
+            "packed_rows_per_step": b.rows,
+            "approx_tokens_per_step": round(b.seqs * mean_len),
+            "note": "same real tokens per optimizer step on every side",
+        },
+        "optimizer": {"lr": LR, "schedule": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0},
+    }
+
+
+def set_threads(b: Bench, result: dict[str, Any]) -> None:
+    """torch's thread count: calibrated on a CPU with --threads auto, else as given (or torch's own)."""
+    if b.args.threads == "auto" and DEVICE == "cpu":
+        cal = calibrate_threads(b.model_dir, b.items, b.tokenizer.pad_token_id, 1 if b.quick else 2)
+        b.threads = cal["best"]
+    else:
+        cal, b.threads = None, torch.get_num_threads() if b.args.threads == "auto" else int(b.args.threads)
+    torch.set_num_threads(b.threads)
+    result["threads"] = {"used": b.threads, "calibration": cal}
+    log(f"torch threads {b.threads} ({cal})")
+
+
+def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
+    """--compile-lever: instillm compiled against eager on the same steps, to <out>_compile_lever.json."""
+    cprec = "fp32" if b.emulated_bf16 else b.primary  # compile is refused on emulated bf16
+    result["levers"] = compile_lever(lambda tag: b.cfg(tag, cprec, True, False, 3 + b.steps), "packed", cprec)
+    out = out.with_name(out.stem + "_compile_lever.json")
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("\n".join(f"{r['name']}: {r.get('tokens_per_s', r.get('error'))} tokens/s" for r in result["levers"]))
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# instillm's levers (bf16 unless named): batching, optimizer, threads, native bf16, compile
+
+
+def run_levers(b: Bench, result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
+    """The lever runs (none with --no-levers) and instillm's best setting: packing, group, compile."""
+    best = {"packing": True, "group": False, "compile": False}
+    if b.args.no_levers:
+        return [], best
+    n = b.warmup + b.steps
+    levers = [
+        run_instillm(label, b.cfg(label, "bf16", packing, group, n), b.warmup)
+        for label, packing, group in (("packed", True, False), ("length-grouped", False, True))
+    ]
+    if not b.quick:
+        levers.append(run_instillm("unpacked (random order)", b.cfg("u", "bf16", False, False, n), b.warmup))
+    top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
+    best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
+    if DEVICE == "cpu":  # the CPU implementations of AdamW, timed on the CPU
+        result["optimizer_step_ms"] = optimizer_step_ms(b.model_dir, 3 if b.quick else 7)
+        log(f"AdamW step, ms: {result['optimizer_step_ms']}")
+    if not b.quick:
+        levers += full_levers(b, best)
+    return levers, best
+
+
+def full_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
+    """The levers of a full (not --quick) run, around the best batching; sets best["compile"]."""
+    bl, n = batching_label(best), b.warmup + b.steps
+    levers = []
+    if best["packing"]:  # the packed lever attends per example (packed_attention: auto)
+        name = "packed, block-diagonal mask over whole rows (packed_attention: mask)"
+        levers.append(run_instillm(name, b.cfg("m", "bf16", True, False, n, packed_attention="mask"), b.warmup))
+    name = f"{bl}, per-parameter AdamW (old default)"
+    levers.append(run_instillm(name, b.best_cfg("o", "bf16", best, n), b.warmup, optimizer="for-loop"))
+    if DEVICE == "cpu":
+        levers += cpu_levers(b, best)
+    if not b.args.no_compile:
+        cprec = "fp32" if b.emulated_bf16 else "bf16"
+        comp, eager = compile_lever(lambda tag: b.best_cfg(tag, cprec, best, 3 + b.steps), bl, cprec)
+        levers += [comp, eager]
+        # adopted when it measured faster (bf16 only: the comparison is in bf16)
+        best["compile"] = cprec == "bf16" and "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
+    return levers
+
+
+def cpu_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
+    """The CPU's levers: the other thread count, and the other choice of bf16 matmul kernels."""
+    bl, other = batching_label(best), 2 if b.threads == 1 else 1
+    torch.set_num_threads(other)
+    levers = [run_instillm(f"{bl}, {other} thread(s) (4 measured steps)", b.best_cfg("t", "bf16", best, 1 + 4), 1)]
+    torch.set_num_threads(b.threads)
+    if b.emulated_bf16:  # auto = fp32 GEMMs here; the lever is torch's own bf16 kernels
+        cfg = b.best_cfg("n", "bf16", best, 1 + b.slow, cpu_bf16_matmul="native")
+        levers.append(run_instillm(f"{bl}, native bf16 kernels", cfg, 1))
+    else:  # auto = native (oneDNN/AMX) bf16 here; the lever is fp32 kernels on bf16 values
+        cfg = b.best_cfg("f", "bf16", best, b.warmup + b.steps, cpu_bf16_matmul="fp32")
+        levers.append(run_instillm(f"{bl}, bf16 values on fp32 GEMMs (cpu_bf16_matmul=fp32)", cfg, b.warmup))
+    return levers
+
+
+def batching_label(best: dict[str, bool]) -> str:
+    return "packed" if best["packing"] else "length-grouped"
+
+
+def best_setting(b: Bench, best: dict[str, bool]) -> dict[str, Any]:
+    """instillm's best setting as recorded in the result."""
+    return {
+        "batching": batching_label(best),
+        "optimizer": "fused AdamW",
+        "packed_attention": "segments (auto)" if best["packing"] else None,
+        "cpu_bf16_matmul": "n/a (CUDA)"
+        if DEVICE == "cuda"
+        else "auto (" + ("fp32 GEMMs" if b.emulated_bf16 else "native oneDNN bf16") + ")",
+        "threads": b.threads,
+        "torch_compile": best["compile"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the comparison, the loss check, the profile and the headline
+
+
+def compare(b: Bench, best: dict[str, bool], result: dict[str, Any], out: Path, real: bool) -> None:
+    """instillm's best setting against each TRL configuration, then the loss check, one profiled step
+    and the headline keys, all into `result`."""
+    result["instillm_best_setting"] = best_setting(b, best)
+    precisions = compared_precisions(b.primary, b.args.fp32, b.emulated_bf16)
+    comparison = {prec: interleaved(b, best, prec) for prec in precisions}
+    result["comparison"] = comparison
+    trl_ok = {prec: measured(comparison[prec]["trl"]) for prec in precisions}
+    summary = {prec: summary_of(comparison[prec]["instillm"], trl_ok[prec]) for prec in precisions}
+    checks = {prec: loss_check(b, best, prec, max(trl_ok[prec], key=tokens_per_s)) for prec in precisions}
+    if b.primary == "bf16" and "fp32" not in precisions:
+        checks["fp32_reference"] = bf16_reference(b, best, max(trl_ok["bf16"], key=tokens_per_s), checks["bf16"])
+    result["loss_check"] = checks
+    if not b.quick and DEVICE == "cpu":  # the profile's table sorts CPU time
+        profile_best(b, best, out.parent / ("train_profile.txt" if not real else profile_name(out)))
+    result.update(headline(b, result, summary))
+
+
+def profile_name(out: Path) -> str:
+    return out.stem.replace("throughput", "profile") + ".txt"
+
+
+def tokens_per_s(row: dict[str, Any]) -> float:
+    return float(row["tokens_per_s"])
+
+
+def compiled_label(best: dict[str, bool]) -> str:
+    return batching_label(best) + (" + torch.compile" if best["compile"] else "")
+
+
+def warmup_of(b: Bench, best: dict[str, bool]) -> int:
+    """instillm's warm-up steps: compiled, the first steps compile (and recompile once)."""
+    return 3 if best["compile"] else b.warmup
+
+
+def trl_configurations(b: Bench, prec: str) -> list[tuple[str, bool]]:
+    """(mode, torch_compile) of the TRL runs in `prec`: TRL's bf16 on emulated GEMMs is slow, so a quick
+    run tries it unpacked alone, and never compiled."""
+    slow_bf16 = prec == "bf16" and b.emulated_bf16
+    modes = [(m, False) for m in (TRL_MODES if not (b.quick and slow_bf16) else ("unpacked",))]
+    if not (b.quick or b.args.no_trl_compile or slow_bf16):
+        modes += [(m, True) for m in TRL_COMPILED_MODES]
+    return modes
+
+
+def interleaved(b: Bench, best: dict[str, bool], prec: str) -> dict[str, list[dict[str, Any]]]:
+    """instillm, TRL mode 1, instillm, TRL mode 2, ...: the machine's other load hits both sides alike."""
+    runs: dict[str, list[dict[str, Any]]] = {"instillm": [], "trl": []}
+    iw = warmup_of(b, best)
+    for mode, trl_compile in trl_configurations(b, prec):
+        cfg = b.best_cfg(f"cmp-{prec}", prec, best, iw + b.steps)
+        runs["instillm"].append(
+            run_instillm(compiled_label(best), cfg, iw, compile_decoder=best["compile"] and prec == "bf16")
+        )
+        slow_bf16 = prec == "bf16" and b.emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
+        w, m = (1, b.slow) if slow_bf16 else (3 if trl_compile else b.warmup, b.steps)
+        batch = b.rows if mode == "packed" else b.seqs
+        name = mode + ("-compiled" if trl_compile else "")
+        runs["trl"].append(
+            guarded(
+                run_trl,
+                name,
+                mode,
+                prec,
+                b.items,
+                b.tokenizer,
+                b.model_dir,
+                b.work,
+                batch,
+                w,
+                m,
+                compile=trl_compile,
+                lora=b.trl_lora(prec),
+            )
+        )
+    return runs
+
+
+def summary_of(instillm_runs: list[dict[str, Any]], trl_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One precision's numbers: instillm's median, TRL's best and each TRL configuration, the ratio."""
+    trl_best = max(trl_runs, key=tokens_per_s)
+    ins = statistics.median(r["tokens_per_s"] for r in instillm_runs)
+    return {
+        "instillm": ins,
+        "trl_best": trl_best["tokens_per_s"],
+        "trl_best_config": trl_best["mode"],
+        "trl": {r["mode"]: r["tokens_per_s"] for r in trl_runs},
+        "ratio": round(ins / trl_best["tokens_per_s"], 3),
+    }
+
+
+def loss_check(b: Bench, best: dict[str, bool], prec: str, trl_run: dict[str, Any]) -> dict[str, Any]:
+    """instillm replays TRL's best run example for example; the tail losses compared."""
+    replay = trl_run["step_examples"]
+    rep = run_instillm(
+        f"replay of TRL {trl_run['mode']}",
+        b.best_cfg(f"replay-{prec}", prec, best, len(replay)),
+        0,
+        replay=replay,
+        compile_decoder=best["compile"] and prec == "bf16",
+    )
+    n_ex = [len(ids) for ids in replay]
+    trl_tail = tail_loss(trl_run["losses"], trl_run["trained_tokens_per_step"], n_ex)
+    ins_tail = tail_loss(rep["losses"], rep["trained_tokens_per_step"], n_ex)
+    return {
+        "trl_config": trl_run["mode"],
+        "steps": len(replay),
+        "examples": sum(n_ex),
+        "trl_losses": trl_run["losses"],
+        "instillm_losses": rep["losses"],
+        "trl_trained_tokens": trl_run["trained_tokens_per_step"],
+        "instillm_trained_tokens": rep["trained_tokens_per_step"],
+        "trl_tail_loss": trl_tail,
+        "instillm_tail_loss": ins_tail,
+        "rel_diff": round(abs(ins_tail - trl_tail) / trl_tail, 6),
+    }
+
+
+def bf16_reference(b: Bench, best: dict[str, bool], trl_run: dict[str, Any], bf16_check: dict[str, Any]) -> dict:
+    """bf16 trajectories drift apart over steps (rounding, amplified by the updates): how far each bf16 run
+    is from fp32 arithmetic, and the fp32 equivalence itself against TRL in fp32 (`fp32_reference`)."""
+
+    def trl_fp32(n: int) -> dict[str, Any]:
+        mode = trl_run["mode"].removesuffix(" + torch_compile")
+        batch = trl_run["per_device_train_batch_size"]
+        return run_trl(
+            "fp32-check", mode, "fp32", b.items, b.tokenizer, b.model_dir, b.work, batch, 0, n, lora=b.trl_lora("fp32")
+        )
+
+    return fp32_reference(trl_run, bf16_check, lambda name, steps: b.best_cfg(name, "fp32", best, steps), trl_fp32)
+
+
+def profile_best(b: Bench, best: dict[str, bool], path: Path) -> None:
+    """One profiled instillm step in the compared precision (and eager too, when the best is compiled)."""
+    iw, label = warmup_of(b, best), compiled_label(best)
+    cfg = b.best_cfg("prof", b.primary, best, iw + 1)
+    run_instillm(f"{label} (profiled)", cfg, iw, profile_to=path, compile_decoder=best["compile"])
+    if best["compile"]:  # and the eager step, to show what compilation changed
+        cfg = b.best_cfg("prof-e", "bf16", best, 2)
+        eager = path.with_name("train_profile_eager.txt")
+        run_instillm(f"{batching_label(best)} eager (profiled)", cfg, 1, profile_to=eager)
+
+
+def headline(b: Bench, result: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline keys: the ratio (each side in its fastest precision), the loss check, MFU."""
+    primary, checks, n_params = b.primary, result["loss_check"], result["params"]
+    peak = result["matmul_peak"][f"{primary}_peak_gflops"] * 1e9
+    peak_fp32 = result["matmul_peak"]["fp32_peak_gflops"] * 1e9
+    # matmul FLOPs per token: forward 2N, backward 4N (input and weight gradients); LoRA's frozen base
+    # skips the weight gradients, 4N (the adapters' own FLOPs are <1% at r=16)
+    flops_per_token = (4 if b.args.lora else 6) * n_params
+    ins, trl = summary[primary]["instillm"], summary[primary]["trl_best"]
+    trl_prec = max(summary, key=lambda p: summary[p]["trl_best"])
+    ins_prec = max(summary, key=lambda p: summary[p]["instillm"])
+    ratio_any = round(summary[ins_prec]["instillm"] / summary[trl_prec]["trl_best"], 3)
+    head: dict[str, Any] = {
+        "instillm_tokens_per_s": ins,
+        "trl_best_tokens_per_s": trl,
+        "trl_best_config": summary[primary]["trl_best_config"],
+        "ratio": ratio_any,  # the headline: each side in its fastest precision on this machine
+        "ratio_precisions": {"instillm": ins_prec, "trl": trl_prec},
+        "ratio_bf16": summary["bf16"]["ratio"] if "bf16" in summary else None,
+        "loss_rel_diff": round(checks[primary]["rel_diff"], 6),
+        "mfu": round(flops_per_token * ins / peak, 4),
+        "mfu_peak_dtype": primary,
+        "flops_per_token": flops_per_token,
+        "mfu_vs_fp32_peak": round(flops_per_token * ins / peak_fp32, 4),
+        "trl_mfu": round(flops_per_token * trl / peak, 4),
+        **executed_utilisation(b.matmul_params, b.args.lora, result["data"]["trained_fraction"], ins, trl, peak),
+        "mfu_note": mfu_note(flops_per_token // n_params, primary, b.emulated_bf16, result["machine"]),
+        "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary[primary]["trl"].items()},
+        "ratio_best_any_precision": ratio_any,
+        "summary": summary,
+        "emulated_bf16": b.emulated_bf16,
+    }
+    head.update(fp32_keys(checks, summary, flops_per_token, peak_fp32))
+    return head
+
+
+def fp32_keys(
+    checks: dict[str, Any], summary: dict[str, Any], flops_per_token: int, peak_fp32: float
+) -> dict[str, Any]:
+    """The fp32 loss check's keys, and the fp32 comparison's numbers when one ran."""
+    keys: dict[str, Any] = {}
+    if "fp32_reference" in checks:
+        ref = checks["fp32_reference"]
+        keys["loss_rel_diff_fp32"] = ref["rel_diff_fp32"]
+        keys["loss_rel_diff_vs_fp32"] = {
+            "trl_bf16": ref["trl_bf16_rel_diff_vs_fp32"],
+            "instillm_bf16": ref["instillm_bf16_rel_diff_vs_fp32"],
+        }
+    if "fp32" in summary:
+        s = summary["fp32"]
+        keys["loss_rel_diff_fp32"] = checks["fp32"]["rel_diff"]
+        keys["fp32"] = {
+            "instillm_tokens_per_s": s["instillm"],
+            "trl_best_tokens_per_s": s["trl_best"],
+            "trl_best_config": s["trl_best_config"],
+            "ratio": s["ratio"],
+            "mfu_vs_fp32_peak": round(flops_per_token * s["instillm"] / peak_fp32, 4),
+        }
+    return keys
+
+
+def mfu_note(mult: int, primary: str, emulated_bf16: bool, machine: dict[str, Any]) -> str:
+    """What `mfu` counts, and which peak is the meaningful one on this machine."""
+    base = (
+        f"{mult}·params·tokens/s over the measured {primary} matmul peak (one large torch.matmul, best operand "
+        "layout, same threads). It counts the LM head at every token, while instillm projects only trained "
+        "positions, so it overstates the matmul FLOPs instillm executes; attention FLOPs are not counted. "
+    )
+    if emulated_bf16 and primary == "bf16":
+        return base + (
+            "This CPU has no bf16 matmul units: instillm's bf16 runs its matmuls with fp32 kernels "
+            "(cpu_bf16_matmul=auto), so `mfu_vs_fp32_peak` is the meaningful utilisation."
+        )
+    if emulated_bf16:
+        return base + "Both sides ran in fp32, the fastest precision on this CPU (no bf16 matmul units)."
+    if DEVICE == "cuda":
+        return base + f"Both sides ran in bf16 on {machine.get('gpu')}: `mfu` uses its bf16 peak."
+    return base + (
+        "This CPU multiplies bf16 natively (oneDNN, AVX512-BF16/AMX), so `mfu` (bf16 peak) is the meaningful "
+        "utilisation."
+    )
 
 
 def linear_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,32 @@ def test_train_throughput_bad_data_is_one_line_naming_it(tiny_model_dir, tmp_pat
     assert not (tmp_path / "out.json").exists()
 
 
+def test_train_throughput_compares_both_sides_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path) -> None:
+    pytest.importorskip("trl")
+    out = tmp_path / "tiny.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model", str(tiny_model_dir)]
+    args = ["--quick", "--seqs", "2", "--rows-per-file", "1", "--threads", "1", "--fp32", "--out", str(out)]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    for prec in r["summary"]:
+        trl = r["comparison"][prec]["trl"]
+        assert [x["mode"] for x in trl] == ["unpacked", "grouped", "packed", "padding_free"] or prec == "bf16"
+        assert all(x["tokens_per_s"] > 0 and x["measured_steps"] == 2 for x in trl)
+        s = r["summary"][prec]
+        assert s["trl_best"] == max(x["tokens_per_s"] for x in trl)
+        assert s["ratio"] == round(s["instillm"] / s["trl_best"], 3)
+    # in fp32 both sides train the same tokens with the same loss: instillm's replay of TRL's best run
+    check = r["loss_check"]["fp32"]
+    assert check["instillm_trained_tokens"] == check["trl_trained_tokens"]
+    assert r["loss_rel_diff_fp32"] <= 1e-3 and check["instillm_losses"][0] == pytest.approx(
+        check["trl_losses"][0], 1e-3
+    )
+    best = max(r["summary"].values(), key=lambda s: s["instillm"])["instillm"]
+    assert r["ratio"] == round(best / max(s["trl_best"] for s in r["summary"].values()), 3)
+    assert r["mode"] == "full" and r["levers"] == [] and r["data"]["examples"] > 0
+
+
 def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import generation_throughput as gt
@@ -210,6 +237,48 @@ def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> N
     assert gt.default_out(prefix=True, real=False).name == "generation_prefix.json"
     assert gt.default_out(prefix=True, real=True).name == "generation_prefix_real.json"
     assert gt.command_of(["--model", "real", "--prefix"]).endswith("generation_throughput.py --model real --prefix")
+
+
+def test_generation_throughput_main_times_every_method_in_each_dtype(tiny_model_dir, tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import generation_throughput as gt
+
+    out = tmp_path / "gen.json"
+    small = ["--model", str(tiny_model_dir), "--n-prompts", "6", "--max-new-tokens", "6", "--batch-size", "4"]
+    result = gt.main([*small, "--repeats", "2", "--dtype", "best", "--out", str(out)])
+    assert out.is_file() and json.loads(out.read_text())["tokens_per_s_by_method"] == result["tokens_per_s_by_method"]
+    methods = {f"{m}@{d}" for m in ("naive", "hf_batched", "instillm") for d in ("float32", "bfloat16")}
+    assert set(result["seconds"]) == methods and all(len(v) == 2 for v in result["seconds"].values())
+    assert result["identical_outputs"] and result["hf_batched_identical_outputs"]
+    assert set(result["dtype_of"]) == {"naive", "hf_batched", "instillm"}
+    # each headline is its method's fastest dtype
+    tps = result["tokens_per_s_by_method"]
+    assert result["instillm_tokens_per_s"] == max(tps["instillm@float32"], tps["instillm@bfloat16"])
+    assert result["settings"]["n_prompts"] == 6 and result["settings"]["repeats"] == 2
+    # generated tokens: greedy answers of at most 6 tokens, a stop token counted
+    assert 0 < result["generated_tokens"]["instillm@float32"] <= 6 * 7
+
+
+def test_generation_throughput_ablations_compare_each_variant_with_the_naive_loop(tiny_model_dir, tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import generation_throughput as gt
+
+    small = ["--model", str(tiny_model_dir), "--n-prompts", "5", "--max-new-tokens", "5", "--batch-size", "2"]
+    result = gt.main([*small, "--repeats", "1", "--ablations", "--out", str(tmp_path / "gen.json")])
+    for name in ("instillm_padded_prefill", "instillm_no_shared_prefix", "instillm_prefill_1_prompt"):
+        assert result[f"{name}_identical_outputs"] is True and result[f"{name}_tokens_per_s"] > 0
+    assert "naive" in result["seconds"] and "@" not in "".join(result["seconds"])  # one dtype: today's keys
+
+
+def test_generation_prefix_says_when_no_prompt_fits_the_model(tiny_model_dir, tmp_path) -> None:
+    # the tiny model's tokenizer spends over 1,024 tokens on each Self-Instruct prompt
+    cmd = [sys.executable, str(REPO / "benchmarks" / "generation_throughput.py"), "--model", str(tiny_model_dir)]
+    out = tmp_path / "prefix.json"
+    proc = subprocess.run([*cmd, "--prefix", "--repeats", "1", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("generation_throughput: no Self-Instruct prompt") and "--max-new-tokens" in last
+    assert not out.exists()
 
 
 def test_generation_prefix_counts_what_the_static_generator_prefilled(tiny_model_dir) -> None:
