@@ -9,8 +9,10 @@
 #                   (its weights, 98 MB as GGUF, are over what travels: the check trains that
 #                   architecture from fresh random weights; a step's time does not depend on them)
 #   there:        device run, carry [".gpu"], timeout_s 540, command: bash benchmarks/gpu_check.sh run
-#                 → under $OUT: gpu_check.log, train_cuda.json (TRL's eager configurations),
-#                   serve_mixed_cuda.json, train_cuda_trl_compiled.json (all seven, if it ends in time)
+#                 → under $OUT: gpu_check.log, packed_attention_cuda.json (one layer: mask, per-example
+#                   segments and torch's flash varlen kernel), train_cuda.json (instillm's packed_attention
+#                   chosen by short lever runs; TRL's eager configurations), serve_mixed_cuda.json,
+#                   train_cuda_trl_compiled.json (all seven, if it ends in time)
 #
 # The device's Python is 3.12 (PYVER). TRAIN_ARGS and SERVE_ARGS add or override benchmark options;
 # PYTHON and DEVICE=cpu run the same steps here (a rehearsal of the imports and the plumbing).
@@ -62,16 +64,19 @@ import torch
 print("cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
     local train=(--model "$G/smollm2" --random-weights --data "$G/t0_sample.jsonl" --device "$dev" --warmup 1 --steps 4
-        --seqs 64)
+        --seqs 64 --packed-attention best)
     # most telling first: a run cut off by its timeout writes nothing, so TRL's compiled runs come last
+    timeout 45 "$py" benchmarks/packed_attention.py --device "$dev" --heads 9 --kv-heads 3 --tokens 10000 \
+        --data "$G/t0_sample.jsonl" --out "$out/packed_attention_cuda.json" ||
+        echo "gpu_check: the attention benchmark failed or ran out of time (rc $?)"
     # shellcheck disable=SC2086
-    timeout 210 "$py" benchmarks/train_throughput.py "${train[@]}" --no-trl-compile --out "$out/train_cuda.json" \
+    timeout 240 "$py" benchmarks/train_throughput.py "${train[@]}" --no-trl-compile --out "$out/train_cuda.json" \
         ${TRAIN_ARGS:-} || echo "gpu_check: the training benchmark failed or ran out of time (rc $?)"
     # shellcheck disable=SC2086
-    timeout 150 "$py" benchmarks/serve_load.py --mixed --priority-rows 1 --device "$dev" \
+    timeout 140 "$py" benchmarks/serve_load.py --mixed --priority-rows 1 --device "$dev" \
         --out "$out/serve_mixed_cuda.json" ${SERVE_ARGS:-} || echo "gpu_check: the serve benchmark failed (rc $?)"
     # shellcheck disable=SC2086
-    timeout 170 "$py" benchmarks/train_throughput.py "${train[@]}" --out "$out/train_cuda_trl_compiled.json" \
+    timeout 100 "$py" benchmarks/train_throughput.py "${train[@]}" --out "$out/train_cuda_trl_compiled.json" \
         ${TRAIN_ARGS:-} || echo "gpu_check: the run with TRL's compiled configurations failed or ran out of time (rc $?)"
 }
 

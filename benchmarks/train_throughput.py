@@ -112,6 +112,7 @@ LR = 5e-4
 SEED = 0
 TRL_MODES = ("unpacked", "grouped", "packed", "padding_free")
 TRL_COMPILED_MODES = ("grouped", "packed", "padding_free")  # with TrainingArguments.torch_compile
+PACKED_ATTENTIONS = ("auto", "segments", "mask", "varlen")  # instillm's packed_attention settings
 REAL_MODEL = REPO / ".cache" / "smollm2-135m-instruct"  # `make real-model`: SmolLM2-135M-Instruct from its GGUF
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # --lora: both sides, every linear layer but the LM head
 # what random_weights() copies beside the new weights (the model's own generation settings included)
@@ -881,6 +882,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--lora", action="store_true", help=f"LoRA {LORA} on every linear layer but the head, both sides")
     ap.add_argument(
+        "--packed-attention",
+        default="auto",
+        choices=(*PACKED_ATTENTIONS, "best"),
+        help="instillm's packed_attention for its packed rows (best: time each that can run here, in short "
+        "lever runs, and compare with the fastest; varlen needs CUDA)",
+    )
+    ap.add_argument(
         "--out",
         default=None,
         help="default results/train_throughput.json (--quick: results/train_throughput_quick.json)",
@@ -907,6 +915,7 @@ class Bench:
     tokenizer: Any = None
     threads: int = 1
     matmul_params: dict[str, int] = dataclasses.field(default_factory=dict)  # linear_parameters()
+    attention: str = "auto"  # instillm's packed_attention (chosen by attention_levers with --packed-attention best)
 
     @property
     def quick(self) -> bool:
@@ -918,6 +927,9 @@ class Bench:
 
         if self.args.lora:
             extra["lora"] = LoraSettings(**LORA)
+        # varlen's flash kernel takes bf16; fp32 runs (the loss check's reference) get its exact equal, segments
+        attention = extra.pop("packed_attention", self.attention)
+        extra["packed_attention"] = "segments" if attention == "varlen" and precision == "fp32" else attention
         work = self.work / f"i-{name}-{time.perf_counter_ns()}"
         batch = self.rows if packing else self.seqs
         return instillm_config(self.model_dir, self.data_path, work, precision, packing, group, batch, total, **extra)
@@ -1030,6 +1042,7 @@ def prepare_bench(args: argparse.Namespace, source: Path, work: Path, result: di
         seqs=args.seqs if args.seqs is not None else (2 if q and not real else 4 if q else 8),
         primary=result["dtype"],
         emulated_bf16=emulates_bf16(result["machine"]),
+        attention=args.packed_attention if args.packed_attention != "best" else "auto",
     )
     result.update(render_data(b, data_info))
     return b
@@ -1104,6 +1117,8 @@ def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
 def run_levers(b: Bench, result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
     """The lever runs (none with --no-levers) and instillm's best setting: packing, group, compile."""
     best = {"packing": True, "group": False, "compile": False}
+    if b.args.packed_attention == "best":
+        return attention_levers(b), best
     if b.args.no_levers:
         return [], best
     n = b.warmup + b.steps
@@ -1158,6 +1173,23 @@ def cpu_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
     return levers
 
 
+def attention_levers(b: Bench) -> list[dict[str, Any]]:
+    """--packed-attention best: instillm's packed rows with each packed_attention that can run here (varlen:
+    CUDA), in the compared precision; the fastest becomes b.attention. A setting that fails is recorded."""
+    names = ["segments", "mask"] + (["varlen"] if DEVICE == "cuda" and b.primary == "bf16" else [])
+    n = b.warmup + b.steps
+    levers = [
+        guarded(run_instillm, f"packed, packed_attention: {name}", b.cfg(name, b.primary, True, False, n,
+                packed_attention=name), b.warmup)
+        for name in names
+    ]  # fmt: skip
+    ok = [(name, r) for name, r in zip(names, levers) if "error" not in r]
+    if ok:
+        b.attention = max(ok, key=lambda nr: nr[1]["tokens_per_s"] or 0)[0]
+    log(f"packed_attention: {b.attention}")
+    return levers
+
+
 def batching_label(best: dict[str, bool]) -> str:
     return "packed" if best["packing"] else "length-grouped"
 
@@ -1167,7 +1199,7 @@ def best_setting(b: Bench, best: dict[str, bool]) -> dict[str, Any]:
     return {
         "batching": batching_label(best),
         "optimizer": "fused AdamW",
-        "packed_attention": "segments (auto)" if best["packing"] else None,
+        "packed_attention": (b.attention if b.attention != "auto" else "segments (auto)") if best["packing"] else None,
         "cpu_bf16_matmul": "n/a (CUDA)"
         if DEVICE == "cuda"
         else "auto (" + ("fp32 GEMMs" if b.emulated_bf16 else "native oneDNN bf16") + ")",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,7 @@ def test_train_throughput_compares_both_sides_end_to_end_on_a_tiny_model(tiny_mo
     out = tmp_path / "tiny.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--model", str(tiny_model_dir)]
     args = ["--quick", "--seqs", "2", "--rows-per-file", "1", "--threads", "1", "--fp32", "--out", str(out)]
+    args += ["--packed-attention", "best"]  # short runs of each packed_attention that runs here, the fastest kept
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -217,7 +219,52 @@ def test_train_throughput_compares_both_sides_end_to_end_on_a_tiny_model(tiny_mo
     )
     best = max(r["summary"].values(), key=lambda s: s["instillm"])["instillm"]
     assert r["ratio"] == round(best / max(s["trl_best"] for s in r["summary"].values()), 3)
-    assert r["mode"] == "full" and r["levers"] == [] and r["data"]["examples"] > 0
+    assert r["mode"] == "full" and r["data"]["examples"] > 0
+    levers = {x["name"]: x["tokens_per_s"] for x in r["levers"]}
+    assert set(levers) == {"packed, packed_attention: segments", "packed, packed_attention: mask"}  # no CUDA: no varlen
+    chosen = r["instillm_best_setting"]["packed_attention"]
+    assert levers[f"packed, packed_attention: {chosen}"] == max(levers.values())
+
+
+def test_train_throughput_gives_fp32_runs_segments_for_varlen(tmp_path) -> None:
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    args = argparse.Namespace(lora=False, quick=True)
+    b = tt.Bench(args, tmp_path, tmp_path, tmp_path / "d.jsonl", 1, 1, 1, 2, "bf16", False, rows=1, attention="varlen")
+    assert b.cfg("a", "bf16", True, False, 2).packed_attention == "varlen"
+    assert b.cfg("b", "fp32", True, False, 2).packed_attention == "segments"  # flash takes bf16; same math
+    assert b.cfg("c", "bf16", True, False, 2, packed_attention="mask").packed_attention == "mask"
+
+
+def test_packed_attention_times_each_method_and_compares_its_outputs(monkeypatch) -> None:
+    import torch
+    import torch.nn.attention.varlen as varlen
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import packed_attention as pa
+
+    from tests.train.helpers import varlen_stand_in
+
+    seg = pa.rows_for([5, 7, 3, 9, 4, 6], 16, random.Random(0), tokens=20)
+    assert seg.shape[1] == 16 and int((seg > 0).sum()) >= 20
+    row = pa.measure(seg, repeats=1, heads=(4, 2))
+    assert not pa.has_varlen("cpu") and "varlen_ms" not in row  # torch's kernel is CUDA's
+    assert (
+        row["mask_ms"] > 0
+        and row["segments_ms"] > 0
+        and row["speedup"] == round(row["mask_ms"] / row["segments_ms"], 2)
+    )
+    assert row["segments_max_abs_output_diff"] < 0.05  # bf16 rounding
+    # with a kernel there (a CPU stand-in here), varlen is timed and checked the same way
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_stand_in(True, []))
+    monkeypatch.setattr(pa, "has_varlen", lambda device: True)
+    row = pa.measure(seg, repeats=1, heads=(4, 2))
+    assert row["varlen_ms"] > 0 and row["varlen_max_abs_output_diff"] < 0.05
+    assert row["varlen_speedup_vs_mask"] == round(row["mask_ms"] / row["varlen_ms"], 2)
+    assert torch.is_grad_enabled()
 
 
 def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:

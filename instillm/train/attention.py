@@ -16,16 +16,26 @@ benchmarks/README.md). Longer pieces, and every piece on other devices, use SDPA
 It is a transformers attention backend (`AttentionInterface`) named `SEGMENTS`. The piece lengths
 come as the `segment_lengths` keyword of the decoder's forward; without it (evaluation's padded
 batches, generation) the backend *is* sdpa, with sdpa's masks.
+
+`VARLEN` (`packed_attention: varlen`) takes the same pieces to torch's flash varlen kernel
+(`torch.nn.attention.varlen.varlen_attn`, CUDA, bf16/fp16) in one call per layer, where `SEGMENTS`
+makes one call per piece: on a GPU a launch per example and layer would cost more than the attention.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from instillm.errors import ConfigError
+
 SEGMENTS = "instillm_segments"
+VARLEN = "instillm_varlen"
+PIECE_BACKENDS = (SEGMENTS, VARLEN)  # the backends that take `segment_lengths`
 MATH_MAX_LENGTH = 1024  # longest piece run as math attention on a CPU; its scores are (heads, L, L)
 
 _causal_bias: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -38,6 +48,8 @@ def register() -> None:
 
     AttentionInterface.register(SEGMENTS, segments_attention_forward)
     AttentionMaskInterface.register(SEGMENTS, sdpa_mask)
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)
 
 
 def segment_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -75,6 +87,77 @@ def segments_attention_forward(
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     return _pieces_attention(query, key, value, segment_lengths, scale, dropout), None
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    segment_lengths: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """`segments_attention_forward` with every piece in one call of torch's flash varlen kernel (no dropout)."""
+    if segment_lengths is None or dropout > 0:
+        return segments_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, segment_lengths, **kwargs
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return _varlen_attention(query, key, value, segment_lengths, scale), None
+
+
+@torch.compiler.disable  # the longest piece is data
+def _varlen_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention within each piece of the flattened rows, in one kernel call; returns (B, L, H, D)."""
+    batch, heads, length, dim = query.shape
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    with torch.autocast(device, enabled=False):
+        q, k, v = (
+            x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype) for x in (query, key, value)
+        )  # (B·L, heads, D): tokens of all rows end to end
+        starts = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        return varlen_causal(q, k, v, starts, int(lengths.max()), scale).view(batch, length, heads, dim)
+
+
+def varlen_causal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, longest: int, scale: float
+) -> torch.Tensor:
+    """Causal attention within each piece [starts[i], starts[i+1]) of (T, H, D) q and (T, KV, D) k/v, by
+    `torch.nn.attention.varlen.varlen_attn` in whichever signature this torch has: causal as
+    `window_size=(-1, 0)` or `is_causal`; grouped heads as `enable_gqa` or repeated; the scale folded into
+    q where the function takes none."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kwargs: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    group = q.shape[1] // k.shape[1]
+    if group > 1 and "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    elif group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale != q.shape[-1] ** -0.5:  # its default scale is 1/sqrt(D)
+        q = q * (scale * q.shape[-1] ** 0.5)
+    out = varlen_attn(q, k, v, starts, starts, longest, longest, **kwargs)
+    return out[0] if isinstance(out, tuple) else out  # (out, aux) only when aux is asked for
+
+
+def check_varlen(device: torch.device) -> None:
+    """ConfigError unless `packed_attention: varlen` can run here: a CUDA device and torch's varlen kernel."""
+    has_kernel = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    if device.type != "cuda" or not has_kernel:
+        where = f"this run is on {device.type}" if device.type != "cuda" else f"torch {torch.__version__} has none"
+        raise ConfigError(
+            "packed_attention: 'varlen' runs torch's flash varlen kernel, which needs a CUDA device and "
+            f"torch >= 2.10 ({where}); use 'auto'"
+        )
 
 
 @torch.compiler.disable  # the piece lengths are data: traced, every new packing would recompile

@@ -34,7 +34,7 @@ LR_SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 RESUME_MODES = ("auto", "never")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-PACKED_ATTENTIONS = ("auto", "segments", "mask")
+PACKED_ATTENTIONS = ("auto", "segments", "mask", "varlen")
 CPU_BF16_MATMULS = ("auto", "fp32", "native")
 
 
@@ -152,8 +152,9 @@ class TrainSettings(Config):
     attn_implementation: str | None = None  # None = the model's own (sdpa for the tiny preset)
     # How packed rows keep their examples apart: "segments" attends within each example only
     # (instillm.train.attention; ~2x faster attention on a CPU), "mask" runs the model's sdpa/eager
-    # kernel over whole rows with a block-diagonal mask. "auto": segments with sdpa, mask with eager
-    # (the reference math); flash_attention_2 always uses its own varlen kernel.
+    # kernel over whole rows with a block-diagonal mask; "varlen" gives the examples to torch's flash
+    # varlen kernel in one call (CUDA, bf16; not yet measured on a GPU). "auto": segments with sdpa,
+    # mask with eager (the reference math); flash_attention_2 always uses its own varlen kernel.
     packed_attention: str = "auto"
     lora: LoraSettings | None = None
     # bookkeeping
@@ -191,6 +192,11 @@ def _choices(problems: list[str], v: Mapping[str, Any]) -> None:
 
 
 def _attention(problems: list[str], v: Mapping[str, Any]) -> None:
+    if v["packed_attention"] == "varlen" and v["precision"] != "bf16":
+        problems.append(
+            f"packed_attention: 'varlen' runs a flash kernel, which takes bf16, not precision {v['precision']!r}; "
+            "set precision: bf16 or packed_attention: auto"
+        )
     if v["attn_implementation"] == "flash_attention_2" and v["packed_attention"] != "auto":
         problems.append(
             f"packed_attention: {v['packed_attention']!r} does not apply to flash_attention_2, "

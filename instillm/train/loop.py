@@ -207,9 +207,10 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if config.packing and packed_attention(config, model.config._attn_implementation) == "segments":
+    mode = packed_attention(config, model.config._attn_implementation) if config.packing else None
+    if mode in ("segments", "varlen") and model.config._attn_implementation != "flash_attention_2":
         attention.register()
-        model.set_attn_implementation(attention.SEGMENTS)
+        model.set_attn_implementation(attention.SEGMENTS if mode == "segments" else attention.VARLEN)
     if config.lora is not None:
         model = add_lora(model, config)
         fuse_lora_forward(model)
@@ -819,6 +820,8 @@ def _build(config: TrainConfig, accelerator: Any, lock: ckpt.OutputLock) -> Run:
 
     from instillm.models.loading import load_tokenizer
 
+    if config.packing and config.packed_attention == "varlen":
+        attention.check_varlen(accelerator.device)  # before any compute
     resume_from = find_resume(config, accelerator)
     if resume_from is not None:
         check_resume_settings(config, resume_from)  # before any compute
@@ -947,7 +950,7 @@ def save_final(run: Run) -> Path:
         model: Any = run.model  # a transformers / peft model (nn.Module's typing hides their attributes)
         lm: Any = unwrap(model)
         model.config.use_cache = True
-        if lm.config._attn_implementation == attention.SEGMENTS:
+        if lm.config._attn_implementation in attention.PIECE_BACKENDS:
             lm.set_attn_implementation("sdpa")  # what it runs outside packed rows anyway
         _pin_base_model(model, run.config.model)
         model.save_pretrained(final)

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from instillm.data.render import IGNORE_INDEX
 from instillm.errors import ModelError
-from instillm.train.attention import SEGMENTS, segment_lengths
+from instillm.train.attention import PIECE_BACKENDS, segment_lengths
 from instillm.train.batching import packed_attention_mask
 
 DEFAULT_CHUNK_SIZE = 4096  # rows of hidden states projected to the vocabulary at once
@@ -107,7 +107,7 @@ def token_loss_sum(
 
     Padded batches pass a (B, L) attention_mask; packed batches pass position_ids and
     segment_ids. How packed examples are kept apart depends on the model's attention backend:
-    `SEGMENTS` gets the example lengths and attends within each; flash_attention_2 needs no mask
+    `SEGMENTS` and `VARLEN` get the example lengths and attend within each; flash_attention_2 needs no mask
     (transformers finds the examples from the restarting position_ids); sdpa and eager get the
     additive (B, 1, L, L) block-diagonal mask.
     """
@@ -115,7 +115,7 @@ def token_loss_sum(
     extra: dict[str, torch.Tensor] = {}
     if segment_ids is not None:
         backend = getattr(decoder.config, "_attn_implementation", None)
-        if backend == SEGMENTS:
+        if backend in PIECE_BACKENDS:
             extra["segment_lengths"] = segment_lengths(segment_ids)
             # All ones: no padding mask, so transformers builds no (L, L) mask from the positions.
             attention_mask = torch.ones_like(segment_ids)

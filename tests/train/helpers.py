@@ -7,6 +7,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from instillm.data.schema import Example, from_prompt_completion
 
 TASKS = {
@@ -60,3 +63,38 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def varlen_stand_in(new_signature: bool, calls: list):
+    """A CPU stand-in for torch.nn.attention.varlen.varlen_attn, recording how it was called."""
+
+    def attend(query, key, value, starts, longest, causal, scale, gqa):
+        assert starts.dtype == torch.int32 and int(starts[-1]) == query.shape[0]
+        sizes = starts.diff().tolist()
+        assert longest == max(sizes)
+        if key.shape[1] != query.shape[1]:
+            assert gqa, "grouped heads passed without enable_gqa"
+        pieces = [
+            F.scaled_dot_product_attention(
+                a.transpose(0, 1).double(), b.transpose(0, 1).double(), c.transpose(0, 1).double(),
+                is_causal=causal, scale=scale, enable_gqa=gqa,
+            ).transpose(0, 1).to(query.dtype)
+            for a, b, c in zip(query.split(sizes), key.split(sizes), value.split(sizes))
+        ]  # fmt: skip
+        return torch.cat(pieces)
+
+    if new_signature:
+
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                        window_size=(-1, -1), enable_gqa=False):  # fmt: skip
+            calls.append({"window_size": window_size, "enable_gqa": enable_gqa, "scale": scale})
+            assert torch.equal(cu_seq_q, cu_seq_k) and max_q == max_k
+            return attend(query, key, value, cu_seq_q, max_q, window_size == (-1, 0), scale, enable_gqa)
+
+        return varlen_attn
+
+    def varlen_attn_old(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append({"is_causal": is_causal, "heads": (query.shape[1], key.shape[1])})
+        return attend(query, key, value, cu_seq_q, max_q, is_causal, None, False)
+
+    return varlen_attn_old

@@ -12,7 +12,7 @@ from instillm.train.attention import SEGMENTS, segment_lengths, segments_attenti
 from instillm.train.batching import pack_collate, pad_collate
 from instillm.train.config import config_from_dict
 from instillm.train.loss import token_loss_sum
-from tests.train.helpers import base_config, make_examples, write_jsonl
+from tests.train.helpers import base_config, make_examples, varlen_stand_in, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,76 @@ def test_lora_with_packed_segments_trains_and_saves_the_adapter(tiny_model_dir, 
     assert result.steps == 2 and result.final_loss is not None
     assert (result.final_dir / "adapter_config.json").is_file()
     assert __import__("json").loads((tmp_path / "run.json").read_text())["attn_implementation"] == SEGMENTS
+
+
+# --------------------------------------------------------------------------------------------
+# packed_attention: varlen. torch's flash varlen kernel runs on CUDA only; here a stand-in with each of
+# the function's signatures (per-piece SDPA in float64) checks our side: the piece starts, the longest
+# piece, causality, grouped heads and the scale, against per-example attention.
+
+
+@pytest.mark.parametrize("new_signature", [True, False])
+@pytest.mark.parametrize("scale", [8**-0.5, 0.2])
+def test_varlen_backend_equals_per_example_attention(monkeypatch, new_signature, scale):
+    import torch.nn.attention.varlen as varlen
+
+    calls: list = []
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_stand_in(new_signature, calls))
+    seg = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]])
+    sizes = segment_lengths(seg).tolist()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))  # grouped heads
+    grad = torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (
+        lambda a, b, c: _reference(a * scale * 8**0.5, b, c, sizes),
+        lambda a, b, c: attention.varlen_attention_forward(
+            None, a, b, c, None, scaling=scale, segment_lengths=segment_lengths(seg)
+        )[0],
+    ):
+        leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+        out = fn(*leaves)
+        out.backward(grad.float())
+        results.append([out.detach()] + [x.grad for x in leaves])
+    for got, want in zip(results[1], results[0]):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    assert len(calls) == 1  # every piece of both rows in one call
+    if new_signature:
+        assert calls[0] == {"window_size": (-1, 0), "enable_gqa": True, "scale": scale}
+    else:  # causal by name, the key heads repeated, the scale folded into the queries
+        assert calls[0] == {"is_causal": True, "heads": (4, 4)}
+
+
+def test_varlen_trains_the_tiny_model_like_the_mask(monkeypatch, tiny_model, rendered):
+    import torch.nn.attention.varlen as varlen
+
+    monkeypatch.setattr(varlen, "varlen_attn", varlen_stand_in(True, []))
+    packed = pack_collate([rendered[i : i + 4] for i in range(0, 16, 4)], pad_id=0)
+    attention.register()
+    results = {}
+    for backend in ("sdpa", attention.VARLEN):
+        tiny_model.set_attn_implementation(backend)
+        tiny_model.zero_grad()
+        loss_sum, n = token_loss_sum(tiny_model, **packed.model_inputs())
+        (loss_sum / n).backward()
+        results[backend] = (float(loss_sum.detach() / n), _grads(tiny_model))
+    (mask_loss, mask_grads), (loss, grads) = results["sdpa"], results[attention.VARLEN]
+    assert abs(loss - mask_loss) < 1e-5
+    assert grads.keys() == mask_grads.keys() and grads
+    for p in grads:
+        assert torch.allclose(grads[p], mask_grads[p], atol=1e-5, rtol=0), p
+
+
+def test_varlen_is_chosen_by_name_and_refused_where_it_cannot_run(tiny_model_dir, task_file, tmp_path):
+    from instillm.train.loop import build_model, setup
+
+    cfg = config_from_dict(
+        base_config(tiny_model_dir, task_file, tmp_path, packing=True, packed_attention="varlen", precision="bf16")
+    )
+    assert build_model(cfg).config._attn_implementation == attention.VARLEN
+    with pytest.raises(ConfigError, match="packed_attention: 'varlen' .* needs a CUDA device .*this run is on cpu"):
+        setup(cfg, "cpu")
+    assert not (tmp_path / "final").exists()
+    with pytest.raises(ConfigError, match="packed_attention: 'varlen' runs a flash kernel, which takes bf16"):
+        config_from_dict(base_config(tiny_model_dir, task_file, tmp_path, packing=True, packed_attention="varlen"))
