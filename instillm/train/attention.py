@@ -67,46 +67,49 @@ def segment_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
     return ends - idx
 
 
-def segments_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    segment_lengths: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention backend: (B, H, L, D) query, (B, KV, L, D) key/value -> ((B, L, H, D), None)."""
-    if segment_lengths is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def _piece_backend(attend: Any) -> Any:
+    """A transformers attention backend: (B, H, L, D) query, (B, KV, L, D) key/value -> ((B, L, H, D), None),
+    `attend(query, key, value, segment_lengths, scale, dropout)` on packed rows, sdpa without the lengths."""
 
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return _pieces_attention(query, key, value, segment_lengths, scale, dropout), None
+    def forward(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        segment_lengths: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if segment_lengths is None:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return attend(query, key, value, segment_lengths, scale, dropout), None
+
+    return forward
 
 
-def varlen_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    segment_lengths: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """`segments_attention_forward` with every piece in one call of torch's flash varlen kernel (no dropout)."""
-    if segment_lengths is None or dropout > 0:
-        return segments_attention_forward(
-            module, query, key, value, attention_mask, dropout, scaling, segment_lengths, **kwargs
-        )
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return _varlen_attention(query, key, value, segment_lengths, scale), None
+def _varlen_or_pieces(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor, scale: float, dropout: float
+) -> torch.Tensor:
+    """Every piece in one call of the flash varlen kernel, or one piece at a time with dropout (it has none)."""
+    if dropout > 0:
+        return _pieces_attention(query, key, value, lengths, scale, dropout)
+    return _varlen_attention(query, key, value, lengths, scale)
+
+
+def _flattened(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> list[torch.Tensor]:
+    """(B, heads, L, D) -> (B·L, heads, D), the tokens of all rows end to end, in autocast's dtype when it
+    is on (as sdpa would run)."""
+    batch, _, length, dim = query.shape
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    return [x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype) for x in (query, key, value)]
 
 
 @torch.compiler.disable  # the longest piece is data
@@ -115,12 +118,8 @@ def _varlen_attention(
 ) -> torch.Tensor:
     """Causal attention within each piece of the flattened rows, in one kernel call; returns (B, L, H, D)."""
     batch, heads, length, dim = query.shape
-    device = query.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
-    with torch.autocast(device, enabled=False):
-        q, k, v = (
-            x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype) for x in (query, key, value)
-        )  # (B·L, heads, D): tokens of all rows end to end
+    q, k, v = _flattened(query, key, value)
+    with torch.autocast(query.device.type, enabled=False):
         starts = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         return varlen_causal(q, k, v, starts, int(lengths.max()), scale).view(batch, length, heads, dim)
 
@@ -166,13 +165,8 @@ def _pieces_attention(
 ) -> torch.Tensor:
     """Causal attention within each piece of the flattened rows; returns (B, L, H, D)."""
     batch, heads, length, dim = query.shape
-    device = query.device.type
-    # Under autocast run in its dtype (as sdpa would); the ops below are cast explicitly.
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
-    with torch.autocast(device, enabled=False):
-        q, k, v = (
-            x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).to(dtype) for x in (query, key, value)
-        )  # (B·L, heads, D): tokens of all rows end to end
+    q, k, v = _flattened(query, key, value)
+    with torch.autocast(query.device.type, enabled=False):  # the ops below run in q's dtype
         sizes = lengths.tolist()
         parts = [
             _causal_attention(a, b, c, scale, dropout)
@@ -211,3 +205,8 @@ def _bias(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
         cached = torch.full((size, size), float("-inf"), dtype=dtype, device=device).triu(1)
         _causal_bias[(dtype, device)] = cached
     return cached[:length, :length]
+
+
+# the two backends (`register` names them SEGMENTS and VARLEN)
+segments_attention_forward = _piece_backend(_pieces_attention)
+varlen_attention_forward = _piece_backend(_varlen_or_pieces)

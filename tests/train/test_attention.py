@@ -39,28 +39,40 @@ def _reference(q, k, v, sizes):
     return torch.cat(outs).view(b, n, h, d)
 
 
-@pytest.mark.parametrize("math_max_length", [attention.MATH_MAX_LENGTH, 4])  # 4: long pieces take SDPA
-def test_backend_equals_per_example_sdpa_in_outputs_and_gradients(monkeypatch, math_max_length):
-    monkeypatch.setattr(attention, "MATH_MAX_LENGTH", math_max_length)
+def _packed_inputs():
+    """Two packed rows of 10 (pieces 3, 2, 4, padding 1; 6, 4) and float64 q, k, v with grouped heads
+    (4 query, 2 key/value, dim 8), and an output gradient."""
     seg = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]])
-    sizes = segment_lengths(seg).tolist()
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))  # grouped heads
-    grad = torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
+    qkv = tuple(torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))
+    return seg, segment_lengths(seg).tolist(), qkv, torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
+
+
+def _assert_same_outputs_and_grads(got_fn, want_fn, inputs, grad):
+    """`got_fn` and `want_fn` on fp32 copies of `inputs`: equal outputs and input gradients (1e-5)."""
     results = []
-    for fn in (
-        lambda a, b, c: _reference(a, b, c, sizes),
-        lambda a, b, c: segments_attention_forward(
-            None, a, b, c, None, scaling=8**-0.5, segment_lengths=segment_lengths(seg)
-        )[0],
-    ):
-        leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    for fn in (got_fn, want_fn):
+        leaves = [x.detach().float().requires_grad_() for x in inputs]
         out = fn(*leaves)
         out.backward(grad.float())
         results.append([out.detach()] + [x.grad for x in leaves])
-    for got, want in zip(results[1], results[0]):
+    for got, want in zip(*results):
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("math_max_length", [attention.MATH_MAX_LENGTH, 4])  # 4: long pieces take SDPA
+def test_backend_equals_per_example_sdpa_in_outputs_and_gradients(monkeypatch, math_max_length):
+    monkeypatch.setattr(attention, "MATH_MAX_LENGTH", math_max_length)
+    seg, sizes, (q, k, v), grad = _packed_inputs()
+    _assert_same_outputs_and_grads(
+        lambda a, b, c: segments_attention_forward(
+            None, a, b, c, None, scaling=8**-0.5, segment_lengths=segment_lengths(seg)
+        )[0],
+        lambda a, b, c: _reference(a, b, c, sizes),
+        (q, k, v),
+        grad,
+    )
     # and an example really is cut off from the one before it: changing piece 1 leaves piece 2 alone
     q2 = q.clone()
     q2[0, :, :3] += 1.0
@@ -210,25 +222,15 @@ def test_varlen_backend_equals_per_example_attention(monkeypatch, new_signature,
 
     calls: list = []
     monkeypatch.setattr(varlen, "varlen_attn", varlen_stand_in(new_signature, calls))
-    seg = torch.tensor([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]])
-    sizes = segment_lengths(seg).tolist()
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, h, 10, 8, generator=g, dtype=torch.float64) for h in (4, 2, 2))  # grouped heads
-    grad = torch.randn(2, 10, 4, 8, generator=g, dtype=torch.float64)
-    results = []
-    for fn in (
-        lambda a, b, c: _reference(a * scale * 8**0.5, b, c, sizes),
+    seg, sizes, (q, k, v), grad = _packed_inputs()
+    _assert_same_outputs_and_grads(
         lambda a, b, c: attention.varlen_attention_forward(
             None, a, b, c, None, scaling=scale, segment_lengths=segment_lengths(seg)
         )[0],
-    ):
-        leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
-        out = fn(*leaves)
-        out.backward(grad.float())
-        results.append([out.detach()] + [x.grad for x in leaves])
-    for got, want in zip(results[1], results[0]):
-        assert got.shape == want.shape
-        assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+        lambda a, b, c: _reference(a * scale * 8**0.5, b, c, sizes),
+        (q, k, v),
+        grad,
+    )
     assert len(calls) == 1  # every piece of both rows in one call
     if new_signature:
         assert calls[0] == {"window_size": (-1, 0), "enable_gqa": True, "scale": scale}
