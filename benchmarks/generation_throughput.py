@@ -337,19 +337,20 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     """The prompts, the methods, their timed repeats and the results file."""
     models, tok = load_models(args)
     gens = {d: Generator(m, tok) for d, m in models.items()}
+    gen = next(iter(gens.values()))  # the first dtype's
     if args.prefix:
-        return main_prefix(args, next(iter(gens.values())), args.repeats, argv)
-    prompts = next(iter(gens.values())).render_prompts(conversations(args.n_prompts))
+        return main_prefix(args, gen, args.repeats, argv)
+    prompts = gen.render_prompts(conversations(args.n_prompts))
     lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
-    n_params = sum(p.numel() for p in next(iter(models.values())).parameters())
+    n_params = sum(p.numel() for p in gen.model.parameters())
     print(
         f"model: {args.model or 'small preset (random init)'}, {n_params / 1e6:.1f}M parameters; "
         f"{len(prompts)} prompts, {min(lens)}-{max(lens)} tokens (median {statistics.median(lens):.0f}); "
         f"{args.max_new_tokens} new tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads",
         flush=True,
     )
-    methods = generation_methods(args, models, gens, tok, prompts)
-    eos = sorted(next(iter(gens.values())).end_ids)
+    eos = sorted(gen.end_ids)
+    methods = generation_methods(args, models, gens, tok, prompts, eos)
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     # warm-up (untimed): allocator, kernels, lazy imports
@@ -392,11 +393,16 @@ def load_models(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 
 def generation_methods(
-    args: argparse.Namespace, models: dict[str, Any], gens: dict[str, Generator], tok: Any, prompts: list[str]
+    args: argparse.Namespace,
+    models: dict[str, Any],
+    gens: dict[str, Generator],
+    tok: Any,
+    prompts: list[str],
+    eos: list[int],
 ) -> dict[str, Callable[[], list[list[int]]]]:
     """The timed methods: naive, HF batched and instillm in each dtype (one dtype: today's keys), instillm's
-    variants (torch's own products, decode through the model's modules) and with --ablations its options."""
-    eos = sorted(next(iter(gens.values())).end_ids)
+    variants (torch's own products, decode through the model's modules) and with --ablations its options;
+    `eos`: the stop token ids the naive loop and HF's generate stop at."""
     opts = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     new, bs = args.max_new_tokens, args.batch_size
     methods: dict[str, Callable[[], list[list[int]]]] = {}

@@ -411,31 +411,21 @@ def replace_optimizer(run: Any, cfg: Any, foreach: bool) -> None:
 
 
 def instillm_batches(run: Any, cfg: Any, replay: list[list[int]] | None) -> Any:
-    """Each optimizer step's micro-batches, made when the step starts (inside its time): instillm's own
-    epochs, or `replay`'s examples step by step (packed into rows when cfg.packing)."""
+    """Each optimizer step's micro-batches, made when the step starts (inside its time): the engine's own
+    (`step_stream`, as `instillm train` runs them), or `replay`'s examples step by step (packed into rows
+    when cfg.packing)."""
     from instillm.data.pack import pack_lengths
     from instillm.train import loop as L
-    from instillm.train.batching import collate, epoch_micro_batches
+    from instillm.train.batching import collate
 
+    if replay is None:
+        yield from (batches for _, batches in L.step_stream(run))
+        return
     items, pad = run.data.train, run.tokenizer.pad_token_id
-    lengths = [len(r) for r in items]
-    epoch_batches, cached = [], -1
-    for step in range(cfg.max_steps):
-        if replay is not None:
-            ids = replay[step]
-            packs = pack_lengths([lengths[i] for i in ids], cfg.max_length) if cfg.packing else None
-            rows = [tuple(ids[j] for j in p) for p in packs] if packs is not None else [(i,) for i in ids]
-            yield [collate(items, rows, pad, cfg.packing)]
-            continue
-        epoch = step // run.plan.steps_per_epoch
-        if epoch != cached:
-            epoch_batches, cached = (
-                epoch_micro_batches(
-                    lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
-                ),
-                epoch,
-            )
-        yield L.step_batches(run, epoch_batches, step)
+    for ids in replay[: cfg.max_steps]:
+        packs = pack_lengths([len(items[i]) for i in ids], cfg.max_length) if cfg.packing else None
+        rows = [tuple(ids[j] for j in p) for p in packs] if packs is not None else [(i,) for i in ids]
+        yield [collate(items, rows, pad, cfg.packing)]
 
 
 def start_profile() -> Any:
@@ -731,15 +721,13 @@ def measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def compile_lever(make_cfg: Any, label: str, precision: str) -> list[dict[str, Any]]:
-    """instillm with torch.compile(decoder), then eager, on the same steps (3 warm-up: compilation)."""
-    rows: list[dict[str, Any]] = []
+    """instillm with torch.compile(decoder), then eager, on the same steps (3 warm-up: compilation and a
+    recompile for the second shape); a compiled run that raises is recorded with its error (`guarded`)."""
     name = f"{label}, {precision}, torch.compile(decoder)"
-    try:  # 3 warm-up steps: compilation (and a recompile for the second shape)
-        rows.append(run_instillm(name, make_cfg("c"), 3, compile_decoder=True))
-    except Exception as e:  # report why, keep going
-        rows.append({"name": name, "side": "instillm", "error": f"{type(e).__name__}: {str(e)[:300]}"})
-    rows.append(run_instillm(f"{label}, {precision}, eager (same steps as compile)", make_cfg("e"), 3))
-    return rows
+    return [
+        guarded(run_instillm, name, make_cfg("c"), 3, compile_decoder=True),
+        run_instillm(f"{label}, {precision}, eager (same steps as compile)", make_cfg("e"), 3),
+    ]
 
 
 def fp32_reference(trl_run: dict[str, Any], bf16_check: dict[str, Any], make_cfg: Any, run_trl_fp32: Any) -> dict:

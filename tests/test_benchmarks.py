@@ -143,8 +143,6 @@ def test_train_throughput_keeps_going_past_a_failed_trl_configuration() -> None:
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "t0_multitask").is_dir(), reason="needs ../shared/data")
 def test_train_throughput_saves_the_t0_sample_it_trains_on(tmp_path) -> None:
-    import json
-
     path = tmp_path / "sample" / "t0.jsonl"
     script = REPO / "benchmarks" / "train_throughput.py"
     code = RUN_WITHOUT.format(module="trl", script=script.name, bench=str(script.parent), path=str(script))

@@ -24,6 +24,7 @@ makes one call per piece: on a GPU a launch per example and layer would cost mor
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 from typing import Any
@@ -133,7 +134,7 @@ def varlen_causal(
     q where the function takes none."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameter_names(varlen_attn)
     kwargs: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     group = q.shape[1] // k.shape[1]
     if group > 1 and "enable_gqa" in params:
@@ -146,6 +147,12 @@ def varlen_causal(
         q = q * (scale * q.shape[-1] ** 0.5)
     out = varlen_attn(q, k, v, starts, starts, longest, longest, **kwargs)
     return out[0] if isinstance(out, tuple) else out  # (out, aux) only when aux is asked for
+
+
+@functools.cache
+def _parameter_names(fn: Any) -> frozenset[str]:
+    """`fn`'s parameter names, read once per function (varlen_causal runs once per layer and step)."""
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def check_varlen(device: torch.device) -> None:

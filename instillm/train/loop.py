@@ -893,13 +893,12 @@ def save_step(run: Run, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_loop(run: Run, log: RunLog) -> tuple[float | None, float]:
-    """Train from `run.start_step` to the plan's end; (last eval loss, tokens/s over the run)."""
-    cfg, plan, acc = run.config, run.plan, run.accelerator
+def step_stream(run: Run) -> Iterator[tuple[int, list[MicroBatch]]]:
+    """(step, this process's micro-batches on the device) from `run.start_step` to the plan's end; an
+    epoch's order is built when its first step comes."""
+    cfg, plan = run.config, run.plan
     lengths = [len(r) for r in run.data.train]
-    cached_epoch, epoch_batches, eval_loss = -1, [], None
-    window = {"loss": 0.0, "trained": 0, "tokens": 0, "t": time.perf_counter()}
-    start_t, all_tokens = time.perf_counter(), 0
+    cached_epoch, epoch_batches = -1, []
     for step in range(run.start_step, plan.total_steps):
         epoch = step // plan.steps_per_epoch
         if epoch != cached_epoch:  # the epoch's order is a function of (seed, epoch) only
@@ -907,9 +906,17 @@ def run_loop(run: Run, log: RunLog) -> tuple[float | None, float]:
                 lengths, cfg.batch_size, cfg.max_length, cfg.packing, cfg.group_by_length, cfg.seed, epoch
             )
             cached_epoch = epoch
-        stats = train_step(
-            run.loss_module, step_batches(run, epoch_batches, step), run.optimizer, run.scheduler, acc, cfg
-        )
+        yield step, step_batches(run, epoch_batches, step)
+
+
+def run_loop(run: Run, log: RunLog) -> tuple[float | None, float]:
+    """Train from `run.start_step` to the plan's end; (last eval loss, tokens/s over the run)."""
+    cfg, plan, acc = run.config, run.plan, run.accelerator
+    eval_loss = None
+    window = {"loss": 0.0, "trained": 0, "tokens": 0, "t": time.perf_counter()}
+    start_t, all_tokens = time.perf_counter(), 0
+    for step, batches in step_stream(run):
+        stats = train_step(run.loss_module, batches, run.optimizer, run.scheduler, acc, cfg)
         done = step + 1
         run.trained_tokens += stats.trained_tokens
         run.last_loss = stats.loss
