@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="a canonical JSONL to take the example lengths from")
     ap.add_argument("--out", default=None, help="default results/packed_attention.json (CUDA: _cuda)")
     args = ap.parse_args(argv)
+    out = Path(
+        args.out or RESULTS / ("packed_attention_cuda.json" if args.device == "cuda" else "packed_attention.json")
+    )
+    if args.data is not None:
+        from instillm.data.importer import refuse_overwrite
+
+        refuse_overwrite([args.data], {f"--out {out}": out})
     torch.set_num_threads(args.threads)
     lengths, source = example_lengths(args.data)
     rng = random.Random("packed-attention-0")
@@ -183,9 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         "head_dim": HEAD_DIM,
         "results": rows,
     }
-    out = Path(
-        args.out or RESULTS / ("packed_attention_cuda.json" if args.device == "cuda" else "packed_attention.json")
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_rows(rows)
@@ -208,4 +212,9 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from instillm.errors import InstillmError
+
+    try:
+        raise SystemExit(main())
+    except InstillmError as e:  # a bad --data, or --out over it: one line naming it, no traceback
+        sys.exit(f"packed_attention: {e}")

@@ -939,6 +939,10 @@ def main(argv: list[str] | None = None) -> int:
     source = REAL_MODEL if args.model == "real" else Path(args.model)
     if args.save_data is not None:  # instillm's importer alone: no TRL needed
         return save_data(args.save_data, args.rows_per_file or 4)
+    if args.data is not None and args.out is not None:  # before any work, TRL or not
+        from instillm.data.importer import refuse_overwrite
+
+        refuse_overwrite([args.data], {f"--out {args.out}": Path(args.out)})
     require("trl")
     if real and not (source / "config.json").is_file():
         hint = ": run `make real-model` first" if args.model == "real" else ""

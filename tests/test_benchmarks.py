@@ -265,6 +265,39 @@ def test_packed_attention_times_each_method_and_compares_its_outputs(monkeypatch
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.parametrize(
+    "content,expected",
+    [(None, "does not exist"), ("", "holds no examples"), ('{"messages": [\n', ":1: malformed_json")],
+    ids=["missing", "empty", "malformed"],
+)
+def test_packed_attention_bad_data_is_one_line_naming_it(tmp_path, content, expected) -> None:
+    data = tmp_path / "data.jsonl"
+    if content is not None:
+        data.write_text(content, encoding="utf-8")
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "packed_attention.py"), "--data", str(data), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("packed_attention: ") and str(data) in last and expected in last
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["packed_attention.py", "train_throughput.py"])
+def test_benchmarks_never_write_their_results_over_the_data_they_read(tmp_path, script) -> None:
+    data = tmp_path / "data.jsonl"
+    row = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    data.write_text(row, encoding="utf-8")
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--data", str(data), "--out", str(data)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    name = script.removesuffix(".py")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{name}: --out {data} would overwrite input {data}; write the output elsewhere"
+    )
+    assert data.read_text(encoding="utf-8") == row
+
+
 def test_generation_throughput_headlines_each_method_in_its_fastest_dtype() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import generation_throughput as gt
