@@ -7,8 +7,9 @@
         [--model DIR] [--random-weights] [--device auto|cpu|cuda] [--data JSONL] [--save-data JSONL]
         # SmolLM2-135M-Instruct (`make real-model`), full fine-tuning or LoRA (r 16, every linear layer
         # but the head) on both sides, in the precision fastest here for both (`dtype`: fp32 without
-        # bf16 matmul units); 1 warm-up + 4 measured steps per run, no lever runs (~35 min here);
-        # --quick: 4 sequences per step, 1 + 2 steps, no compiled runs (< 5 min)
+        # bf16 matmul units); 1 warm-up + 4 measured steps per run; one lever, torch.compile of instillm's
+        # decoder, adopted when faster (~45 min here); --quick: 4 sequences per step, 1 + 2 steps, no
+        # compiled runs (< 5 min)
 
 On a CUDA card (`--device auto` picks it) both sides train there in bf16 (TRL with flash-attention 2
 where that package is installed, else SDPA), and the results file gets `_cuda` in its name. For a
@@ -72,10 +73,14 @@ matmuls with fp32 kernels, and `mfu_vs_fp32_peak` is the meaningful utilisation.
 
 Writes benchmarks/results/train_throughput.json (--quick: train_throughput_quick.json) and, without
 --quick, train_profile.txt: torch.profiler top ops of one step of instillm's best bf16 setting
-(train_profile_eager.txt: the same step eager, when the best setting is compiled).
+(train_profile_eager.txt: the same step eager, when the best setting is compiled); a real
+model's are train_profile_real_{full,lora}[_eager].txt.
 
 torch.compile is adopted as instillm's best setting (`compile: true` in the train config)
-only when its lever run measures faster than the eager run of the same steps.
+only when its lever run measures faster than the eager run of the same steps; the lever runs in
+bf16, or in fp32 where bf16 matmuls are emulated, and compile is used in that precision's runs.
+A real model (`--model real` or a directory) runs this lever alone, first (not with --quick or
+--no-compile): its steps are too slow for the others.
 """
 
 from __future__ import annotations
@@ -847,7 +852,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         default="small",
         help="small: the 28M random preset; real: SmolLM2-135M-Instruct (`make real-model`), in the precision "
-        "fastest on this CPU for both sides (fp32 without bf16 matmul units), no lever runs; or a model "
+        "fastest on this CPU for both sides (fp32 without bf16 matmul units), compile its only lever; or a model "
         "directory, run as `real` is",
     )
     ap.add_argument(
@@ -904,10 +909,16 @@ class Bench:
     threads: int = 1
     matmul_params: dict[str, int] = dataclasses.field(default_factory=dict)  # linear_parameters()
     attention: str = "auto"  # instillm's packed_attention (chosen by attention_levers with --packed-attention best)
+    compile_precision: str = "bf16"  # where compile_levers measured torch.compile: instillm compiles there alone
 
     @property
     def quick(self) -> bool:
         return bool(self.args.quick)
+
+    @property
+    def real(self) -> bool:
+        """A real architecture (SmolLM2 or a model directory), not the small preset."""
+        return bool(self.args.model != "small")
 
     def cfg(self, name: str, precision: str, packing: bool, group: bool, total: int, **extra: Any) -> Any:
         """instillm's train config for one run of `total` optimizer steps."""
@@ -951,8 +962,6 @@ def main(argv: list[str] | None = None) -> int:
     from instillm.models.loading import resolve_device
 
     DEVICE = resolve_device(args.device)
-    # a real-model step takes ~15 s here: the levers ran on the small model
-    args.no_levers = args.no_levers or real or args.compile_lever
     t_begin = time.perf_counter()
     torch.manual_seed(SEED)
     custom = args.model not in ("small", "real")
@@ -1093,8 +1102,7 @@ def set_threads(b: Bench, result: dict[str, Any]) -> None:
 
 def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
     """--compile-lever: instillm compiled against eager on the same steps, to <out>_compile_lever.json."""
-    cprec = "fp32" if b.emulated_bf16 else b.primary  # compile is refused on emulated bf16
-    result["levers"] = compile_lever(lambda tag: b.cfg(tag, cprec, True, False, 3 + b.steps), "packed", cprec)
+    result["levers"] = compile_levers(b, {"packing": True, "group": False, "compile": False})
     out = out.with_name(out.stem + "_compile_lever.json")
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("\n".join(f"{r['name']}: {r.get('tokens_per_s', r.get('error'))} tokens/s" for r in result["levers"]))
@@ -1107,12 +1115,25 @@ def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
 
 
 def run_levers(b: Bench, result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
-    """The lever runs (none with --no-levers) and instillm's best setting: packing, group, compile."""
+    """The lever runs (none with --no-levers) and instillm's best setting: packing, group, compile. A real
+    model's step takes ~10 s on a CPU, so its levers are packed_attention (--packed-attention best) and
+    compile (not with --quick or --no-compile); the small model runs them all."""
     best = {"packing": True, "group": False, "compile": False}
     if b.args.packed_attention == "best":
-        return attention_levers(b), best
-    if b.args.no_levers:
-        return [], best
+        levers = attention_levers(b)
+    elif b.args.no_levers or b.real:
+        levers = []
+    else:
+        return small_model_levers(b, result, best)
+    if b.real and not (b.quick or b.args.no_levers or b.args.no_compile):
+        levers += compile_levers(b, best)
+    return levers, best
+
+
+def small_model_levers(
+    b: Bench, result: dict[str, Any], best: dict[str, bool]
+) -> tuple[list[dict[str, Any]], dict[str, bool]]:
+    """The small model's levers: batching, the AdamW implementation, threads, bf16 kernels, compile."""
     n = b.warmup + b.steps
     levers = [
         run_instillm(label, b.cfg(label, "bf16", packing, group, n), b.warmup)
@@ -1121,7 +1142,7 @@ def run_levers(b: Bench, result: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     if not b.quick:
         levers.append(run_instillm("unpacked (random order)", b.cfg("u", "bf16", False, False, n), b.warmup))
     top = max(levers, key=lambda r: r["tokens_per_s"] or 0)
-    best = {"packing": top["packing"], "group": top["group_by_length"], "compile": False}
+    best.update(packing=top["packing"], group=top["group_by_length"])
     if DEVICE == "cpu":  # the CPU implementations of AdamW, timed on the CPU
         result["optimizer_step_ms"] = optimizer_step_ms(b.model_dir, 3 if b.quick else 7)
         log(f"AdamW step, ms: {result['optimizer_step_ms']}")
@@ -1142,12 +1163,20 @@ def full_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
     if DEVICE == "cpu":
         levers += cpu_levers(b, best)
     if not b.args.no_compile:
-        cprec = "fp32" if b.emulated_bf16 else "bf16"
-        comp, eager = compile_lever(lambda tag: b.best_cfg(tag, cprec, best, 3 + b.steps), bl, cprec)
-        levers += [comp, eager]
-        # adopted when it measured faster (bf16 only: the comparison is in bf16)
-        best["compile"] = cprec == "bf16" and "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
+        levers += compile_levers(b, best)
     return levers
+
+
+def compile_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
+    """instillm's torch.compile lever on its best batching, in bf16 where it is native and fp32 where it is
+    emulated (compile is refused there); adopted (best["compile"]) for the runs in that precision when the
+    compiled run measured faster than eager on the same steps."""
+    b.compile_precision = cprec = "fp32" if b.emulated_bf16 else "bf16"
+    make_cfg = lambda tag: b.best_cfg(tag, cprec, best, 3 + b.steps)  # noqa: E731
+    comp, eager = compile_lever(make_cfg, batching_label(best), cprec)
+    best["compile"] = "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
+    log(f"torch.compile {'adopted' if best['compile'] else 'not adopted'} for {cprec}")
+    return [comp, eager]
 
 
 def cpu_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
@@ -1197,6 +1226,7 @@ def best_setting(b: Bench, best: dict[str, bool]) -> dict[str, Any]:
         else "auto (" + ("fp32 GEMMs" if b.emulated_bf16 else "native oneDNN bf16") + ")",
         "threads": b.threads,
         "torch_compile": best["compile"],
+        "torch_compile_precision": b.compile_precision if best["compile"] else None,
     }
 
 
@@ -1230,13 +1260,18 @@ def tokens_per_s(row: dict[str, Any]) -> float:
     return float(row["tokens_per_s"])
 
 
-def compiled_label(best: dict[str, bool]) -> str:
-    return batching_label(best) + (" + torch.compile" if best["compile"] else "")
+def compiles(b: Bench, best: dict[str, bool], prec: str) -> bool:
+    """Whether instillm's runs in `prec` compile the decoder: compile was adopted from a lever in `prec`."""
+    return best["compile"] and prec == b.compile_precision
 
 
-def warmup_of(b: Bench, best: dict[str, bool]) -> int:
-    """instillm's warm-up steps: compiled, the first steps compile (and recompile once)."""
-    return 3 if best["compile"] else b.warmup
+def compiled_label(b: Bench, best: dict[str, bool], prec: str) -> str:
+    return batching_label(best) + (" + torch.compile" if compiles(b, best, prec) else "")
+
+
+def warmup_of(b: Bench, best: dict[str, bool], prec: str) -> int:
+    """instillm's warm-up steps in `prec`: compiled, the first steps compile (and recompile once)."""
+    return 3 if compiles(b, best, prec) else b.warmup
 
 
 def trl_configurations(b: Bench, prec: str) -> list[tuple[str, bool]]:
@@ -1252,12 +1287,10 @@ def trl_configurations(b: Bench, prec: str) -> list[tuple[str, bool]]:
 def interleaved(b: Bench, best: dict[str, bool], prec: str) -> dict[str, list[dict[str, Any]]]:
     """instillm, TRL mode 1, instillm, TRL mode 2, ...: the machine's other load hits both sides alike."""
     runs: dict[str, list[dict[str, Any]]] = {"instillm": [], "trl": []}
-    iw = warmup_of(b, best)
+    iw, label = warmup_of(b, best, prec), compiled_label(b, best, prec)
     for mode, trl_compile in trl_configurations(b, prec):
         cfg = b.best_cfg(f"cmp-{prec}", prec, best, iw + b.steps)
-        runs["instillm"].append(
-            run_instillm(compiled_label(best), cfg, iw, compile_decoder=best["compile"] and prec == "bf16")
-        )
+        runs["instillm"].append(run_instillm(label, cfg, iw, compile_decoder=compiles(b, best, prec)))
         slow_bf16 = prec == "bf16" and b.emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
         w, m = (1, b.slow) if slow_bf16 else (3 if trl_compile else b.warmup, b.steps)
         batch = b.rows if mode == "packed" else b.seqs
@@ -1303,7 +1336,7 @@ def loss_check(b: Bench, best: dict[str, bool], prec: str, trl_run: dict[str, An
         b.best_cfg(f"replay-{prec}", prec, best, len(replay)),
         0,
         replay=replay,
-        compile_decoder=best["compile"] and prec == "bf16",
+        compile_decoder=compiles(b, best, prec),
     )
     n_ex = [len(ids) for ids in replay]
     trl_tail = tail_loss(trl_run["losses"], trl_run["trained_tokens_per_step"], n_ex)
@@ -1337,13 +1370,15 @@ def bf16_reference(b: Bench, best: dict[str, bool], trl_run: dict[str, Any], bf1
 
 
 def profile_best(b: Bench, best: dict[str, bool], path: Path) -> None:
-    """One profiled instillm step in the compared precision (and eager too, when the best is compiled)."""
-    iw, label = warmup_of(b, best), compiled_label(best)
-    cfg = b.best_cfg("prof", b.primary, best, iw + 1)
-    run_instillm(f"{label} (profiled)", cfg, iw, profile_to=path, compile_decoder=best["compile"])
-    if best["compile"]:  # and the eager step, to show what compilation changed
-        cfg = b.best_cfg("prof-e", "bf16", best, 2)
-        eager = path.with_name("train_profile_eager.txt")
+    """One profiled instillm step in the precision of record (and eager too, when that step is compiled:
+    <path>_eager.txt)."""
+    prec = b.primary
+    iw, label, compiled = warmup_of(b, best, prec), compiled_label(b, best, prec), compiles(b, best, prec)
+    cfg = b.best_cfg("prof", prec, best, iw + 1)
+    run_instillm(f"{label} (profiled)", cfg, iw, profile_to=path, compile_decoder=compiled)
+    if compiled:  # and the eager step, to show what compilation changed
+        cfg = b.best_cfg("prof-e", prec, best, 2)
+        eager = path.with_name(path.stem + "_eager.txt")
         run_instillm(f"{batching_label(best)} eager (profiled)", cfg, 1, profile_to=eager)
 
 

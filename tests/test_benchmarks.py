@@ -440,3 +440,38 @@ def test_serve_load_names_a_cuda_run_apart_and_records_the_device(tmp_path) -> N
     assert sl.on_device(sl.RESULTS_MIXED, "cpu") == sl.RESULTS_MIXED
     got = sl.machine((0.0, 0.0, 0.0), "cpu")
     assert got["device"] == "cpu" and got["gpu"] is None
+
+
+@pytest.mark.parametrize(
+    "compiled_tps,emulated,adopted", [(12.0, True, True), (8.0, False, False), (None, False, False)]
+)
+def test_train_throughput_real_model_adopts_compile_where_its_lever_measured_faster(
+    tmp_path, monkeypatch, compiled_tps, emulated, adopted
+) -> None:
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    calls = []
+
+    def lever(make_cfg, label, precision):
+        calls.append((make_cfg("x").precision, label, precision))
+        comp = {"tokens_per_s": compiled_tps} if compiled_tps else {"name": "c", "error": "boom"}
+        return [comp, {"tokens_per_s": 10.0}]
+
+    monkeypatch.setattr(tt, "compile_lever", lever)
+    flags = dict(lora=False, quick=False, no_levers=False, no_compile=False, packed_attention="auto")
+    args = argparse.Namespace(model="real", **flags)
+    primary = "fp32" if emulated else "bf16"
+    b = tt.Bench(args, tmp_path, tmp_path, tmp_path / "d.jsonl", 1, 4, 1, 8, primary, emulated, rows=3)
+    levers, best = tt.run_levers(b, {})
+    assert calls == [(primary, "packed", primary)] and len(levers) == 2  # bf16 where native, else fp32
+    assert best["compile"] is adopted and tt.compiles(b, best, primary) is adopted
+    assert not tt.compiles(b, best, "bf16" if emulated else "fp32")  # compiled only where it was measured
+    assert tt.warmup_of(b, best, primary) == (3 if adopted else 1)
+    assert tt.best_setting(b, best)["torch_compile_precision"] == (primary if adopted else None)
+    for off in ({"quick": True}, {"no_compile": True}, {"no_levers": True}):  # no compile lever: eager
+        calls.clear()
+        b.args = argparse.Namespace(model="real", **{**flags, **off})
+        assert tt.run_levers(b, {}) == ([], {"packing": True, "group": False, "compile": False}) and not calls
