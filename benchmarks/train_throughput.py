@@ -140,15 +140,27 @@ def log(msg: str) -> None:
 # machine
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                break  # the first processor's block ends
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU as recorded with every result: its name, and its family/model/stepping, since hosts whose
+    name is only "AMD EPYC" differ by generation."""
+    info = cpuinfo()
+    cpu_id = " ".join(f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info)
     return {
-        "cpu": cpu,
+        "cpu": info.get("model name") or platform.processor(),
+        "cpu_id": cpu_id or None,
+        "cache_size": info.get("cache size"),
         "cores": os.cpu_count(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),

@@ -475,3 +475,18 @@ def test_train_throughput_real_model_adopts_compile_where_its_lever_measured_fas
         calls.clear()
         b.args = argparse.Namespace(model="real", **{**flags, **off})
         assert tt.run_levers(b, {}) == ([], {"packing": True, "group": False, "compile": False}) and not calls
+
+
+def test_train_throughput_records_the_cpu_generation_beside_its_name(monkeypatch, tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    fake = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nstepping\t: 1\n"
+    fake += "cache size\t: 512 KB\n\nprocessor\t: 1\nmodel name\t: other\n"
+    real_read = Path.read_text
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: fake if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k)
+    )
+    info = tt.machine_info()
+    assert info["cpu"] == "AMD EPYC" and info["cpu_id"] == "cpu family 25 model 1 stepping 1"
+    assert info["cache_size"] == "512 KB"  # the first processor's block only
