@@ -227,19 +227,12 @@ def fastest(tps: dict[str, float], base: str) -> str:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import transformers
+    from _machine import cpu_name
 
     return {
         "cpu_count": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

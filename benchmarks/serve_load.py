@@ -394,15 +394,6 @@ def print_hostile(res: dict) -> None:
     print(f"hostile client: {res['hostile_client']}")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform says."""
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
-        return line.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def gpu_name(device: str) -> str | None:
     """The CUDA card's name when the servers run on one, else None."""
     if device != "cuda":
@@ -418,6 +409,8 @@ def on_device(path: Path, device: str) -> Path:
 
 
 def machine(load_before: tuple, device: str = "cpu") -> dict:
+    from _machine import cpu_name
+
     return {
         "cpu": cpu_name(),
         "device": device,

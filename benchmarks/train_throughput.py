@@ -140,25 +140,15 @@ def log(msg: str) -> None:
 # machine
 
 
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break  # the first processor's block ends
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 def machine_info() -> dict[str, Any]:
     """The CPU as recorded with every result: its name, and its family/model/stepping, since hosts whose
     name is only "AMD EPYC" differ by generation."""
+    from _machine import cpu_name, cpuinfo
+
     info = cpuinfo()
     cpu_id = " ".join(f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info)
     return {
-        "cpu": info.get("model name") or platform.processor(),
+        "cpu": cpu_name(info),
         "cpu_id": cpu_id or None,
         "cache_size": info.get("cache size"),
         "cores": os.cpu_count(),
@@ -921,11 +911,16 @@ class Bench:
     threads: int = 1
     matmul_params: dict[str, int] = dataclasses.field(default_factory=dict)  # linear_parameters()
     attention: str = "auto"  # instillm's packed_attention (chosen by attention_levers with --packed-attention best)
-    compile_precision: str = "bf16"  # where compile_levers measured torch.compile: instillm compiles there alone
 
     @property
     def quick(self) -> bool:
         return bool(self.args.quick)
+
+    @property
+    def compile_precision(self) -> str:
+        """Where compile_levers measures torch.compile, and so where instillm compiles if adopted: bf16 where
+        it is native, fp32 where it is emulated (compile is refused there)."""
+        return "fp32" if self.emulated_bf16 else "bf16"
 
     @property
     def real(self) -> bool:
@@ -1114,7 +1109,7 @@ def set_threads(b: Bench, result: dict[str, Any]) -> None:
 
 def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
     """--compile-lever: instillm compiled against eager on the same steps, to <out>_compile_lever.json."""
-    result["levers"] = compile_levers(b, {"packing": True, "group": False, "compile": False})
+    result["levers"] = compile_levers(b, first_best())
     out = out.with_name(out.stem + "_compile_lever.json")
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("\n".join(f"{r['name']}: {r.get('tokens_per_s', r.get('error'))} tokens/s" for r in result["levers"]))
@@ -1126,11 +1121,16 @@ def write_compile_lever(b: Bench, result: dict[str, Any], out: Path) -> int:
 # instillm's levers (bf16 unless named): batching, optimizer, threads, native bf16, compile
 
 
+def first_best() -> dict[str, bool]:
+    """instillm's setting before any lever: packed rows, eager."""
+    return {"packing": True, "group": False, "compile": False}
+
+
 def run_levers(b: Bench, result: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
     """The lever runs (none with --no-levers) and instillm's best setting: packing, group, compile. A real
     model's step takes ~10 s on a CPU, so its levers are packed_attention (--packed-attention best) and
     compile (not with --quick or --no-compile); the small model runs them all."""
-    best = {"packing": True, "group": False, "compile": False}
+    best = first_best()
     if b.args.packed_attention == "best":
         levers = attention_levers(b)
     elif b.args.no_levers or b.real:
@@ -1183,7 +1183,7 @@ def compile_levers(b: Bench, best: dict[str, bool]) -> list[dict[str, Any]]:
     """instillm's torch.compile lever on its best batching, in bf16 where it is native and fp32 where it is
     emulated (compile is refused there); adopted (best["compile"]) for the runs in that precision when the
     compiled run measured faster than eager on the same steps."""
-    b.compile_precision = cprec = "fp32" if b.emulated_bf16 else "bf16"
+    cprec = b.compile_precision
     make_cfg = lambda tag: b.best_cfg(tag, cprec, best, 3 + b.steps)  # noqa: E731
     comp, eager = compile_lever(make_cfg, batching_label(best), cprec)
     best["compile"] = "error" not in comp and comp["tokens_per_s"] > eager["tokens_per_s"]
