@@ -53,8 +53,11 @@ compared in fp32 too (as with --fp32), so that the headline `ratio` is against T
 configuration in any precision.
 
 Interleaving: the comparison alternates instillm and TRL runs (instillm, TRL unpacked, instillm,
-TRL grouped, ...) so that the other jobs on the machine load both sides alike; instillm's number is
-the median of its runs. The load average and torch threads are recorded with every run.
+TRL grouped, ..., TRL last, instillm) so that the other jobs on the machine load both sides alike;
+instillm's number is the median of its runs, and each TRL run is also compared with the two instillm
+runs around it (`ratio_paired_vs_each_trl_config`, `ratio_paired_min`). The load average, torch threads
+and the seconds torch.compile spent in each step (`compile_seconds_per_step`; `compile_seconds_measured`
+over the measured steps, where a recompile would cost a run throughput) are recorded with every run.
 
 Loss check: instillm replays the exact examples, step by step, that TRL's best bf16 run trained on
 (recovered from its collator), from the same initial weights with the same optimizer settings;
@@ -350,7 +353,9 @@ def summarize(
     row.update(extra or {})
     log(
         f"{side:8s} {precision:4s} {name:34s} {row['tokens_per_s']} tok/s "
-        f"({n_tok} tokens / {seconds:.1f} s, threads {row['threads']})"
+        f"({n_tok} tokens / {seconds:.1f} s, threads {row['threads']}"
+        + (f", compiling {row['compile_seconds_measured']} s of it" if row.get("compile_seconds_measured") else "")
+        + ")"
     )
     return row
 
@@ -378,14 +383,15 @@ def run_instillm(
         run = L.setup(dataclasses.replace(cfg, compile=compile_decoder), DEVICE)  # TrainConfig.compile
     if optimizer != "fused":  # lever: the optimizer implementation instillm used before (per-parameter loop)
         replace_optimizer(run, cfg, foreach=optimizer == "foreach")
-    tokens, losses, trained, ends = [], [], [], []
+    tokens, losses, trained, ends, compiling = [], [], [], [], []
     prof, t_prof = None, 0.0
-    t_start = time.perf_counter()
+    c_start, t_start = compile_seconds(), time.perf_counter()
     for step, batches in enumerate(instillm_batches(run, cfg, replay)):
         if profile_to is not None and step == cfg.max_steps - 1:
             prof, t_prof = start_profile(), time.perf_counter()
         stats = L.train_step(run.loss_module, batches, run.optimizer, run.scheduler, run.accelerator, cfg)
         ends.append(time.perf_counter())
+        compiling.append(compile_seconds())
         tokens.append(stats.tokens)
         trained.append(stats.trained_tokens)
         losses.append(stats.loss)
@@ -401,6 +407,7 @@ def run_instillm(
         "compile": compile_decoder,
         "fp32_gemm": L.uses_fp32_gemm(cfg, torch.device(DEVICE)),
         "device": DEVICE,
+        **compile_time(c_start, compiling, warmup),
     }
     load = (load0, os.getloadavg()[0])
     return summarize(name, "instillm", cfg.precision, ends, t_start, tokens, losses, trained, warmup, load, extra)
@@ -570,7 +577,7 @@ def run_trl(
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[clock])
         counting = _CountingCollator(trainer.data_collator, {tuple(r.input_ids): i for i, r in enumerate(items)})
         trainer.data_collator = counting
-        t_start = time.perf_counter()
+        c_start, t_start = compile_seconds(), time.perf_counter()
         trainer.train()
     n = len(clock.ends)
     examples = counting.examples[:n]
@@ -585,6 +592,7 @@ def run_trl(
         "lora": lora is not None,
         "attn_implementation": model.config._attn_implementation,
         "device": DEVICE,
+        **compile_time(c_start, clock.compiling, warmup),
     }
     load = (load0, os.getloadavg()[0])
     tokens, losses, trained = counting.tokens[:n], clock.losses[:n], trl_trained(items, examples)
@@ -654,18 +662,35 @@ def step_clock() -> Any:
     class Clock(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.compiling: list[float] = []
             self.losses: list[float] = []
 
         def on_step_end(self, args, state, control, **kw):
             if DEVICE == "cuda":  # the step's kernels finish before its clock stops
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
+            self.compiling.append(compile_seconds())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
     return Clock()
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far (dynamo's own clock of its
+    forward and backward compiles; it grows when a step recompiles for a new shape)."""
+    from torch._dynamo.utils import calculate_time_spent
+
+    return float(calculate_time_spent()["total_wall_time"])
+
+
+def compile_time(start: float, after_steps: list[float], warmup: int) -> dict[str, Any]:
+    """Compile seconds per optimizer step (from `compile_seconds()` at the start and after each step) and
+    their sum over the measured steps, where a recompile costs the run throughput."""
+    per_step = [round(b - a, 3) for a, b in zip([start] + after_steps, after_steps)]
+    return {"compile_seconds_per_step": per_step, "compile_seconds_measured": round(sum(per_step[warmup:]), 3)}
 
 
 def trl_trained(items: list, step_examples: list[list[int]]) -> list[int]:
@@ -1254,7 +1279,7 @@ def compare(b: Bench, best: dict[str, bool], result: dict[str, Any], out: Path, 
     comparison = {prec: interleaved(b, best, prec) for prec in precisions}
     result["comparison"] = comparison
     trl_ok = {prec: measured(comparison[prec]["trl"]) for prec in precisions}
-    summary = {prec: summary_of(comparison[prec]["instillm"], trl_ok[prec]) for prec in precisions}
+    summary = {prec: summary_of(comparison[prec]) for prec in precisions}
     checks = {prec: loss_check(b, best, prec, max(trl_ok[prec], key=tokens_per_s)) for prec in precisions}
     if b.primary == "bf16" and "fp32" not in precisions:
         checks["fp32_reference"] = bf16_reference(b, best, max(trl_ok["bf16"], key=tokens_per_s), checks["bf16"])
@@ -1297,12 +1322,17 @@ def trl_configurations(b: Bench, prec: str) -> list[tuple[str, bool]]:
 
 
 def interleaved(b: Bench, best: dict[str, bool], prec: str) -> dict[str, list[dict[str, Any]]]:
-    """instillm, TRL mode 1, instillm, TRL mode 2, ...: the machine's other load hits both sides alike."""
+    """instillm, TRL mode 1, instillm, TRL mode 2, ..., instillm: the machine's other load hits both sides
+    alike, and every TRL run has an instillm run on either side of it (`paired_ratios`)."""
     runs: dict[str, list[dict[str, Any]]] = {"instillm": [], "trl": []}
     iw, label = warmup_of(b, best, prec), compiled_label(b, best, prec)
-    for mode, trl_compile in trl_configurations(b, prec):
+
+    def instillm_run() -> None:
         cfg = b.best_cfg(f"cmp-{prec}", prec, best, iw + b.steps)
         runs["instillm"].append(run_instillm(label, cfg, iw, compile_decoder=compiles(b, best, prec)))
+
+    for mode, trl_compile in trl_configurations(b, prec):
+        instillm_run()
         slow_bf16 = prec == "bf16" and b.emulated_bf16  # TRL's bf16 autocast hits the emulated GEMMs
         w, m = (1, b.slow) if slow_bf16 else (3 if trl_compile else b.warmup, b.steps)
         batch = b.rows if mode == "packed" else b.seqs
@@ -1324,20 +1354,39 @@ def interleaved(b: Bench, best: dict[str, bool], prec: str) -> dict[str, list[di
                 lora=b.trl_lora(prec),
             )
         )
+    instillm_run()
     return runs
 
 
-def summary_of(instillm_runs: list[dict[str, Any]], trl_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One precision's numbers: instillm's median, TRL's best and each TRL configuration, the ratio."""
+def summary_of(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One precision's numbers (`interleaved`'s runs): instillm's median, TRL's best and each TRL
+    configuration, the ratio, and each configuration's ratio to the instillm runs beside it."""
+    trl_runs = measured(runs["trl"])
     trl_best = max(trl_runs, key=tokens_per_s)
-    ins = statistics.median(r["tokens_per_s"] for r in instillm_runs)
+    ins = statistics.median(r["tokens_per_s"] for r in runs["instillm"])
+    paired = paired_ratios(runs["instillm"], runs["trl"])
     return {
         "instillm": ins,
         "trl_best": trl_best["tokens_per_s"],
         "trl_best_config": trl_best["mode"],
         "trl": {r["mode"]: r["tokens_per_s"] for r in trl_runs},
         "ratio": round(ins / trl_best["tokens_per_s"], 3),
+        "ratio_paired": paired,
+        "ratio_paired_min": min(paired.values()),
     }
+
+
+def paired_ratios(instillm_runs: list[dict[str, Any]], trl_runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each TRL run's ratio to the mean of the instillm runs just before and just after it (run i sits
+    between instillm runs i and i+1): a machine that slows for a while slows both sides of a pair, where
+    the median of all instillm runs against one TRL run would not see it."""
+    out = {}
+    for i, trl in enumerate(trl_runs):
+        if "error" in trl:
+            continue
+        beside = [r["tokens_per_s"] for r in instillm_runs[i : i + 2]]
+        out[trl["mode"]] = round(statistics.mean(beside) / trl["tokens_per_s"], 3)
+    return out
 
 
 def loss_check(b: Bench, best: dict[str, bool], prec: str, trl_run: dict[str, Any]) -> dict[str, Any]:
@@ -1422,6 +1471,8 @@ def headline(b: Bench, result: dict[str, Any], summary: dict[str, dict[str, Any]
         **executed_utilisation(b.matmul_params, b.args.lora, result["data"]["trained_fraction"], ins, trl, peak),
         "mfu_note": mfu_note(flops_per_token // n_params, primary, b.emulated_bf16, result["machine"]),
         "ratio_vs_each_trl_config": {m: round(ins / v, 3) for m, v in summary[primary]["trl"].items()},
+        "ratio_paired_vs_each_trl_config": summary[primary]["ratio_paired"],
+        "ratio_paired_min": summary[primary]["ratio_paired_min"],
         "ratio_best_any_precision": ratio_any,
         "summary": summary,
         "emulated_bf16": b.emulated_bf16,
@@ -1587,6 +1638,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"\nratio (each side in its fastest precision: {r['ratio_precisions']}) {r['ratio']}"
         f"\nratio ({dtype}, vs TRL's best: {r['trl_best_config']}) {r['summary'][dtype]['ratio']}  vs each TRL config "
         f"{r['ratio_vs_each_trl_config']}"
+        + f"\nratio ({dtype}) of each TRL run to the instillm runs beside it {r['ratio_paired_vs_each_trl_config']}"
         + (f"  ratio (fp32) {fp32['ratio']}" if fp32 else "")
         + f"\nloss_rel_diff ({dtype}) {r['loss_rel_diff']}"
         + (f"  (fp32) {r['loss_rel_diff_fp32']}" if "loss_rel_diff_fp32" in r else "")

@@ -209,6 +209,10 @@ def test_train_throughput_compares_both_sides_end_to_end_on_a_tiny_model(tiny_mo
         s = r["summary"][prec]
         assert s["trl_best"] == max(x["tokens_per_s"] for x in trl)
         assert s["ratio"] == round(s["instillm"] / s["trl_best"], 3)
+        ins = r["comparison"][prec]["instillm"]
+        assert len(ins) == len(trl) + 1  # every TRL run between two instillm runs
+        assert s["ratio_paired"] == tt_paired(ins, trl) and s["ratio_paired_min"] == min(s["ratio_paired"].values())
+        assert all(x["compile_seconds_measured"] == 0 for x in trl + ins)  # --quick compiles nothing
     # in fp32 both sides train the same tokens with the same loss: instillm's replay of TRL's best run
     check = r["loss_check"]["fp32"]
     assert check["instillm_trained_tokens"] == check["trl_trained_tokens"]
@@ -222,6 +226,14 @@ def test_train_throughput_compares_both_sides_end_to_end_on_a_tiny_model(tiny_mo
     assert set(levers) == {"packed, packed_attention: segments", "packed, packed_attention: mask"}  # no CUDA: no varlen
     chosen = r["instillm_best_setting"]["packed_attention"]
     assert levers[f"packed, packed_attention: {chosen}"] == max(levers.values())
+
+
+def tt_paired(ins: list[dict], trl: list[dict]) -> dict[str, float]:
+    """Each TRL run against the mean of the two instillm runs around it, written out here."""
+    return {
+        t["mode"]: round((ins[i]["tokens_per_s"] + ins[i + 1]["tokens_per_s"]) / 2 / t["tokens_per_s"], 3)
+        for i, t in enumerate(trl)
+    }
 
 
 def test_train_throughput_gives_fp32_runs_segments_for_varlen(tmp_path) -> None:
@@ -490,3 +502,38 @@ def test_train_throughput_records_the_cpu_generation_beside_its_name(monkeypatch
     info = tt.machine_info()
     assert info["cpu"] == "AMD EPYC" and info["cpu_id"] == "cpu family 25 model 1 stepping 1"
     assert info["cache_size"] == "512 KB"  # the first processor's block only
+
+
+def test_train_throughput_pairs_each_trl_run_with_the_instillm_runs_beside_it() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    ins = [{"tokens_per_s": v} for v in (100.0, 100.0, 50.0, 60.0)]  # the machine slows down in the middle
+    trl = [
+        {"mode": "unpacked", "tokens_per_s": 50.0},
+        {"mode": "grouped", "tokens_per_s": 40.0},  # ran while it was slow: beside 100 and 50
+        {"mode": "packed", "error": "boom"},
+    ]
+    s = tt.summary_of({"instillm": ins, "trl": trl})
+    assert s["instillm"] == 80.0 and s["trl_best"] == 50.0 and s["ratio"] == 1.6  # median over all runs
+    assert s["ratio_paired"] == {"unpacked": 2.0, "grouped": 1.875}  # the failed run has no pair
+    assert s["ratio_paired_min"] == 1.875
+    # the last TRL run of a list without the closing instillm run is paired with the one before it
+    assert tt.paired_ratios(ins[:2], trl[:2]) == {"unpacked": 2.0, "grouped": 2.5}
+
+
+def test_train_throughput_counts_the_compile_time_inside_each_step() -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput as tt
+
+    f = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    start, after = tt.compile_seconds(), []
+    for n in (3, 3, 5):  # compiled, cached, recompiled for a new shape
+        f(torch.ones(n))
+        after.append(tt.compile_seconds())
+    got = tt.compile_time(start, after, warmup=1)
+    first, cached, recompiled = got["compile_seconds_per_step"]
+    assert first > 0 and cached == 0 and recompiled > 0
+    assert got["compile_seconds_measured"] == round(cached + recompiled, 3)
